@@ -1,0 +1,160 @@
+//! `berth tokenize` end to end on the shared datasets, and its errors on bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn berth(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run berth")
+}
+
+fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn tokenizes_mrpc_pairs() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mrpc.jsonl");
+    let o = berth(
+        &[
+            "tokenize",
+            "--tokenizer",
+            model.to_str().unwrap(),
+            "--input",
+            data.join("mrpc/train.tsv").to_str().unwrap(),
+            "--text-column",
+            "#1 String",
+            "--pair-column",
+            "#2 String",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = jsonl_rows(&out);
+    assert_eq!(rows.len(), 3_668);
+    let first = &rows[0];
+    assert_eq!(first["Quality"], 1);
+    let ids = first["input_ids"].as_array().unwrap();
+    let types = first["token_type_ids"].as_array().unwrap();
+    let mask = first["attention_mask"].as_array().unwrap();
+    assert_eq!(ids.len(), types.len());
+    assert_eq!(ids.len(), mask.len());
+    assert_eq!(ids[0], 101);
+    assert_eq!(ids[ids.len() - 1], 102);
+    // Two [SEP]s: the pair boundary is where token types switch to 1.
+    let switch = types.iter().position(|t| t == 1).unwrap();
+    assert_eq!(ids[switch - 1], 102);
+}
+
+#[test]
+fn tokenizes_all_of_imdb_train_to_parquet() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("imdb.parquet");
+    let o = berth(
+        &[
+            "tokenize",
+            "--tokenizer",
+            model.to_str().unwrap(),
+            "--input",
+            data.join("imdb/train.parquet").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = berth_data::load_parquet(out.to_str().unwrap(), &berth_data::LoadOptions::in_memory())
+        .unwrap();
+    assert_eq!(ds.num_rows(), 25_000);
+    assert_eq!(
+        ds.column_names(),
+        vec![
+            "text",
+            "label",
+            "input_ids",
+            "token_type_ids",
+            "attention_mask"
+        ]
+    );
+}
+
+#[test]
+fn bad_input_names_file_row_and_column_and_writes_nothing() {
+    let Some(model) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let model = model.to_str().unwrap();
+    let run = |input: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "tokenize",
+            "--tokenizer",
+            model,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = berth(&args, tmp.path());
+        assert!(!o.status.success());
+        assert!(!out.exists(), "no partial output");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+
+    let missing = tmp.path().join("missing.jsonl");
+    assert!(run(&missing, &[]).contains("missing.jsonl"));
+
+    let rows = tmp.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"text\": \"fine\"}\n{\"text\": \"also\"}\n").unwrap();
+    let err = run(&rows, &["--text-column", "body"]);
+    assert!(err.contains("rows.jsonl: column 'body' not found"), "{err}");
+
+    std::fs::write(&rows, "{\"text\": \"fine\"}\n{\"text\": 5}\n").unwrap();
+    let err = run(&rows, &[]);
+    assert!(
+        err.contains("rows.jsonl: line 2: ") && err.contains("'text'"),
+        "{err}"
+    );
+
+    std::fs::write(&rows, "{\"text\": \"fine\"}\n{\"text\": null}\n").unwrap();
+    let err = run(&rows, &[]);
+    assert!(
+        err.contains("rows.jsonl: row 1 (0-based), column 'text': text is null"),
+        "{err}"
+    );
+
+    let nums = tmp.path().join("nums.csv");
+    std::fs::write(&nums, "text,label\n1,0\n2,1\n").unwrap();
+    let err = run(&nums, &[]);
+    assert!(
+        err.contains("nums.csv: column 'text' must be a string column, found Int64"),
+        "{err}"
+    );
+
+    let broken = tmp.path().join("broken.tsv");
+    std::fs::write(&broken, b"text\tlabel\nok\t1\nbad \xff\t0\n").unwrap();
+    let err = run(&broken, &[]);
+    assert!(
+        err.contains("broken.tsv: line 3, column 'text': invalid UTF-8"),
+        "{err}"
+    );
+}

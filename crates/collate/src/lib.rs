@@ -1,0 +1,1 @@
+//! Rows to padded candle tensors; filled by the chunking/collate issue (#3).

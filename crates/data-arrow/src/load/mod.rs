@@ -1,0 +1,171 @@
+//! Loaders: Parquet, CSV/TSV, JSON Lines, plain text and the Hugging Face hub. Each
+//! streams the source into a dataset in batches (into the cache file when there is a
+//! cache directory) and reports bad input with the file, line and column.
+
+mod csv;
+mod hub;
+mod json;
+mod parquet;
+mod text;
+
+use std::path::{Path, PathBuf};
+
+pub use self::csv::{CsvOptions, load_csv};
+pub use self::hub::{HubOptions, hub_files, hub_model_file, load_hub};
+pub use self::json::load_jsonl;
+pub use self::parquet::load_parquet;
+pub use self::text::{SampleBy, load_text};
+
+use crate::dataset::{CacheMode, Dataset};
+use crate::error::{DataError, Result};
+use crate::fingerprint::Fingerprint;
+
+/// Options every loader takes.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where the loaded dataset and everything derived from it is cached.
+    pub cache: CacheMode,
+    /// Rows per stored record batch.
+    pub batch_size: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            cache: CacheMode::default_dir(),
+            batch_size: 1000,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Keeps everything in memory (nothing cached on disk).
+    pub fn in_memory() -> Self {
+        LoadOptions {
+            cache: CacheMode::InMemory,
+            ..Default::default()
+        }
+    }
+}
+
+/// A file format, with its options.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Format {
+    Parquet,
+    Csv(CsvOptions),
+    Json,
+    Text(SampleBy),
+}
+
+impl Format {
+    /// The format a path's extension implies: `.parquet`, `.csv`, `.tsv`,
+    /// `.jsonl`/`.json`/`.ndjson`, `.txt`/`.text`.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "parquet" | "pq" => Format::Parquet,
+            "csv" => Format::Csv(CsvOptions::csv()),
+            "tsv" => Format::Csv(CsvOptions::tsv()),
+            "jsonl" | "json" | "ndjson" => Format::Json,
+            "txt" | "text" => Format::Text(SampleBy::Line),
+            _ => return None,
+        })
+    }
+
+    /// Parses a `--format` name: parquet, csv, tsv, jsonl (or json), text.
+    pub fn from_name(name: &str) -> Result<Format> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "parquet" => Format::Parquet,
+            "csv" => Format::Csv(CsvOptions::csv()),
+            "tsv" => Format::Csv(CsvOptions::tsv()),
+            "jsonl" | "json" | "ndjson" => Format::Json,
+            "text" | "txt" => Format::Text(SampleBy::Line),
+            other => {
+                return Err(DataError::InvalidArgument(format!(
+                    "unknown format '{other}' (parquet, csv, tsv, jsonl, text)"
+                )));
+            }
+        })
+    }
+}
+
+/// Loads `path` in `format`, or in the format its extension implies.
+pub fn load(path: &str, format: Option<Format>, opts: &LoadOptions) -> Result<Dataset> {
+    let format = match format {
+        Some(f) => f,
+        None => {
+            // A directory or glob of shards is Parquet unless said otherwise.
+            let p = Path::new(path);
+            if p.is_dir() || path.contains(['*', '?', '[']) {
+                Format::Parquet
+            } else {
+                Format::from_path(p).ok_or_else(|| {
+                    DataError::InvalidArgument(format!(
+                        "{path}: cannot tell the format from the extension; pass a format \
+                         (parquet, csv, tsv, jsonl, text)"
+                    ))
+                })?
+            }
+        }
+    };
+    match format {
+        Format::Parquet => load_parquet(path, opts),
+        Format::Csv(c) => load_csv(Path::new(path), &c, opts),
+        Format::Json => load_jsonl(Path::new(path), opts),
+        Format::Text(s) => load_text(Path::new(path), s, opts),
+    }
+}
+
+/// The fingerprint of data read from `files`: their canonical paths, sizes and
+/// modification times, plus the loader's options, so an edited file is read again.
+pub(crate) fn source_fingerprint(
+    kind: &str,
+    files: &[PathBuf],
+    options: &str,
+) -> Result<Fingerprint> {
+    let mut parts = vec![options.to_string()];
+    for f in files {
+        let meta = std::fs::metadata(f).map_err(|e| DataError::io(f, e))?;
+        let canon = std::fs::canonicalize(f).map_err(|e| DataError::io(f, e))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        parts.push(format!("{}|{}|{}", canon.display(), meta.len(), mtime));
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    Ok(Fingerprint::of_source(kind, &refs))
+}
+
+/// Opens a file for reading with an error that names it.
+pub(crate) fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| DataError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_follows_the_extension() {
+        assert_eq!(
+            Format::from_path(Path::new("a/b.parquet")),
+            Some(Format::Parquet)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("x.TSV")),
+            Some(Format::Csv(CsvOptions::tsv()))
+        );
+        assert_eq!(Format::from_path(Path::new("x.jsonl")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("x.bin")), None);
+        assert!(Format::from_name("xml").is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let err = load("/no/such/file.jsonl", None, &LoadOptions::in_memory()).unwrap_err();
+        assert!(err.to_string().contains("/no/such/file.jsonl"), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! Special token ids read from a tokenizer, for the chunker and the masker: never
+//! hard-coded 101/102/0/103.
+
+use berth_chunking::SpecialTokens;
+use berth_masking::MaskingTokens;
+use tokenizers::Tokenizer;
+
+use crate::error::{DataError, Result};
+
+fn first_id(tok: &Tokenizer, names: &[&str], what: &str) -> Result<u32> {
+    names
+        .iter()
+        .find_map(|n| tok.token_to_id(n))
+        .ok_or_else(|| DataError::Tokenizer {
+            what: what.into(),
+            message: format!("the vocabulary has none of {names:?}"),
+        })
+}
+
+fn pad_id(tok: &Tokenizer) -> Result<u32> {
+    match tok.get_padding() {
+        Some(p) => Ok(p.pad_id),
+        None => first_id(tok, &["[PAD]", "<pad>"], "pad token"),
+    }
+}
+
+/// `[CLS]`, `[SEP]`, `[PAD]` (or RoBERTa's `<s>`, `</s>`, `<pad>`).
+pub fn special_tokens(tok: &Tokenizer) -> Result<SpecialTokens> {
+    Ok(SpecialTokens {
+        cls: first_id(tok, &["[CLS]", "<s>"], "cls token")?,
+        sep: first_id(tok, &["[SEP]", "</s>"], "sep token")?,
+        pad: pad_id(tok)?,
+    })
+}
+
+/// `[MASK]`, `[PAD]`, every special added token, and the vocabulary size.
+pub fn masking_tokens(tok: &Tokenizer) -> Result<MaskingTokens> {
+    let mut special_ids: Vec<u32> = tok
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| id)
+        .collect();
+    special_ids.sort_unstable();
+    Ok(MaskingTokens {
+        mask: first_id(tok, &["[MASK]", "<mask>"], "mask token")?,
+        pad: pad_id(tok)?,
+        special_ids,
+        vocab_size: tok.get_vocab_size(true) as u32,
+    })
+}
+
+/// For each vocabulary id, whether its token continues a word (WordPiece `##`).
+pub fn continuation_table(tok: &Tokenizer) -> Vec<bool> {
+    (0..tok.get_vocab_size(true) as u32)
+        .map(|id| tok.id_to_token(id).is_some_and(|t| t.starts_with("##")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bert_ids_come_from_the_tokenizer() {
+        let Some(dir) = berth_testkit::minilm_dir() else {
+            return;
+        };
+        let tok = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        assert_eq!(
+            special_tokens(&tok).unwrap(),
+            SpecialTokens {
+                cls: 101,
+                sep: 102,
+                pad: 0
+            }
+        );
+        let m = masking_tokens(&tok).unwrap();
+        assert_eq!(m.mask, 103);
+        assert_eq!(m.special_ids, vec![0, 100, 101, 102, 103]);
+        assert_eq!(m.vocab_size, 30522);
+        let table = continuation_table(&tok);
+        assert!(table[tok.token_to_id("##s").unwrap() as usize]);
+        assert!(!table[tok.token_to_id("the").unwrap() as usize]);
+    }
+}

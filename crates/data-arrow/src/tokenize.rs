@@ -1,0 +1,432 @@
+//! Tokenization as a map op: unpadded `input_ids` (List<UInt32>), `token_type_ids`
+//! and `attention_mask` (List<UInt8>), identical to HF `tokenizers` with the same
+//! `tokenizer.json`. Padding and truncation baked into the file are turned off; pairs
+//! truncate `longest_first` when a max length is asked for.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, LargeStringArray, ListArray, PrimitiveArray, RecordBatch, StringArray,
+    StringViewArray,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Schema, UInt8Type, UInt32Type};
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+use crate::error::{DataError, Result};
+use crate::load::{HubOptions, hub_model_file};
+use crate::ops::BatchOp;
+
+/// Loads a tokenizer from a `tokenizer.json` file, a model directory holding one, or
+/// a hub model id (through the hf-hub cache, online unless `HF_HUB_OFFLINE`).
+pub fn load_tokenizer(spec: &str, hub: &HubOptions) -> Result<Tokenizer> {
+    let path = Path::new(spec);
+    let file = if path.is_file() {
+        path.to_path_buf()
+    } else if path.is_dir() {
+        let f = path.join("tokenizer.json");
+        if !f.is_file() {
+            return Err(DataError::Tokenizer {
+                what: spec.into(),
+                message: "the directory has no tokenizer.json".into(),
+            });
+        }
+        f
+    } else if spec.contains('/') && !spec.starts_with(['/', '.']) && spec.split('/').count() == 2 {
+        hub_model_file(spec, "tokenizer.json", hub)?
+    } else {
+        return Err(DataError::Tokenizer {
+            what: spec.into(),
+            message: "not a tokenizer.json, a model directory, or a hub id owner/name".into(),
+        });
+    };
+    Tokenizer::from_file(&file).map_err(|e| DataError::Tokenizer {
+        what: file.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// What to tokenize and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenizeConfig {
+    pub text_column: String,
+    /// The second text of a pair (token_type_ids 1), e.g. MRPC's `#2 String`.
+    pub pair_column: Option<String>,
+    /// Truncate (`longest_first`, special tokens counted) to this many ids.
+    pub max_length: Option<usize>,
+    /// Add `[CLS]`/`[SEP]` as the tokenizer's post-processor says.
+    pub add_special_tokens: bool,
+}
+
+impl TokenizeConfig {
+    /// Single texts from `text_column`, special tokens on, no truncation.
+    pub fn new(text_column: impl Into<String>) -> Self {
+        TokenizeConfig {
+            text_column: text_column.into(),
+            pair_column: None,
+            max_length: None,
+            add_special_tokens: true,
+        }
+    }
+}
+
+/// The tokenize op; use it with [`crate::Dataset::map_batched`].
+pub struct TokenizeOp {
+    tokenizer: Tokenizer,
+    config: TokenizeConfig,
+    /// Hash of the tokenizer's serialized form, so another vocabulary recomputes.
+    tokenizer_digest: String,
+}
+
+impl TokenizeOp {
+    pub fn new(tokenizer: &Tokenizer, config: TokenizeConfig) -> Result<Self> {
+        let mut tokenizer = unpadded(tokenizer)?;
+        let trunc = config.max_length.map(|max_length| TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        });
+        tokenizer
+            .with_truncation(trunc)
+            .map_err(|e| DataError::Tokenizer {
+                what: "truncation".into(),
+                message: e.to_string(),
+            })?;
+        let tokenizer_digest = tokenizer_digest(&tokenizer)?;
+        Ok(TokenizeOp {
+            tokenizer,
+            config,
+            tokenizer_digest,
+        })
+    }
+
+    /// The tokenizer as configured for this op (padding and truncation settled).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+}
+
+/// A hash of the tokenizer's serialized form (vocabulary, normalizer, truncation...),
+/// part of the fingerprint of every op that tokenizes.
+pub(crate) fn tokenizer_digest(tokenizer: &Tokenizer) -> Result<String> {
+    use sha2::Digest;
+    let json = tokenizer
+        .to_string(false)
+        .map_err(|e| DataError::Tokenizer {
+            what: "serialization".into(),
+            message: e.to_string(),
+        })?;
+    Ok(hex::encode(&sha2::Sha256::digest(json.as_bytes())[..16]))
+}
+
+/// A copy of `tokenizer` with the padding and truncation baked into its file turned off.
+pub(crate) fn unpadded(tokenizer: &Tokenizer) -> Result<Tokenizer> {
+    let mut t = tokenizer.clone();
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| DataError::Tokenizer {
+        what: "truncation".into(),
+        message: e.to_string(),
+    })?;
+    Ok(t)
+}
+
+/// The rows of a text column as `&str`, erroring on a non-string column or a null.
+pub(crate) fn text_values<'a>(
+    batch: &'a RecordBatch,
+    column: &str,
+    first_row: usize,
+    source: &str,
+) -> Result<Vec<&'a str>> {
+    let idx = batch
+        .schema()
+        .index_of(column)
+        .map_err(|_| DataError::MissingColumn {
+            source_name: source.to_string(),
+            column: column.to_string(),
+            available: batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        })?;
+    let array = batch.column(idx);
+    let null_at = |i: usize| DataError::Value {
+        source_name: source.to_string(),
+        row: first_row + i,
+        column: column.to_string(),
+        message: "text is null".into(),
+    };
+    macro_rules! collect {
+        ($ty:ty) => {{
+            let a = array
+                .as_any()
+                .downcast_ref::<$ty>()
+                .ok_or_else(|| type_error(source, column, array.data_type()))?;
+            (0..a.len())
+                .map(|i| {
+                    if a.is_null(i) {
+                        Err(null_at(i))
+                    } else {
+                        Ok(a.value(i))
+                    }
+                })
+                .collect()
+        }};
+    }
+    match array.data_type() {
+        DataType::Utf8 => collect!(StringArray),
+        DataType::LargeUtf8 => collect!(LargeStringArray),
+        DataType::Utf8View => collect!(StringViewArray),
+        other => Err(type_error(source, column, other)),
+    }
+}
+
+fn type_error(source: &str, column: &str, found: &DataType) -> DataError {
+    DataError::ColumnType {
+        source_name: source.to_string(),
+        column: column.to_string(),
+        expected: "a string column".into(),
+        found: found.to_string(),
+    }
+}
+
+/// A `List<T>` array from per-row slices.
+pub(crate) fn list_of<T: ArrowPrimitiveType>(
+    rows: impl Iterator<Item = impl AsRef<[T::Native]>>,
+) -> ArrayRef {
+    let mut flat: Vec<T::Native> = Vec::new();
+    let mut offsets = vec![0i32];
+    for r in rows {
+        flat.extend_from_slice(r.as_ref());
+        offsets.push(flat.len() as i32);
+    }
+    let values = PrimitiveArray::<T>::new(flat.into(), None);
+    let field = Arc::new(Field::new("item", T::DATA_TYPE, false));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(values),
+        None,
+    ))
+}
+
+/// Replaces (or appends) the named columns of a batch.
+pub(crate) fn with_columns(batch: &RecordBatch, new: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if !new.iter().any(|(n, _)| n == f.name()) {
+            fields.push(f.as_ref().clone());
+            cols.push(c.clone());
+        }
+    }
+    for (name, col) in new {
+        fields.push(Field::new(name, col.data_type().clone(), false));
+        cols.push(col);
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        cols,
+    )
+    .map_err(|e| DataError::arrow("adding columns", e))
+}
+
+impl BatchOp for TokenizeOp {
+    fn name(&self) -> &str {
+        "tokenize"
+    }
+
+    fn params(&self) -> String {
+        format!("{:?}|tokenizer={}", self.config, self.tokenizer_digest)
+    }
+
+    fn apply(&self, batch: &RecordBatch, first_row: usize, source: &str) -> Result<RecordBatch> {
+        let texts = text_values(batch, &self.config.text_column, first_row, source)?;
+        let inputs: Vec<EncodeInput> = match &self.config.pair_column {
+            None => texts.into_iter().map(EncodeInput::from).collect(),
+            Some(pair) => {
+                let pairs = text_values(batch, pair, first_row, source)?;
+                texts
+                    .into_iter()
+                    .zip(pairs)
+                    .map(|(a, b)| EncodeInput::from((a, b)))
+                    .collect()
+            }
+        };
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs, self.config.add_special_tokens)
+            .map_err(|e| DataError::Tokenizer {
+                what: format!(
+                    "{source}: rows {first_row}..{}",
+                    first_row + batch.num_rows()
+                ),
+                message: e.to_string(),
+            })?;
+        let narrow = |v: &[u32]| v.iter().map(|&t| t as u8).collect::<Vec<u8>>();
+        let ids = list_of::<UInt32Type>(encodings.iter().map(|e| e.get_ids()));
+        let types = list_of::<UInt8Type>(encodings.iter().map(|e| narrow(e.get_type_ids())));
+        let mask = list_of::<UInt8Type>(encodings.iter().map(|e| narrow(e.get_attention_mask())));
+        with_columns(
+            batch,
+            vec![
+                ("input_ids", ids),
+                ("token_type_ids", types),
+                ("attention_mask", mask),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Dataset;
+    use crate::ops::MapOptions;
+    use arrow::array::{Int64Array, ListArray, UInt32Array};
+
+    fn minilm() -> Option<Tokenizer> {
+        let dir = berth_testkit::minilm_dir()?;
+        Some(load_tokenizer(dir.to_str().unwrap(), &HubOptions::offline("/nonexistent")).unwrap())
+    }
+
+    fn ids(ds: &Dataset, col: &str, row: usize) -> Vec<u32> {
+        let c = ds.column(col).unwrap();
+        let l = c.as_any().downcast_ref::<ListArray>().unwrap().value(row);
+        let cast = arrow::compute::cast(&l, &DataType::UInt32).unwrap();
+        cast.as_any()
+            .downcast_ref::<UInt32Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    }
+
+    fn pairs() -> Dataset {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "a",
+                Arc::new(StringArray::from(vec!["This is the first sentence.", ""])) as ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(StringArray::from(vec!["This is the second one.", "x"])) as ArrayRef,
+            ),
+            ("label", Arc::new(Int64Array::from(vec![1, 0])) as ArrayRef),
+        ])
+        .unwrap();
+        Dataset::from_batch(batch, "pairs").unwrap()
+    }
+
+    #[test]
+    fn pair_ids_equal_hf_tokenizers() {
+        let Some(tok) = minilm() else { return };
+        let mut cfg = TokenizeConfig::new("a");
+        cfg.pair_column = Some("b".into());
+        let out = pairs()
+            .map_batched(&TokenizeOp::new(&tok, cfg).unwrap(), &MapOptions::default())
+            .unwrap();
+        assert_eq!(
+            ids(&out, "input_ids", 0),
+            vec![
+                101, 2023, 2003, 1996, 2034, 6251, 1012, 102, 2023, 2003, 1996, 2117, 2028, 1012,
+                102
+            ]
+        );
+        let mut types = vec![0; 8];
+        types.extend([1; 7]);
+        assert_eq!(ids(&out, "token_type_ids", 0), types);
+        assert_eq!(ids(&out, "attention_mask", 0), vec![1; 15]);
+        assert_eq!(
+            out.column_names(),
+            vec![
+                "a",
+                "b",
+                "label",
+                "input_ids",
+                "token_type_ids",
+                "attention_mask"
+            ]
+        );
+    }
+
+    #[test]
+    fn baked_in_padding_is_off_and_max_length_truncates_longest_first() {
+        let Some(tok) = minilm() else { return };
+        // MiniLM's tokenizer.json pads to 128; unpadded ids must come out.
+        let out = pairs()
+            .map_batched(
+                &TokenizeOp::new(&tok, TokenizeConfig::new("a")).unwrap(),
+                &MapOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(ids(&out, "input_ids", 0).len(), 8);
+        assert_eq!(ids(&out, "input_ids", 1), vec![101, 102]);
+        let mut cfg = TokenizeConfig::new("a");
+        cfg.pair_column = Some("b".into());
+        cfg.max_length = Some(9);
+        let out = pairs()
+            .map_batched(&TokenizeOp::new(&tok, cfg).unwrap(), &MapOptions::default())
+            .unwrap();
+        // 6 + 6 pieces + 3 specials > 9: longest_first trims 3 pieces alternately.
+        assert_eq!(
+            ids(&out, "input_ids", 0),
+            vec![101, 2023, 2003, 1996, 102, 2023, 2003, 1996, 102]
+        );
+        let mut cfg = TokenizeConfig::new("a");
+        cfg.add_special_tokens = false;
+        let out = pairs()
+            .map_batched(&TokenizeOp::new(&tok, cfg).unwrap(), &MapOptions::default())
+            .unwrap();
+        assert_eq!(
+            ids(&out, "input_ids", 0),
+            vec![2023, 2003, 1996, 2034, 6251, 1012]
+        );
+    }
+
+    #[test]
+    fn non_string_and_null_text_are_named() {
+        let Some(tok) = minilm() else { return };
+        let op = TokenizeOp::new(&tok, TokenizeConfig::new("label")).unwrap();
+        let err = pairs()
+            .map_batched(&op, &MapOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "pairs: column 'label' must be a string column, found Int64"
+        );
+        let op = TokenizeOp::new(&tok, TokenizeConfig::new("nope")).unwrap();
+        let err = pairs()
+            .map_batched(&op, &MapOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("pairs: column 'nope' not found"), "{err}");
+        let batch = RecordBatch::try_from_iter([(
+            "t",
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])) as ArrayRef,
+        )])
+        .unwrap();
+        let ds = Dataset::from_batch(batch, "nulls.jsonl").unwrap();
+        let op = TokenizeOp::new(&tok, TokenizeConfig::new("t")).unwrap();
+        let err = ds
+            .map_batched(
+                &op,
+                &MapOptions {
+                    batch_size: 2,
+                    num_workers: 1,
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "nulls.jsonl: row 2 (0-based), column 't': text is null"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The training loop, AdamW, schedules, evaluation and checkpoints; filled by the trainer issue (#6).
