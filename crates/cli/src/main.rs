@@ -4,7 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use berth_data::{Format, HubOptions, LoadOptions, MapOptions, TokenizeConfig, TokenizeOp};
+use berth_data::berth_chunking::ChunkConfig;
+use berth_data::berth_masking::{MaskStrategy, MlmConfig, NspConfig};
+use berth_data::{
+    ChunkOp, Format, HubOptions, LoadOptions, MapOptions, MlmOp, TokenizeConfig, TokenizeOp,
+};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,6 +27,12 @@ enum Command {
     /// Tokenize a text column (or a pair of columns) into unpadded input_ids,
     /// token_type_ids and attention_mask, keeping the other columns.
     Tokenize(TokenizeArgs),
+    /// Tokenize whole texts and cut them into overlapping [CLS] .. [SEP] chunks, as
+    /// belt_nlp does: one row per text with `chunks` (unpadded) and `num_chunks`.
+    Chunk(ChunkArgs),
+    /// Build MLM (and with --nsp, MLM + NSP) pre-training examples: input_ids,
+    /// token_type_ids, attention_mask, labels (and next_sentence_label).
+    PretrainData(PretrainArgs),
 }
 
 /// Where rows come from: shared by every command that reads a dataset.
@@ -76,6 +86,68 @@ struct TokenizeArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct ChunkArgs {
+    /// tokenizer.json, a model directory, or a hub id (owner/name).
+    #[arg(long)]
+    tokenizer: String,
+    #[command(flatten)]
+    input: InputArgs,
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Ids per chunk, without [CLS]/[SEP].
+    #[arg(long, default_value_t = 510)]
+    chunk_size: usize,
+    /// Ids between chunk starts (chunk_size: no overlap).
+    #[arg(long, default_value_t = 510)]
+    stride: usize,
+    /// With several chunks, drop those shorter than this.
+    #[arg(long = "min-chunk-len", default_value_t = 1)]
+    minimal_chunk_length: usize,
+    /// Cut each text to this many ids before chunking.
+    #[arg(long = "max-text-len")]
+    maximal_text_length: Option<usize>,
+    /// The model's positions (default: max_position_embeddings of the model
+    /// directory's config.json, else 512).
+    #[arg(long)]
+    max_positions: Option<usize>,
+    /// Output file: .parquet or .jsonl.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    /// tokenizer.json, a model directory, or a hub id (owner/name).
+    #[arg(long)]
+    tokenizer: String,
+    #[command(flatten)]
+    input: InputArgs,
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    #[arg(long, default_value_t = 0.15)]
+    mlm_probability: f64,
+    /// hf (80% [MASK], 10% random, 10% kept) or plain (every selected token [MASK]).
+    #[arg(long, default_value = "hf")]
+    mask_strategy: String,
+    /// Mask all pieces of a word together.
+    #[arg(long)]
+    whole_word_mask: bool,
+    /// Next-sentence pairs: each input row is a document (paragraph) of sentences.
+    #[arg(long)]
+    nsp: bool,
+    /// With --nsp, pack consecutive sentences up to --max-length (HF's dataset).
+    #[arg(long)]
+    pack: bool,
+    #[arg(long, default_value_t = 512)]
+    max_length: usize,
+    #[arg(long)]
+    seed: u64,
+    /// Output file: .parquet or .jsonl.
+    #[arg(long)]
+    output: PathBuf,
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,6 +157,8 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Tokenize(a) => tokenize(a),
+        Command::Chunk(a) => chunk(a),
+        Command::PretrainData(a) => pretrain_data(a),
     }
 }
 
@@ -118,6 +192,110 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         .with_context(|| format!("writing {}", a.output.display()))?;
     eprintln!(
         "tokenized {} rows of {} into {} in {:.1}s",
+        out.num_rows(),
+        a.input.input,
+        a.output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `max_position_embeddings` from a model directory's config.json, if there is one.
+fn model_max_positions(tokenizer_spec: &str) -> Option<usize> {
+    let p = Path::new(tokenizer_spec);
+    let dir = if p.is_dir() { p } else { p.parent()? };
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("max_position_embeddings")?
+        .as_u64()
+        .map(|n| n as usize)
+}
+
+fn chunk(a: ChunkArgs) -> Result<()> {
+    check_output(&a.output)?;
+    let started = Instant::now();
+    let max_positions = a
+        .max_positions
+        .or_else(|| model_max_positions(&a.tokenizer))
+        .unwrap_or(512);
+    let config = ChunkConfig::new(
+        a.chunk_size,
+        a.stride,
+        a.minimal_chunk_length,
+        a.maximal_text_length,
+        max_positions,
+    )?;
+    let tokenizer = berth_data::load_tokenizer(&a.tokenizer, &HubOptions::from_env())?;
+    let special = berth_data::special_tokens(&tokenizer)?;
+    let ds = a.input.load()?;
+    // Tokenize the whole text without special tokens, then cut it into windows.
+    let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
+    tok_cfg.add_special_tokens = false;
+    let tokenized = ds.map_batched(
+        &TokenizeOp::new(&tokenizer, tok_cfg)?,
+        &MapOptions::default(),
+    )?;
+    let chunked = tokenized.map_batched(
+        &ChunkOp::new(config, special, "input_ids"),
+        &MapOptions::default(),
+    )?;
+    let out = chunked.remove_columns(&[
+        a.text_column.as_str(),
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+    ])?;
+    out.save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "chunked {} texts of {} into {} in {:.1}s",
+        out.num_rows(),
+        a.input.input,
+        a.output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn pretrain_data(a: PretrainArgs) -> Result<()> {
+    check_output(&a.output)?;
+    let started = Instant::now();
+    let strategy = match a.mask_strategy.as_str() {
+        "hf" => MaskStrategy::Hf,
+        "plain" => MaskStrategy::Plain,
+        other => bail!("--mask-strategy must be hf or plain, not '{other}'"),
+    };
+    let mlm = MlmConfig {
+        mlm_probability: a.mlm_probability,
+        strategy,
+        whole_word: a.whole_word_mask,
+        ..MlmConfig::default()
+    };
+    let tokenizer = berth_data::load_tokenizer(&a.tokenizer, &HubOptions::from_env())?;
+    let ds = a.input.load()?;
+    let examples = if a.nsp {
+        let nsp = NspConfig {
+            max_length: a.max_length,
+            pack: a.pack,
+            ..NspConfig::default()
+        };
+        ds.nsp_pairs(&a.text_column, &tokenizer, &nsp, a.seed)?
+    } else {
+        let mut cfg = TokenizeConfig::new(a.text_column.clone());
+        cfg.max_length = Some(a.max_length);
+        let tokenized =
+            ds.map_batched(&TokenizeOp::new(&tokenizer, cfg)?, &MapOptions::default())?;
+        tokenized.select_columns(&["input_ids", "token_type_ids", "attention_mask"])?
+    };
+    let table = a
+        .whole_word_mask
+        .then(|| std::sync::Arc::new(berth_data::continuation_table(&tokenizer)));
+    let op = MlmOp::new(mlm, berth_data::masking_tokens(&tokenizer)?, a.seed, table)?;
+    let out = examples.map_batched(&op, &MapOptions::default())?;
+    out.save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "wrote {} examples from {} to {} in {:.1}s",
         out.num_rows(),
         a.input.input,
         a.output.display(),

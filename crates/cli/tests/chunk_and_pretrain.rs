@@ -1,0 +1,215 @@
+//! `berth chunk` and `berth pretrain-data` end to end on the shared datasets.
+
+use std::path::Path;
+use std::process::Command;
+
+fn berth(args: &[&str], cache: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run berth");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn chunks_the_imdb_sample_in_input_order() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("chunks.jsonl");
+    let input = data.join("imdb/sample/train.jsonl");
+    berth(
+        &[
+            "chunk",
+            "--tokenizer",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--chunk-size",
+            "510",
+            "--stride",
+            "510",
+            "--min-chunk-len",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let rows = jsonl_rows(&out);
+    assert_eq!(rows.len(), 2_000);
+    let originals = jsonl_rows(&input);
+    for (r, o) in rows.iter().zip(&originals) {
+        assert_eq!(r["id"], o["id"], "rows keep the input order");
+        assert_eq!(r["label"], o["label"]);
+        assert!(r.get("text").is_none());
+        let chunks = r["chunks"].as_array().unwrap();
+        assert_eq!(chunks.len() as u64, r["num_chunks"].as_u64().unwrap());
+        for c in chunks {
+            let c = ids(c);
+            assert!(c.len() <= 512);
+            assert_eq!((c[0], c[c.len() - 1]), (101, 102));
+        }
+    }
+    // The data README: 315 of the 2,000 train reviews exceed 510 word-pieces.
+    let long = rows
+        .iter()
+        .filter(|r| r["num_chunks"].as_u64().unwrap() > 1)
+        .count();
+    assert_eq!(long, 315);
+}
+
+#[test]
+fn chunk_rejects_a_stride_longer_than_the_chunk() {
+    let Some(model) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("t.jsonl");
+    std::fs::write(&input, "{\"text\": \"a b c\"}\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["chunk", "--tokenizer", model.to_str().unwrap(), "--input"])
+        .arg(&input)
+        .args(["--chunk-size", "100", "--stride", "200", "--output"])
+        .arg(tmp.path().join("o.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stride 200 must be between 1 and chunk_size 100"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nsp_pairs_from_meditations_are_balanced() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nsp.jsonl");
+    berth(
+        &[
+            "pretrain-data",
+            "--tokenizer",
+            model.to_str().unwrap(),
+            "--input",
+            data.join("meditations/meditations.txt").to_str().unwrap(),
+            "--nsp",
+            "--max-length",
+            "128",
+            "--seed",
+            "42",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let rows = jsonl_rows(&out);
+    assert!(rows.len() > 1_000, "{} pairs", rows.len());
+    let not_next = rows
+        .iter()
+        .filter(|r| r["next_sentence_label"] == 1)
+        .count();
+    let share = not_next as f64 / rows.len() as f64;
+    assert!((share - 0.5).abs() <= 0.03, "NotNext share {share}");
+    for r in &rows {
+        let (input, labels, types) = (
+            ids(&r["input_ids"]),
+            r["labels"].as_array().unwrap(),
+            ids(&r["token_type_ids"]),
+        );
+        assert!(input.len() <= 128);
+        assert_eq!(input.len(), labels.len());
+        assert_eq!(input.len(), types.len());
+        assert_eq!(input[0], 101);
+        assert_eq!(input.iter().filter(|&&i| i == 102).count(), 2);
+    }
+}
+
+#[test]
+fn plain_mlm_masks_every_selected_token() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mlm.parquet");
+    let args = |out: &Path| {
+        vec![
+            "pretrain-data".to_string(),
+            "--tokenizer".into(),
+            model.to_str().unwrap().into(),
+            "--input".into(),
+            data.join("meditations/meditations.txt")
+                .to_str()
+                .unwrap()
+                .into(),
+            "--mask-strategy".into(),
+            "plain".into(),
+            "--max-length".into(),
+            "256".into(),
+            "--seed".into(),
+            "1".into(),
+            "--output".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let a: Vec<String> = args(&out);
+    berth(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path(),
+    );
+    let jl = tmp.path().join("mlm.jsonl");
+    let a: Vec<String> = args(&jl);
+    berth(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path(),
+    );
+    let rows = jsonl_rows(&jl);
+    assert_eq!(rows.len(), 507);
+    let (mut selected, mut candidates) = (0, 0);
+    for r in &rows {
+        let input = ids(&r["input_ids"]);
+        let labels: Vec<i64> = r["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        for (i, l) in input.iter().zip(&labels) {
+            if *l == -100 {
+                assert_ne!(*i, 103);
+            } else {
+                assert_eq!(*i, 103, "plain masking replaces every selected token");
+                selected += 1;
+            }
+            if ![0, 101, 102].contains(i) || *l != -100 {
+                candidates += 1;
+            }
+        }
+    }
+    let rate = selected as f64 / candidates as f64;
+    assert!((rate - 0.15).abs() < 0.01, "selection rate {rate}");
+    assert!(out.exists());
+}
