@@ -4,41 +4,16 @@
 
 use std::sync::Arc;
 
-use berth_data::arrow::array::{Array, RecordBatch, StringArray};
-use berth_data::{
-    CacheMode, Dataset, HubOptions, LoadOptions, MapOptions, TokenizeConfig, TokenizeOp,
-};
+use berth_data::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn setup() -> (berth_data::tokenizers::Tokenizer, Dataset, Vec<String>) {
-    let model = berth_testkit::minilm_dir().expect("run `cargo xtask fixtures` first");
-    let path = std::env::var("BERTH_BENCH_IMDB").unwrap_or_else(|_| {
-        berth_testkit::data_dir_path()
-            .join("imdb/train.parquet")
-            .display()
-            .to_string()
-    });
-    let rows: usize = std::env::var("BERTH_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let full = berth_data::load_parquet(&path, &LoadOptions::in_memory()).expect("load imdb");
-    // A shuffled sample so both labels and all lengths are represented.
-    let sample = full.shuffle(0).expect("shuffle");
-    let batch: RecordBatch = sample.slice(0, rows.min(sample.num_rows())).expect("slice");
-    let ds = Dataset::from_batch(batch.clone(), "imdb-sample")
-        .expect("dataset")
-        .with_cache(CacheMode::InMemory);
-    let col = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("text column");
-    let texts = (0..col.len()).map(|i| col.value(i).to_string()).collect();
-    let tok =
-        berth_data::load_tokenizer(model.to_str().expect("utf-8 path"), &HubOptions::from_env())
-            .expect("tokenizer");
-    (tok, ds, texts)
+    let (texts, _) = berth_benches::imdb_texts(berth_benches::bench_rows(2000));
+    let column: ArrayRef = Arc::new(StringArray::from(texts.clone()));
+    let batch = RecordBatch::try_from_iter([("text", column)]).expect("batch");
+    let ds = Dataset::from_batch(batch, "imdb-sample").expect("dataset");
+    (berth_benches::tokenizer(), ds, texts)
 }
 
 fn bench(c: &mut Criterion) {

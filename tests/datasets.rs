@@ -103,6 +103,19 @@ fn hub_dataset_loads_offline_from_an_hf_hub_cache() {
         &LoadOptions::in_memory(),
     )
     .unwrap();
+    // As the hub's parquet files do, carry HF `datasets` features in the schema
+    // metadata, so the label column keeps its class names.
+    let features =
+        r#"{"info": {"features": {"label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}}}"#;
+    let schema = std::sync::Arc::new(sample.schema().as_ref().clone().with_metadata(
+        std::collections::HashMap::from([("huggingface".to_string(), features.to_string())]),
+    ));
+    let batches = sample
+        .batches()
+        .iter()
+        .map(|b| b.clone().with_schema(schema.clone()).unwrap())
+        .collect();
+    let sample = berth_data::Dataset::from_batches(schema, batches, "sample").unwrap();
     let hub = tempfile::tempdir().unwrap();
     let commit = "0123456789abcdef0123456789abcdef01234567";
     let repo = hub.path().join("datasets--stanfordnlp--imdb");
@@ -136,6 +149,11 @@ fn hub_dataset_loads_offline_from_an_hf_hub_cache() {
     assert_eq!(dict.names(), vec!["train", "test"]);
     assert_eq!(dict.split("train").unwrap().num_rows(), 300);
     assert_eq!(dict.split("test").unwrap().num_rows(), 200);
+    assert_eq!(
+        dict.split("train").unwrap().class_names("label"),
+        Some(vec!["neg".to_string(), "pos".to_string()])
+    );
+    assert_eq!(dict.split("train").unwrap().class_names("text"), None);
     let err = load_hub(
         "stanfordnlp/imdb",
         Some("nope"),
