@@ -210,6 +210,33 @@ fn labels_tensor(rows: &[Example], len: usize, device: &Device) -> Result<Option
     }
 }
 
+/// Masks each row afresh for `epoch` (HF's dynamic masking: every epoch sees new
+/// masks of the same text) and pads them; `indices` are the rows' dataset indices, so
+/// a row's masks depend on (seed, epoch, index) only, not on its batch.
+pub fn collate_mlm(
+    rows: &[&[u32]],
+    indices: &[usize],
+    masker: &berth_masking::DynamicMasker,
+    epoch: u64,
+    padding: &Padding,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Batch> {
+    let masked: Vec<berth_masking::Masked> = rows
+        .iter()
+        .zip(indices)
+        .map(|(ids, &i)| masker.mask(ids, None, epoch, i as u64))
+        .collect();
+    let examples: Vec<Example> = masked
+        .iter()
+        .map(|m| Example {
+            label: Some(Label::Tokens(m.labels.clone())),
+            ..Example::new(&m.input_ids)
+        })
+        .collect();
+    collate(&examples, padding, pad_id, device)
+}
+
 /// One long text's chunks (each `[CLS] .. [SEP]`, unpadded) and its class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document<'a> {
@@ -358,6 +385,38 @@ mod tests {
             collate(&rows, &Padding::Longest { multiple_of: None }, 0, &CPU),
             Err(CollateError::MixedLabels { row: 1 })
         ));
+    }
+
+    #[test]
+    fn mlm_batches_get_fresh_masks_each_epoch() {
+        let masker = berth_masking::DynamicMasker::new(
+            berth_masking::MlmConfig {
+                mlm_probability: 0.5,
+                ..Default::default()
+            },
+            berth_masking::MaskingTokens {
+                mask: 103,
+                pad: 0,
+                special_ids: vec![0, 101, 102, 103],
+                vocab_size: 1000,
+            },
+            11,
+        )
+        .unwrap();
+        let a: Vec<u32> = std::iter::once(101).chain(200..260).chain([102]).collect();
+        let b = [101u32, 300, 301, 102];
+        let pad = Padding::Longest { multiple_of: None };
+        let e0 = collate_mlm(&[&a, &b], &[4, 9], &masker, 0, &pad, 0, &CPU).unwrap();
+        let e0_again = collate_mlm(&[&a, &b], &[4, 9], &masker, 0, &pad, 0, &CPU).unwrap();
+        let e1 = collate_mlm(&[&a, &b], &[4, 9], &masker, 1, &pad, 0, &CPU).unwrap();
+        let labels = |x: &Batch| x.labels.as_ref().unwrap().to_vec2::<i64>().unwrap();
+        assert_eq!(labels(&e0), labels(&e0_again));
+        assert_ne!(labels(&e0), labels(&e1));
+        // Padding positions of the short row carry -100.
+        assert!(labels(&e0)[1][4..].iter().all(|&l| l == -100));
+        // A row's masks do not depend on its batch-mates.
+        let alone = collate_mlm(&[&b], &[9], &masker, 0, &pad, 0, &CPU).unwrap();
+        assert_eq!(labels(&alone)[0], labels(&e0)[1][..4].to_vec());
     }
 
     #[test]

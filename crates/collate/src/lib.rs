@@ -16,7 +16,9 @@ mod batch;
 mod error;
 mod sampler;
 
-pub use batch::{Batch, ChunkBatch, Document, Example, Label, Padding, collate, collate_chunks};
+pub use batch::{
+    Batch, ChunkBatch, Document, Example, Label, Padding, collate, collate_chunks, collate_mlm,
+};
 pub use error::CollateError;
 pub use sampler::{
     BatchSampler, ItemShape, LengthGroupedSampler, RandomSampler, SequentialSampler,

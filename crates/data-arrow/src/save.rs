@@ -27,11 +27,15 @@ struct State {
 }
 
 impl Dataset {
-    /// Writes Parquet (snappy, as HF `to_parquet`).
+    /// Writes Parquet (snappy, as HF `to_parquet`), in row groups of at most 10,000 rows.
     pub fn to_parquet(&self, path: &Path) -> Result<()> {
         let (atomic, file) = AtomicFile::create(path)?;
+        // Bounded row groups: the writer buffers a whole group, so this keeps memory
+        // flat however many rows are written.
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(10_000))
+            .set_max_row_group_bytes(Some(64 << 20))
             .build();
         let perr = |source| DataError::Parquet {
             path: path.to_path_buf(),

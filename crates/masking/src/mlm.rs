@@ -385,3 +385,44 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    /// Pins the exact output for one seed, so "same seed, same bytes" also holds across
+    /// releases (a change here changes every dataset built with Berth's masks).
+    #[test]
+    fn seeded_masks_are_pinned() {
+        let tokens = MaskingTokens {
+            mask: 103,
+            pad: 0,
+            special_ids: vec![0, 100, 101, 102, 103],
+            vocab_size: 30522,
+        };
+        let ids: Vec<u32> = std::iter::once(101)
+            .chain(2000..2030)
+            .chain([102, 0])
+            .collect();
+        let cfg = MlmConfig {
+            mlm_probability: 0.3,
+            ..MlmConfig::default()
+        };
+        let out = mask_tokens(&ids, None, &cfg, &tokens, &mut rng_for(2024, 5));
+        assert_eq!(out.input_ids, PINNED_IDS.to_vec());
+        assert_eq!(out.labels, PINNED_LABELS.to_vec());
+    }
+
+    // Selected: 2004 (kept), 2007, 2009, 2015, 2021, 2027 ([MASK]), 2014 (random 26100),
+    // 2024 (kept).
+    const PINNED_IDS: [u32; 33] = [
+        101, 2000, 2001, 2002, 2003, 2004, 2005, 2006, 103, 2008, 103, 2010, 2011, 2012, 2013,
+        26100, 103, 2016, 2017, 2018, 2019, 2020, 103, 2022, 2023, 2024, 2025, 2026, 103, 2028,
+        2029, 102, 0,
+    ];
+    const PINNED_LABELS: [i64; 33] = [
+        -100, -100, -100, -100, -100, 2004, -100, -100, 2007, -100, 2009, -100, -100, -100, -100,
+        2014, 2015, -100, -100, -100, -100, -100, 2021, -100, -100, 2024, -100, -100, 2027, -100,
+        -100, -100, -100,
+    ];
+}

@@ -96,3 +96,53 @@ pub(crate) fn resolve_files(spec: &str) -> Result<Vec<PathBuf>> {
     }
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Dataset;
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use std::sync::Arc;
+
+    fn shard(dir: &Path, name: &str, values: Vec<i64>) {
+        let batch =
+            RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(values)) as ArrayRef)])
+                .unwrap();
+        Dataset::from_batch(batch, name)
+            .unwrap()
+            .to_parquet(&dir.join(name))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_directory_or_glob_of_shards_reads_in_sorted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        shard(dir.path(), "train-00001-of-00002.parquet", vec![3, 4]);
+        shard(dir.path(), "train-00000-of-00002.parquet", vec![1, 2]);
+        shard(dir.path(), "test-00000-of-00001.parquet", vec![9]);
+        let opts = LoadOptions::in_memory();
+        let all = load_parquet(dir.path().to_str().unwrap(), &opts).unwrap();
+        assert_eq!(all.num_rows(), 5);
+        let glob = format!("{}/train-*.parquet", dir.path().display());
+        let train = load_parquet(&glob, &opts).unwrap();
+        let n = train.column("n").unwrap();
+        assert_eq!(
+            n.as_any().downcast_ref::<Int64Array>().unwrap().values(),
+            &[1, 2, 3, 4]
+        );
+        let none = format!("{}/valid-*.parquet", dir.path().display());
+        let err = load_parquet(&none, &opts).unwrap_err().to_string();
+        assert!(err.contains("no parquet files found"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.parquet");
+        std::fs::write(&p, b"not parquet at all").unwrap();
+        let err = load_parquet(p.to_str().unwrap(), &LoadOptions::in_memory())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!("{}:", p.display())), "{err}");
+    }
+}
