@@ -50,5 +50,7 @@ pub use arrow;
 /// Re-exported: the chunker and masker whose ops this crate runs.
 pub use berth_chunking;
 pub use berth_masking;
+/// Re-exported so callers name repo types with the same hf-hub version.
+pub use hf_hub;
 /// Re-exported so users hand `TokenizeOp` the same `Tokenizer` type.
 pub use tokenizers;

@@ -1,1 +1,42 @@
-//! A trainable candle BERT with Hugging Face-compatible weights and heads; filled by the model issue (#5).
+//! `berth-model`: a trainable candle BERT equal to HF `BertModel`, its heads
+//! (sequence classification, chunk-pooled classification, masked LM, pre-training),
+//! and HF-compatible checkpoints.
+//!
+//! Every parameter is an f32 `Var` in a `VarMap`, so all are trainable; the forward
+//! pass is built from differentiable primitives only (candle's fused LayerNorm and
+//! softmax drop gradients).
+//!
+//! ```
+//! use berth_model::{BertConfig, Mode, Params, SequenceClassifier};
+//! use candle_core::{Device, Tensor};
+//!
+//! let cfg = BertConfig::tiny();
+//! let mut params = Params::random(&Device::Cpu, 0, cfg.initializer_range);
+//! let model = SequenceClassifier::new(&cfg, &mut params).unwrap();
+//! let ids = Tensor::new(&[[1u32, 5, 9, 2]], &Device::Cpu).unwrap();
+//! let logits = model.forward(&ids, None, None, &Mode::eval()).unwrap();
+//! assert_eq!(logits.dims(), &[1, 2]);
+//! ```
+
+mod bert;
+mod checkpoint;
+mod config;
+mod error;
+mod heads;
+mod layers;
+mod loss;
+mod params;
+
+pub use bert::{BertModel, BertOutput};
+pub use checkpoint::{open_dir, resolve_model_dir, save};
+pub use config::BertConfig;
+pub use error::{ModelError, Result};
+pub use heads::{
+    ChunkPooledClassifier, MaskedLm, Pool, PreTraining, SequenceClassifier, pool_chunks,
+};
+pub use layers::{Activation, LayerNorm, Linear, Mode, softmax_last};
+pub use loss::{cross_entropy, mse};
+pub use params::{Init, LoadReport, Params};
+
+#[cfg(test)]
+mod tests;

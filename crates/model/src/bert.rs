@@ -1,0 +1,239 @@
+//! The encoder, equal to HF `BertModel`: embeddings, N post-LN self-attention layers,
+//! and the pooler (dense + tanh on `[CLS]`).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::BertConfig;
+use crate::error::Result;
+use crate::layers::{Activation, LayerNorm, Linear, Mode, softmax_last};
+use crate::params::{Init, Params};
+
+pub(crate) fn linear(p: &mut Params, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+    Ok(Linear {
+        weight: p.get(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal)?,
+        bias: Some(p.get(&format!("{name}.bias"), &[out_dim], Init::Zeros)?),
+    })
+}
+
+pub(crate) fn layer_norm(p: &mut Params, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: p.get(&format!("{name}.weight"), &[dim], Init::Ones)?,
+        bias: p.get(&format!("{name}.bias"), &[dim], Init::Zeros)?,
+        eps,
+    })
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// What the encoder returns.
+pub struct BertOutput {
+    /// `[B, L, H]`.
+    pub sequence: Tensor,
+    /// `[B, H]`, when the model has a pooler.
+    pub pooled: Option<Tensor>,
+}
+
+/// HF `BertModel`.
+pub struct BertModel {
+    config: BertConfig,
+    activation: Activation,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    dtype: DType,
+}
+
+impl BertModel {
+    /// Builds the encoder from `p`, its parameters named `{prefix}embeddings...`
+    /// (`prefix` is "bert." inside a head model, "" for a bare `BertModel`).
+    pub fn new(
+        config: &BertConfig,
+        p: &mut Params,
+        prefix: &str,
+        with_pooler: bool,
+    ) -> Result<Self> {
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        let e = format!("{prefix}embeddings");
+        let word = p.get(
+            &format!("{e}.word_embeddings.weight"),
+            &[config.vocab_size, h],
+            Init::Normal,
+        )?;
+        let position = p.get(
+            &format!("{e}.position_embeddings.weight"),
+            &[config.max_position_embeddings, h],
+            Init::Normal,
+        )?;
+        let token_type = p.get(
+            &format!("{e}.token_type_embeddings.weight"),
+            &[config.type_vocab_size, h],
+            Init::Normal,
+        )?;
+        let emb_norm = layer_norm(p, &format!("{e}.LayerNorm"), h, eps)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let l = format!("{prefix}encoder.layer.{i}");
+            layers.push(Layer {
+                query: linear(p, &format!("{l}.attention.self.query"), h, h)?,
+                key: linear(p, &format!("{l}.attention.self.key"), h, h)?,
+                value: linear(p, &format!("{l}.attention.self.value"), h, h)?,
+                attn_out: linear(p, &format!("{l}.attention.output.dense"), h, h)?,
+                attn_norm: layer_norm(p, &format!("{l}.attention.output.LayerNorm"), h, eps)?,
+                intermediate: linear(
+                    p,
+                    &format!("{l}.intermediate.dense"),
+                    config.intermediate_size,
+                    h,
+                )?,
+                output: linear(p, &format!("{l}.output.dense"), h, config.intermediate_size)?,
+                out_norm: layer_norm(p, &format!("{l}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        let pooler = if with_pooler {
+            Some(linear(p, &format!("{prefix}pooler.dense"), h, h)?)
+        } else {
+            None
+        };
+        let activation =
+            Activation::parse(&config.hidden_act).map_err(crate::error::ModelError::Checkpoint)?;
+        Ok(BertModel {
+            config: config.clone(),
+            activation,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            pooler,
+            dtype: DType::F32,
+        })
+    }
+
+    /// Computes in `dtype` (f32 or bf16); parameters stay f32.
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.dtype = dtype;
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The word embedding table `[V, H]` (the MLM decoder is tied to it).
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word
+    }
+
+    pub fn device(&self) -> &Device {
+        self.word.device()
+    }
+
+    /// `input_ids` `[B, L]` u32; `token_type_ids` (zeros when absent) and
+    /// `attention_mask` (ones when absent) the same shape.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<BertOutput> {
+        let (b, l) = input_ids.dims2()?;
+        let h = self.config.hidden_size;
+        if l > self.config.max_position_embeddings {
+            return Err(crate::error::ModelError::Checkpoint(format!(
+                "sequence length {l} exceeds max_position_embeddings {}",
+                self.config.max_position_embeddings
+            )));
+        }
+        let flat = input_ids.flatten_all()?;
+        let words = self.word.embedding(&flat)?.reshape((b, l, h))?;
+        let positions = Tensor::arange(0u32, l as u32, input_ids.device())?;
+        let pos = self.position.embedding(&positions)?.unsqueeze(0)?;
+        let types = match token_type_ids {
+            Some(t) => self
+                .token_type
+                .embedding(&t.flatten_all()?)?
+                .reshape((b, l, h))?,
+            None => self
+                .token_type
+                .embedding(&Tensor::zeros(b * l, DType::U32, input_ids.device())?)?
+                .reshape((b, l, h))?,
+        };
+        let emb = words.broadcast_add(&pos)?.add(&types)?;
+        let mut x = mode.dropout(
+            &self.emb_norm.forward(&emb)?,
+            self.config.hidden_dropout_prob,
+        )?;
+        x = x.to_dtype(self.dtype)?;
+        // Additive mask [B, 1, 1, L]: 0 where attended, the dtype's minimum elsewhere (HF).
+        let mask = match attention_mask {
+            Some(m) => {
+                let m = m.to_dtype(DType::F32)?;
+                let neg = ((m.ones_like()? - m)? * f32::MIN as f64)?;
+                Some(neg.reshape((b, 1, 1, l))?)
+            }
+            None => None,
+        };
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, mask.as_ref(), mode)?;
+        }
+        let pooled = match &self.pooler {
+            Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            None => None,
+        };
+        Ok(BertOutput {
+            sequence: x,
+            pooled,
+        })
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let heads = self.config.num_attention_heads;
+        let hd = self.config.head_dim();
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, l, heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(layer.query.forward(x)?)?;
+        let k = split(layer.key.forward(x)?)?;
+        let v = split(layer.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last(&scores)?.to_dtype(x.dtype())?;
+        let probs = mode.dropout(&probs, self.config.attention_probs_dropout_prob)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let attn = mode.dropout(
+            &layer.attn_out.forward(&context)?,
+            self.config.hidden_dropout_prob,
+        )?;
+        let x = layer.attn_norm.forward(&(attn + x)?)?;
+        let inter = self.activation.forward(&layer.intermediate.forward(&x)?)?;
+        let out = mode.dropout(
+            &layer.output.forward(&inter)?,
+            self.config.hidden_dropout_prob,
+        )?;
+        layer.out_norm.forward(&(out + x)?)
+    }
+}

@@ -1,0 +1,184 @@
+//! `config.json` as Hugging Face writes it for BERT, with unknown keys kept so a
+//! loaded config is saved back unchanged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_init() -> f64 {
+    0.02
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// BERT hyper-parameters (HF `BertConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    /// Dropout before the classifier; `hidden_dropout_prob` when absent (HF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<String>,
+    /// Every other key of the file, written back as it was.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BertConfig {
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let cfg: BertConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        crate::layers::Activation::parse(&self.hidden_act)?;
+        Ok(())
+    }
+
+    /// Classes: the size of `id2label`, else 2 (HF's default).
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map_or(2, BTreeMap::len)
+    }
+
+    /// Sets `num_labels` classes named `names` (or `LABEL_i`), as HF does.
+    pub fn set_labels(&mut self, names: &[String]) {
+        let id2label: BTreeMap<String, String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), n.clone()))
+            .collect();
+        let label2id = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as i64))
+            .collect();
+        self.id2label = Some(id2label);
+        self.label2id = Some(label2id);
+    }
+
+    /// The name of class `i`, when known.
+    pub fn label_name(&self, i: usize) -> Option<&str> {
+        self.id2label
+            .as_ref()?
+            .get(&i.to_string())
+            .map(String::as_str)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// A small random-init config for tests and benches.
+    pub fn tiny() -> Self {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 40,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
+        }))
+        .expect("literal config")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_minilm_and_keeps_unknown_keys() {
+        let Some(dir) = berth_testkit::minilm_dir() else {
+            return;
+        };
+        let cfg = BertConfig::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!(
+            (
+                cfg.hidden_size,
+                cfg.num_hidden_layers,
+                cfg.num_attention_heads
+            ),
+            (384, 6, 12)
+        );
+        assert_eq!(
+            (
+                cfg.intermediate_size,
+                cfg.vocab_size,
+                cfg.max_position_embeddings
+            ),
+            (1536, 30522, 512)
+        );
+        let back: serde_json::Value = serde_json::to_value(&cfg).unwrap();
+        let orig: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        for (k, v) in orig.as_object().unwrap() {
+            assert_eq!(back.get(k), Some(v), "key {k}");
+        }
+    }
+
+    #[test]
+    fn rejects_heads_that_do_not_divide_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let mut v = serde_json::to_value(BertConfig::tiny()).unwrap();
+        v["num_attention_heads"] = 3.into();
+        std::fs::write(&p, v.to_string()).unwrap();
+        let err = BertConfig::from_file(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("not a multiple of num_attention_heads 3"),
+            "{err}"
+        );
+    }
+}

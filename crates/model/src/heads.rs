@@ -1,0 +1,271 @@
+//! The heads, as HF's `BertForSequenceClassification`, `BertForMaskedLM` and
+//! `BertForPreTraining`, plus belt_nlp's chunk-pooled classifier.
+
+use candle_core::{D, Tensor};
+
+use crate::bert::{BertModel, layer_norm, linear};
+use crate::config::BertConfig;
+use crate::error::{ModelError, Result};
+use crate::layers::{Activation, LayerNorm, Linear, Mode};
+use crate::loss::{cross_entropy, mse};
+use crate::params::{Init, Params};
+
+/// pooler -> dropout -> classifier. `num_labels == 1` is a regressor (MSE), as HF.
+pub struct SequenceClassifier {
+    pub bert: BertModel,
+    classifier: Linear,
+    dropout: f64,
+    num_labels: usize,
+}
+
+impl SequenceClassifier {
+    pub fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+        let bert = BertModel::new(config, p, "bert.", true)?;
+        let num_labels = config.num_labels();
+        let classifier = linear(p, "classifier", num_labels, config.hidden_size)?;
+        Ok(SequenceClassifier {
+            bert,
+            classifier,
+            dropout: config
+                .classifier_dropout
+                .unwrap_or(config.hidden_dropout_prob),
+            num_labels,
+        })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// Logits `[B, num_labels]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        let out = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+        let pooled = out
+            .pooled
+            .ok_or_else(|| ModelError::Checkpoint("classifier needs a pooler".into()))?;
+        self.classifier
+            .forward(&mode.dropout(&pooled, self.dropout)?)
+    }
+
+    /// Cross-entropy against class labels `[B]` (i64), or MSE against targets `[B]`
+    /// (f32) for a regressor.
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        if self.num_labels == 1 {
+            mse(&logits.squeeze(1)?, labels)
+        } else {
+            cross_entropy(logits, labels)
+        }
+    }
+}
+
+/// How chunk logits of one text are reduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Mean,
+    Max,
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" => Ok(Pool::Mean),
+            "max" => Ok(Pool::Max),
+            other => Err(format!("pooling must be mean or max, not '{other}'")),
+        }
+    }
+}
+
+/// Reduces chunk logits `[ΣK, C]` to text logits `[B, C]`: text `b` owns rows
+/// `doc_offsets[b]..doc_offsets[b+1]`. Differentiable, so one loss per text trains all
+/// of its chunks in one backward pass.
+pub fn pool_chunks(chunk_logits: &Tensor, doc_offsets: &[usize], pool: Pool) -> Result<Tensor> {
+    let mut docs = Vec::with_capacity(doc_offsets.len().saturating_sub(1));
+    for w in doc_offsets.windows(2) {
+        let k = w[1] - w[0];
+        if k == 0 {
+            return Err(ModelError::Checkpoint(
+                "a text with no chunks cannot be pooled".into(),
+            ));
+        }
+        let rows = chunk_logits.narrow(0, w[0], k)?;
+        docs.push(match pool {
+            Pool::Mean => rows.mean(0)?,
+            Pool::Max => rows.max(0)?,
+        });
+    }
+    Ok(Tensor::stack(&docs, 0)?)
+}
+
+/// belt_nlp's classifier for long texts: the sequence classifier over every chunk,
+/// logits pooled per text, loss on the pooled logits.
+pub struct ChunkPooledClassifier {
+    pub inner: SequenceClassifier,
+    pub pool: Pool,
+}
+
+impl ChunkPooledClassifier {
+    pub fn new(config: &BertConfig, p: &mut Params, pool: Pool) -> Result<Self> {
+        Ok(ChunkPooledClassifier {
+            inner: SequenceClassifier::new(config, p)?,
+            pool,
+        })
+    }
+
+    /// Text logits `[B, C]` from chunk tensors `[ΣK, L]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        doc_offsets: &[usize],
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        let chunk_logits = self
+            .inner
+            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+        pool_chunks(&chunk_logits, doc_offsets, self.pool)
+    }
+
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        self.inner.loss(logits, labels)
+    }
+}
+
+/// `cls.predictions`: dense + activation + LayerNorm, then the decoder tied to the
+/// word embeddings, plus a bias.
+struct MlmHead {
+    dense: Linear,
+    norm: LayerNorm,
+    bias: Tensor,
+    activation: Activation,
+}
+
+impl MlmHead {
+    fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+        Ok(MlmHead {
+            dense: linear(
+                p,
+                "cls.predictions.transform.dense",
+                config.hidden_size,
+                config.hidden_size,
+            )?,
+            norm: layer_norm(
+                p,
+                "cls.predictions.transform.LayerNorm",
+                config.hidden_size,
+                config.layer_norm_eps,
+            )?,
+            bias: p.get("cls.predictions.bias", &[config.vocab_size], Init::Zeros)?,
+            activation: Activation::parse(&config.hidden_act).map_err(ModelError::Checkpoint)?,
+        })
+    }
+
+    fn forward(&self, sequence: &Tensor, word_embeddings: &Tensor) -> Result<Tensor> {
+        let x = self
+            .norm
+            .forward(&self.activation.forward(&self.dense.forward(sequence)?)?)?;
+        let decoder = Linear {
+            weight: word_embeddings.clone(),
+            bias: Some(self.bias.clone()),
+        };
+        decoder.forward(&x)
+    }
+}
+
+fn mlm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    cross_entropy(&logits.reshape(((), v))?, &labels.flatten_all()?)
+}
+
+/// HF `BertForMaskedLM` (no pooler).
+pub struct MaskedLm {
+    pub bert: BertModel,
+    head: MlmHead,
+}
+
+impl MaskedLm {
+    pub fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+        Ok(MaskedLm {
+            bert: BertModel::new(config, p, "bert.", false)?,
+            head: MlmHead::new(config, p)?,
+        })
+    }
+
+    /// Token logits `[B, L, V]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        let out = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+        self.head
+            .forward(&out.sequence, self.bert.word_embeddings())
+    }
+
+    /// Cross-entropy over positions whose label is not -100.
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        mlm_loss(logits, labels)
+    }
+}
+
+/// HF `BertForPreTraining`: MLM + NSP (`cls.seq_relationship`), loss their sum.
+pub struct PreTraining {
+    pub bert: BertModel,
+    head: MlmHead,
+    seq_relationship: Linear,
+}
+
+impl PreTraining {
+    pub fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+        Ok(PreTraining {
+            bert: BertModel::new(config, p, "bert.", true)?,
+            head: MlmHead::new(config, p)?,
+            seq_relationship: linear(p, "cls.seq_relationship", 2, config.hidden_size)?,
+        })
+    }
+
+    /// (token logits `[B, L, V]`, next-sentence logits `[B, 2]`).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let out = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+        let pooled = out
+            .pooled
+            .ok_or_else(|| ModelError::Checkpoint("pre-training needs a pooler".into()))?;
+        Ok((
+            self.head
+                .forward(&out.sequence, self.bert.word_embeddings())?,
+            self.seq_relationship.forward(&pooled)?,
+        ))
+    }
+
+    /// MLM loss + NSP loss.
+    pub fn loss(
+        &self,
+        mlm_logits: &Tensor,
+        nsp_logits: &Tensor,
+        labels: &Tensor,
+        next_sentence_label: &Tensor,
+    ) -> Result<Tensor> {
+        Ok((mlm_loss(mlm_logits, labels)? + cross_entropy(nsp_logits, next_sentence_label)?)?)
+    }
+}

@@ -1,0 +1,233 @@
+//! Building blocks made only of differentiable candle primitives: candle's fused
+//! `layer_norm`/`softmax_last_dim` record no backward op (see STYLE.md), so LayerNorm
+//! and softmax are written out here.
+
+use std::cell::RefCell;
+
+use candle_core::{D, DType, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+
+/// Whether dropout is active, and the seeded RNG its masks come from.
+pub struct Mode {
+    train: bool,
+    rng: RefCell<ChaCha8Rng>,
+}
+
+impl Mode {
+    /// Dropout off (inference, evaluation).
+    pub fn eval() -> Self {
+        Mode {
+            train: false,
+            rng: RefCell::new(rand::SeedableRng::seed_from_u64(0)),
+        }
+    }
+
+    /// Dropout on, masks drawn from `seed` (same seed, same masks).
+    pub fn train(seed: u64) -> Self {
+        Mode {
+            train: true,
+            rng: RefCell::new(rand::SeedableRng::seed_from_u64(seed)),
+        }
+    }
+
+    pub fn is_train(&self) -> bool {
+        self.train
+    }
+
+    /// Inverted dropout with probability `p`; identity in eval mode.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - p;
+        let n = x.elem_count();
+        let mut rng = self.rng.borrow_mut();
+        let mask: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// `y = x W^T + b`, W as `[out, in]` (PyTorch's layout).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.to_dtype(x.dtype())?;
+        let y = x.broadcast_matmul(&w.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
+            None => y,
+        })
+    }
+}
+
+/// LayerNorm over the last dimension, statistics in f32 whatever the input dtype.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let y = normed
+            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
+            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
+        Ok(y.to_dtype(dtype)?)
+    }
+}
+
+/// Softmax over the last dimension, in f32, from primitives (max subtracted for
+/// stability; the max carries no gradient, which leaves the result's gradient exact).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?.to_dtype(dtype)?)
+}
+
+/// The feed-forward activation named by `hidden_act`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU (erf), HF's "gelu".
+    Gelu,
+    /// tanh approximation: "gelu_new", "gelu_pytorch_tanh", "gelu_fast".
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(format!(
+                "hidden_act '{other}' is not supported (gelu, gelu_new, relu)"
+            )),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn layer_norm_matches_the_definition_and_passes_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::new(&[[1f32, 2., 4.], [0., -1., 3.]], &dev).unwrap())
+            .unwrap();
+        let w = Var::from_tensor(&Tensor::new(&[1f32, 2., 0.5], &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[0f32, 1., -1.], &dev).unwrap()).unwrap();
+        let ln = LayerNorm {
+            weight: w.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+            eps: 1e-12,
+        };
+        let y = ln.forward(x.as_tensor()).unwrap();
+        let row: Vec<f32> = y.to_vec2::<f32>().unwrap()[0].clone();
+        let (m, v) = (
+            7f32 / 3.,
+            ((1f32 - 7. / 3.).powi(2) + (2f32 - 7. / 3.).powi(2) + (4f32 - 7. / 3.).powi(2)) / 3.,
+        );
+        let want = [
+            (1. - m) / v.sqrt(),
+            (2. - m) / v.sqrt() * 2. + 1.,
+            (4. - m) / v.sqrt() * 0.5 - 1.,
+        ];
+        for (a, b) in row.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let loss = (y.sqr().unwrap().sum_all().unwrap() + y.sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        for v in [&x, &w, &b] {
+            let g = grads
+                .get(v.as_tensor())
+                .expect("gradient reaches the input and both parameters");
+            assert!(
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_pass_gradients() {
+        let x = Var::from_tensor(
+            &Tensor::new(&[[1f32, 2., 3.], [-1e4, 0., 1e4]], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let p = softmax_last(x.as_tensor()).unwrap();
+        for row in p.to_vec2::<f32>().unwrap() {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+        let w = Tensor::new(&[[1f32, 0., 0.], [0., 1., 0.]], &Device::Cpu).unwrap();
+        let grads = p.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_off_in_eval() {
+        let x = Tensor::ones((4, 64), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let a = Mode::train(3)
+            .dropout(&x, 0.5)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let b = Mode::train(3)
+            .dropout(&x, 0.5)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(a.iter().flatten().all(|&v| v == 0.0 || v == 2.0));
+        assert_eq!(
+            Mode::eval()
+                .dropout(&x, 0.5)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            x.to_vec2::<f32>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Losses with PyTorch's semantics: cross-entropy that skips label -100 (candle's has
+//! no ignore index) and mean squared error.
+
+use candle_core::{D, DType, Tensor};
+
+use crate::error::Result;
+
+/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (i64), over the
+/// rows whose label is not -100. With no such row the loss is 0 (PyTorch gives NaN).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let labels = labels.to_dtype(DType::I64)?;
+    let keep = labels.ne(-100i64)?;
+    let safe = keep.where_cond(&labels, &labels.zeros_like()?)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = log_probs.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let keep_f = keep.to_dtype(DType::F32)?;
+    let count = keep_f.sum_all()?.to_scalar::<f32>()?;
+    let total = (picked * &keep_f)?.sum_all()?;
+    Ok((total.neg()? / count.max(1.0) as f64)?)
+}
+
+/// Mean squared error of `pred` `[N]` against `target` `[N]`.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let pred = pred.to_dtype(DType::F32)?;
+    Ok(pred.sub(&target.to_dtype(DType::F32)?)?.sqr()?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn cross_entropy_matches_hand_values_and_skips_minus_100() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2f32, 0., 0.], [0., 1., 0.], [5., 5., 5.]], &dev).unwrap();
+        let labels = Tensor::new(&[0i64, 2, -100], &dev).unwrap();
+        let got = cross_entropy(&logits, &labels)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let l0 = -(2f32.exp() / (2f32.exp() + 2.)).ln();
+        let l1 = -(1. / (1f32.exp() + 2.)).ln();
+        assert!((got - (l0 + l1) / 2.).abs() < 1e-6, "{got}");
+        let none = Tensor::new(&[-100i64, -100, -100], &dev).unwrap();
+        assert_eq!(
+            cross_entropy(&logits, &none)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+
+    #[test]
+    fn mse_is_the_mean_square() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[1f32, 2., 3.], &dev).unwrap();
+        let b = Tensor::new(&[1f32, 0., 0.], &dev).unwrap();
+        assert!((mse(&a, &b).unwrap().to_scalar::<f32>().unwrap() - 13. / 3.).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,205 @@
+//! The parameter store: every weight is an f32 `Var` in a `VarMap` (so all are
+//! trainable), taken from a checkpoint by its HF name when there, else initialised as
+//! HF does (normal(0, initializer_range) weights, zero biases, unit LayerNorm scales)
+//! from a seeded RNG.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{ModelError, Result};
+
+/// How a parameter missing from the checkpoint starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Normal,
+    Zeros,
+    Ones,
+}
+
+/// What loading found: heads the checkpoint did not have, and keys nothing used.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub newly_initialized: Vec<String>,
+    pub unexpected: Vec<String>,
+}
+
+/// Collects the parameters of one model.
+pub struct Params {
+    varmap: VarMap,
+    device: Device,
+    checkpoint: HashMap<String, Tensor>,
+    source: PathBuf,
+    used: HashSet<String>,
+    report: LoadReport,
+    rng: ChaCha8Rng,
+    init_range: f64,
+}
+
+/// Keys HF checkpoints carry that are not parameters here: buffers, and the MLM
+/// decoder that is tied to the word embeddings.
+fn ignorable(key: &str) -> bool {
+    key.ends_with("position_ids")
+        || key.ends_with("cls.predictions.decoder.weight")
+        || key.ends_with("cls.predictions.decoder.bias")
+}
+
+impl Params {
+    /// Random initialisation only (a model trained from scratch, or tests).
+    pub fn random(device: &Device, seed: u64, init_range: f64) -> Self {
+        Self::with_checkpoint(
+            HashMap::new(),
+            PathBuf::from("<random init>"),
+            device,
+            seed,
+            init_range,
+        )
+    }
+
+    /// Parameters from `checkpoint` (HF names, with or without the `bert.` prefix).
+    pub fn with_checkpoint(
+        checkpoint: HashMap<String, Tensor>,
+        source: PathBuf,
+        device: &Device,
+        seed: u64,
+        init_range: f64,
+    ) -> Self {
+        Params {
+            varmap: VarMap::new(),
+            device: device.clone(),
+            checkpoint,
+            source,
+            used: HashSet::new(),
+            report: LoadReport::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            init_range,
+        }
+    }
+
+    /// Reads `model.safetensors` of a directory.
+    pub fn from_dir(dir: &Path, device: &Device, seed: u64, init_range: f64) -> Result<Self> {
+        let file = dir.join("model.safetensors");
+        if !file.is_file() {
+            let hint = if dir.join("pytorch_model.bin").is_file() {
+                " (only pytorch_model.bin is there: convert it to safetensors, e.g. with transformers' save_pretrained(safe_serialization=True))"
+            } else {
+                ""
+            };
+            return Err(ModelError::Checkpoint(format!(
+                "{}: no model.safetensors{hint}",
+                dir.display()
+            )));
+        }
+        let tensors = candle_core::safetensors::load(&file, device)?;
+        Ok(Self::with_checkpoint(
+            tensors, file, device, seed, init_range,
+        ))
+    }
+
+    fn candidates(name: &str) -> Vec<String> {
+        let mut c = vec![name.to_string()];
+        match name.strip_prefix("bert.") {
+            Some(rest) => c.push(rest.to_string()),
+            None => c.push(format!("bert.{name}")),
+        }
+        // Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
+        let more: Vec<String> = c
+            .iter()
+            .filter_map(|n| {
+                n.strip_suffix("LayerNorm.weight")
+                    .map(|p| format!("{p}LayerNorm.gamma"))
+                    .or_else(|| {
+                        n.strip_suffix("LayerNorm.bias")
+                            .map(|p| format!("{p}LayerNorm.beta"))
+                    })
+            })
+            .collect();
+        c.extend(more);
+        c
+    }
+
+    /// The parameter `name` of `shape`.
+    pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let found = Self::candidates(name)
+            .into_iter()
+            .find_map(|k| self.checkpoint.get(&k).map(|t| (k, t.clone())));
+        let value = match found {
+            Some((key, t)) => {
+                if t.dims() != shape {
+                    return Err(ModelError::Shape {
+                        path: self.source.clone(),
+                        name: key,
+                        expected: shape.to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                self.used.insert(key);
+                t.to_dtype(DType::F32)?
+            }
+            None => {
+                self.report.newly_initialized.push(name.to_string());
+                self.init(shape, init)?
+            }
+        };
+        let var = Var::from_tensor(&value)?;
+        let tensor = var.as_tensor().clone();
+        self.varmap
+            .data()
+            .lock()
+            .map_err(|_| ModelError::Checkpoint("parameter store lock poisoned".into()))?
+            .insert(name.to_string(), var);
+        Ok(tensor)
+    }
+
+    fn init(&mut self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal => (0..n)
+                .map(|_| (self.normal() * self.init_range) as f32)
+                .collect(),
+        };
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    }
+
+    /// A standard normal draw (Box-Muller), from the seeded RNG.
+    fn normal(&mut self) -> f64 {
+        let u1: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = self.rng.random();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// The trainable variables and what loading found (also logged as one warning).
+    pub fn finish(mut self) -> (VarMap, LoadReport) {
+        let mut unexpected: Vec<String> = self
+            .checkpoint
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !ignorable(k))
+            .cloned()
+            .collect();
+        unexpected.sort();
+        self.report.unexpected = unexpected;
+        if !self.checkpoint.is_empty() {
+            if !self.report.newly_initialized.is_empty() {
+                tracing::warn!(
+                    "{}: not in the checkpoint, newly initialized: {}",
+                    self.source.display(),
+                    self.report.newly_initialized.join(", ")
+                );
+            }
+            if !self.report.unexpected.is_empty() {
+                tracing::warn!(
+                    "{}: unused checkpoint keys: {}",
+                    self.source.display(),
+                    self.report.unexpected.join(", ")
+                );
+            }
+        }
+        (self.varmap, self.report)
+    }
+}

@@ -1,0 +1,284 @@
+//! Whole-model tests: every parameter of every head gets a gradient, the gradients
+//! match finite differences, checkpoints round-trip, and MiniLM's real weights load.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::*;
+
+fn batch(dev: &Device) -> (Tensor, Tensor, Tensor) {
+    let ids = Tensor::new(&[[1u32, 7, 9, 12, 2, 0], [1, 30, 31, 2, 0, 0]], dev).unwrap();
+    let types = Tensor::new(&[[0u32, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], dev).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], dev).unwrap();
+    (ids, types, mask)
+}
+
+fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn assert_all_grads(varmap: &VarMap, loss: &Tensor, except: &[&str]) {
+    let grads = loss.backward().unwrap();
+    for (name, var) in vars(varmap) {
+        if except.iter().any(|e| name.contains(e)) {
+            continue;
+        }
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let g = g
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert!(
+            g.iter().all(|x| x.is_finite()),
+            "{name}: non-finite gradient"
+        );
+        assert!(g.iter().any(|&x| x != 0.0), "{name}: zero gradient");
+    }
+}
+
+#[test]
+fn every_parameter_of_every_head_gets_a_gradient() {
+    let dev = Device::Cpu;
+    let cfg = BertConfig::tiny();
+    let (ids, types, mask) = batch(&dev);
+    let mode = Mode::train(1);
+
+    let mut p = Params::random(&dev, 0, cfg.initializer_range);
+    let cls = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    let logits = cls.forward(&ids, Some(&types), Some(&mask), &mode).unwrap();
+    let loss = cls
+        .loss(&logits, &Tensor::new(&[1i64, 0], &dev).unwrap())
+        .unwrap();
+    // Position rows past the batch length get no gradient; check the table as a whole.
+    assert_all_grads(&vm, &loss, &[]);
+
+    let mut p = Params::random(&dev, 0, cfg.initializer_range);
+    let pooled = ChunkPooledClassifier::new(&cfg, &mut p, Pool::Max).unwrap();
+    let (vm, _) = p.finish();
+    let logits = pooled
+        .forward(&ids, Some(&types), Some(&mask), &[0, 1, 2], &mode)
+        .unwrap();
+    assert_eq!(logits.dims(), &[2, 2]);
+    let loss = pooled
+        .loss(&logits, &Tensor::new(&[1i64, 0], &dev).unwrap())
+        .unwrap();
+    assert_all_grads(&vm, &loss, &[]);
+
+    let labels = Tensor::new(
+        &[
+            [-100i64, 7, -100, 12, -100, -100],
+            [-100, -100, 31, -100, -100, -100],
+        ],
+        &dev,
+    )
+    .unwrap();
+    let mut p = Params::random(&dev, 0, cfg.initializer_range);
+    let mlm = MaskedLm::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    let logits = mlm.forward(&ids, Some(&types), Some(&mask), &mode).unwrap();
+    assert_eq!(logits.dims(), &[2, 6, cfg.vocab_size]);
+    assert_all_grads(&vm, &mlm.loss(&logits, &labels).unwrap(), &[]);
+
+    let mut p = Params::random(&dev, 0, cfg.initializer_range);
+    let pre = PreTraining::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    let (m, n) = pre.forward(&ids, Some(&types), Some(&mask), &mode).unwrap();
+    let loss = pre
+        .loss(&m, &n, &labels, &Tensor::new(&[0i64, 1], &dev).unwrap())
+        .unwrap();
+    assert_all_grads(&vm, &loss, &[]);
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let dev = Device::Cpu;
+    let mut cfg = BertConfig::tiny();
+    cfg.hidden_dropout_prob = 0.0;
+    cfg.attention_probs_dropout_prob = 0.0;
+    let (ids, types, mask) = batch(&dev);
+    let labels = Tensor::new(&[1i64, 0], &dev).unwrap();
+    let mut p = Params::random(&dev, 3, 0.2);
+    let model = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    let loss_of = || -> f64 {
+        let logits = model
+            .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+            .unwrap();
+        model
+            .loss(&logits, &labels)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let logits = model
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap();
+    let grads = model.loss(&logits, &labels).unwrap().backward().unwrap();
+    let eps = 1e-2f64;
+    let mut checked = 0;
+    for (name, var) in vars(&vm) {
+        // One element of each kind of parameter, across the whole network.
+        if !(name.contains("layer.1.attention.self.query.weight")
+            || name.contains("layer.0.output.LayerNorm.weight")
+            || name.contains("word_embeddings")
+            || name.contains("pooler.dense.bias")
+            || name.contains("classifier.weight")
+            || name.contains("layer.0.intermediate.dense.weight"))
+        {
+            continue;
+        }
+        let orig = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // The element with the largest gradient, where the check is most telling.
+        let i = (0..g.len())
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
+        let set = |delta: f64| {
+            let mut v = orig.clone();
+            v[i] = (v[i] as f64 + delta) as f32;
+            var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &dev).unwrap())
+                .unwrap();
+        };
+        set(eps);
+        let up = loss_of();
+        set(-eps);
+        let down = loss_of();
+        set(0.0);
+        let numeric = (up - down) / (2.0 * eps);
+        let analytic = g[i] as f64;
+        let tol = 2e-2 * analytic.abs().max(1e-2);
+        assert!(
+            (numeric - analytic).abs() <= tol,
+            "{name}[{i}]: numeric {numeric} vs analytic {analytic}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
+
+#[test]
+fn a_saved_checkpoint_loads_back_to_identical_outputs() {
+    let dev = Device::Cpu;
+    let mut cfg = BertConfig::tiny();
+    cfg.set_labels(&["neg".into(), "neu".into(), "pos".into()]);
+    let mut p = Params::random(&dev, 9, cfg.initializer_range);
+    let model = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    let (ids, types, mask) = batch(&dev);
+    let before = model
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ckpt");
+    save(&out, &cfg, "BertForSequenceClassification", &vm).unwrap();
+    let (cfg2, mut p2) = open_dir(&out, &dev, 0).unwrap();
+    assert_eq!(cfg2.num_labels(), 3);
+    assert_eq!(cfg2.label_name(2), Some("pos"));
+    assert_eq!(
+        cfg2.architectures.as_deref(),
+        Some(&["BertForSequenceClassification".to_string()][..])
+    );
+    let loaded = SequenceClassifier::new(&cfg2, &mut p2).unwrap();
+    let (_, report) = p2.finish();
+    assert_eq!(report, LoadReport::default());
+    let after = loaded
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap();
+    assert_eq!(
+        before.to_vec2::<f32>().unwrap(),
+        after.to_vec2::<f32>().unwrap()
+    );
+    // Only the checkpoint directory is left: no temp directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn minilm_loads_with_new_heads_listed_and_runs() {
+    let Some(dir) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let dev = Device::Cpu;
+    let (cfg, mut p) = open_dir(&dir, &dev, 0).unwrap();
+    let model = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (_, report) = p.finish();
+    // MiniLM is a bare BertModel (no "bert." prefix): only the classifier is new.
+    assert_eq!(
+        report.newly_initialized,
+        vec!["classifier.weight", "classifier.bias"]
+    );
+    assert_eq!(report.unexpected, Vec::<String>::new());
+    let (ids, types, mask) = batch(&dev);
+    let out = model
+        .bert
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap();
+    assert_eq!(out.sequence.dims(), &[2, 6, 384]);
+    let pooled = out.pooled.unwrap().to_vec2::<f32>().unwrap();
+    assert!(
+        pooled
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite() && v.abs() <= 1.0)
+    );
+    // bf16 compute gives the same hidden states to bf16 precision.
+    let mut bf = model;
+    bf.bert.set_compute_dtype(DType::BF16);
+    let low = bf
+        .bert
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap();
+    let diff = (low.sequence.to_dtype(DType::F32).unwrap() - &out.sequence)
+        .unwrap()
+        .abs()
+        .unwrap();
+    let max = diff
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(max < 0.25, "bf16 drifts {max}");
+}
+
+#[test]
+fn pooling_reduces_chunks_per_text() {
+    let dev = Device::Cpu;
+    let logits = Tensor::new(&[[1f32, 4.], [3., 0.], [5., 5.]], &dev).unwrap();
+    let mean = pool_chunks(&logits, &[0, 2, 3], Pool::Mean).unwrap();
+    assert_eq!(
+        mean.to_vec2::<f32>().unwrap(),
+        vec![vec![2., 2.], vec![5., 5.]]
+    );
+    let max = pool_chunks(&logits, &[0, 2, 3], Pool::Max).unwrap();
+    assert_eq!(
+        max.to_vec2::<f32>().unwrap(),
+        vec![vec![3., 4.], vec![5., 5.]]
+    );
+    assert!(pool_chunks(&logits, &[0, 0, 3], Pool::Mean).is_err());
+}
