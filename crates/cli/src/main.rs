@@ -11,6 +11,8 @@ use berth_data::{
 };
 use clap::{Args, Parser, Subcommand};
 
+mod predict;
+
 #[derive(Parser)]
 #[command(
     name = "berth",
@@ -33,6 +35,9 @@ enum Command {
     /// Build MLM (and with --nsp, MLM + NSP) pre-training examples: input_ids,
     /// token_type_ids, attention_mask, labels (and next_sentence_label).
     PretrainData(PretrainArgs),
+    /// Classify each input row (pooling chunk logits per text when chunk options are
+    /// given) and write logits, label and label_name beside the input's columns.
+    Predict(PredictArgs),
 }
 
 /// Where rows come from: shared by every command that reads a dataset.
@@ -148,6 +153,37 @@ struct PretrainArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct PredictArgs {
+    /// A model directory (config.json, model.safetensors, tokenizer.json) or hub id.
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    input: InputArgs,
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Chunk long texts (belt_nlp) instead of truncating them.
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    #[arg(long)]
+    stride: Option<usize>,
+    #[arg(long = "min-chunk-len", default_value_t = 1)]
+    minimal_chunk_length: usize,
+    #[arg(long = "max-text-len")]
+    maximal_text_length: Option<usize>,
+    /// How chunk logits of a text are reduced: mean or max.
+    #[arg(long, default_value = "mean")]
+    pool: String,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Output file: .parquet or .jsonl.
+    #[arg(long)]
+    output: PathBuf,
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -159,6 +195,7 @@ fn main() -> Result<()> {
         Command::Tokenize(a) => tokenize(a),
         Command::Chunk(a) => chunk(a),
         Command::PretrainData(a) => pretrain_data(a),
+        Command::Predict(a) => predict::run(a),
     }
 }
 

@@ -282,3 +282,40 @@ fn pooling_reduces_chunks_per_text() {
     );
     assert!(pool_chunks(&logits, &[0, 0, 3], Pool::Mean).is_err());
 }
+
+#[test]
+fn a_hub_id_resolves_offline_from_an_hf_hub_cache() {
+    let Some(minilm) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let hub = tempfile::tempdir().unwrap();
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let repo = hub
+        .path()
+        .join("models--sentence-transformers--all-MiniLM-L6-v2");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+    ] {
+        // hf-hub's snapshots hold symlinks into blobs/; a link to the fixture is the same shape.
+        std::os::unix::fs::symlink(minilm.join(f), snap.join(f)).unwrap();
+    }
+    let opts = berth_data::HubOptions::offline(hub.path());
+    let dir = resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2", &opts).unwrap();
+    assert_eq!(dir, snap);
+    let (cfg, _) = open_dir(&dir, &Device::Cpu, 0).unwrap();
+    assert_eq!(cfg.hidden_size, 384);
+    let err = resolve_model_dir("nobody/nothing", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nobody/nothing") && err.contains("not in the cache"),
+        "{err}"
+    );
+}

@@ -1,0 +1,186 @@
+//! `berth predict`: logits, label and label name for every input row, in order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use berth_collate::{Document, Example, Padding, collate, collate_chunks};
+use berth_data::arrow::array::RecordBatch;
+use berth_data::arrow::array::{
+    Array, ArrayRef, Float32Builder, Int64Array, ListArray, ListBuilder, StringArray, UInt8Array,
+    UInt32Array,
+};
+use berth_data::berth_chunking::ChunkConfig;
+use berth_data::{ChunkOp, Dataset, HubOptions, MapOptions, TokenizeConfig, TokenizeOp};
+use berth_model::{ChunkPooledClassifier, Mode, Pool, SequenceClassifier};
+use candle_core::Device;
+
+use crate::{PredictArgs, check_output};
+
+/// The rows of a List<UInt32|UInt8> column as vectors.
+fn lists<T: Copy>(col: &ArrayRef, values: impl Fn(&ArrayRef) -> Vec<T>) -> Result<Vec<Vec<T>>> {
+    let list = col
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .context("expected a list column")?;
+    Ok((0..list.len()).map(|i| values(&list.value(i))).collect())
+}
+
+fn u32s(a: &ArrayRef) -> Vec<u32> {
+    a.as_any()
+        .downcast_ref::<UInt32Array>()
+        .map(|x| x.values().to_vec())
+        .unwrap_or_default()
+}
+
+fn u8s(a: &ArrayRef) -> Vec<u8> {
+    a.as_any()
+        .downcast_ref::<UInt8Array>()
+        .map(|x| x.values().to_vec())
+        .unwrap_or_default()
+}
+
+pub(crate) fn run(a: PredictArgs) -> Result<()> {
+    check_output(&a.output)?;
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let dir = berth_model::resolve_model_dir(&a.model, &HubOptions::from_env())?;
+    let (config, mut params) = berth_model::open_dir(&dir, &device, 0)?;
+    let tokenizer = berth_data::load_tokenizer(
+        dir.to_str().context("non-UTF-8 model path")?,
+        &HubOptions::from_env(),
+    )?;
+    let ds = a.input.load()?;
+    let pool: Pool = a.pool.parse().map_err(anyhow::Error::msg)?;
+    let mode = Mode::eval();
+    let mut logits: Vec<Vec<f32>> = Vec::with_capacity(ds.num_rows());
+
+    if a.chunk_size.is_some() || a.stride.is_some() || a.maximal_text_length.is_some() {
+        if a.pair_column.is_some() {
+            bail!("--pair-column cannot be combined with chunking");
+        }
+        let size = a.chunk_size.unwrap_or(config.max_position_embeddings - 2);
+        let chunk_cfg = ChunkConfig::new(
+            size,
+            a.stride.unwrap_or(size),
+            a.minimal_chunk_length,
+            a.maximal_text_length,
+            config.max_position_embeddings,
+        )?;
+        let model = ChunkPooledClassifier::new(&config, &mut params, pool)?;
+        let _ = params.finish();
+        let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
+        tok_cfg.add_special_tokens = false;
+        let tokenized = ds.map_batched(
+            &TokenizeOp::new(&tokenizer, tok_cfg)?,
+            &MapOptions::default(),
+        )?;
+        let special = berth_data::special_tokens(&tokenizer)?;
+        let chunked = tokenized.map_batched(
+            &ChunkOp::new(chunk_cfg, special, "input_ids"),
+            &MapOptions::default(),
+        )?;
+        for batch in chunked.iter_batches(a.batch_size) {
+            let batch = batch?;
+            let col = batch.column(batch.schema().index_of("chunks")?);
+            let outer = col
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .context("chunks column")?;
+            let per_doc: Vec<Vec<Vec<u32>>> = (0..outer.len())
+                .map(|i| lists(&outer.value(i), u32s))
+                .collect::<Result<_>>()?;
+            let docs: Vec<Document> = per_doc
+                .iter()
+                .map(|c| Document {
+                    chunks: c.iter().map(Vec::as_slice).collect(),
+                    label: None,
+                })
+                .collect();
+            let b = collate_chunks(
+                &docs,
+                &Padding::Longest { multiple_of: None },
+                special.pad,
+                &device,
+            )?;
+            let out = model.forward(
+                &b.input_ids,
+                Some(&b.token_type_ids),
+                Some(&b.attention_mask),
+                &b.doc_offsets,
+                &mode,
+            )?;
+            logits.extend(out.to_vec2::<f32>()?);
+        }
+    } else {
+        let model = SequenceClassifier::new(&config, &mut params)?;
+        let _ = params.finish();
+        let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
+        tok_cfg.pair_column = a.pair_column.clone();
+        tok_cfg.max_length = Some(config.max_position_embeddings);
+        let tokenized = ds.map_batched(
+            &TokenizeOp::new(&tokenizer, tok_cfg)?,
+            &MapOptions::default(),
+        )?;
+        let pad = berth_data::special_tokens(&tokenizer)?.pad;
+        for batch in tokenized.iter_batches(a.batch_size) {
+            let batch = batch?;
+            let column = |name: &str| -> Result<ArrayRef> {
+                Ok(batch.column(batch.schema().index_of(name)?).clone())
+            };
+            let ids = lists(&column("input_ids")?, u32s)?;
+            let types = lists(&column("token_type_ids")?, u8s)?;
+            let rows: Vec<Example> = ids
+                .iter()
+                .zip(&types)
+                .map(|(i, t)| Example::new(i).with_token_types(t))
+                .collect();
+            let b = collate(&rows, &Padding::Longest { multiple_of: None }, pad, &device)?;
+            let out = model.forward(
+                &b.input_ids,
+                Some(&b.token_type_ids),
+                Some(&b.attention_mask),
+                &mode,
+            )?;
+            logits.extend(out.to_vec2::<f32>()?);
+        }
+    }
+
+    let labels: Vec<i64> = logits
+        .iter()
+        .map(|l| {
+            (0..l.len())
+                .max_by(|&x, &y| l[x].total_cmp(&l[y]))
+                .unwrap_or(0) as i64
+        })
+        .collect();
+    let mut builder = ListBuilder::new(Float32Builder::new());
+    for l in &logits {
+        builder.values().append_slice(l);
+        builder.append(true);
+    }
+    // Row i of the output is row i of the input: logits, label (argmax), label_name.
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("logits", Arc::new(builder.finish())),
+        ("label", Arc::new(Int64Array::from(labels.clone()))),
+    ];
+    if config.id2label.is_some() {
+        let names: StringArray = labels
+            .iter()
+            .map(|&i| config.label_name(i as usize))
+            .collect();
+        columns.push(("label_name", Arc::new(names)));
+    }
+    let batch = RecordBatch::try_from_iter(columns)?;
+    let out = Dataset::from_batch(batch, &a.input.input)?;
+    out.save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "predicted {} rows of {} into {} in {:.1}s",
+        out.num_rows(),
+        a.input.input,
+        a.output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

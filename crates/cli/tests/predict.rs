@@ -1,0 +1,141 @@
+//! `berth predict` on a checkpoint written by berth-model: rows in input order, label
+//! names from id2label, and chunked prediction equal to plain prediction for texts
+//! that fit in one chunk.
+
+use std::path::Path;
+use std::process::Command;
+
+use berth_model::{BertConfig, Params, SequenceClassifier};
+use candle_core::Device;
+
+fn berth(args: &[&str], cache: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run berth");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn predicts_in_order_with_label_names_and_pools_chunks() {
+    let Some(minilm) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A small random model over MiniLM's vocabulary, with named classes.
+    let model = tmp.path().join("model");
+    let mut cfg: BertConfig = BertConfig::tiny();
+    cfg.vocab_size = 30522;
+    cfg.max_position_embeddings = 64;
+    cfg.set_labels(&["neg".into(), "pos".into()]);
+    let mut p = Params::random(&Device::Cpu, 5, 0.5);
+    SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    berth_model::save(&model, &cfg, "BertForSequenceClassification", &vm).unwrap();
+    std::fs::copy(minilm.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+
+    let input = tmp.path().join("in.jsonl");
+    let texts = [
+        "A fine film.",
+        "Dull, slow and far too long for what it says.",
+        "",
+        "ok",
+    ];
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+
+    let plain = tmp.path().join("plain.jsonl");
+    let m = model.to_str().unwrap();
+    let i = input.to_str().unwrap();
+    berth(
+        &[
+            "predict",
+            "--model",
+            m,
+            "--input",
+            i,
+            "--batch-size",
+            "3",
+            "--output",
+            plain.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let chunked = tmp.path().join("chunked.jsonl");
+    berth(
+        &[
+            "predict",
+            "--model",
+            m,
+            "--input",
+            i,
+            "--chunk-size",
+            "62",
+            "--stride",
+            "62",
+            "--output",
+            chunked.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let (p, c) = (rows(&plain), rows(&chunked));
+    assert_eq!(p.len(), 4);
+    for (a, b) in p.iter().zip(&c) {
+        let la: Vec<f64> = a["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let lb: Vec<f64> = b["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(la.len(), 2);
+        for (x, y) in la.iter().zip(&lb) {
+            assert!(
+                (x - y).abs() < 1e-4,
+                "one chunk must equal the plain prediction: {la:?} vs {lb:?}"
+            );
+        }
+        let label = a["label"].as_u64().unwrap() as usize;
+        assert_eq!(label, if la[0] >= la[1] { 0 } else { 1 });
+        assert_eq!(a["label_name"], ["neg", "pos"][label]);
+    }
+    // Several chunks per text are pooled into one row per text.
+    let small = tmp.path().join("small.jsonl");
+    berth(
+        &[
+            "predict",
+            "--model",
+            m,
+            "--input",
+            i,
+            "--chunk-size",
+            "3",
+            "--stride",
+            "2",
+            "--pool",
+            "max",
+            "--output",
+            small.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert_eq!(rows(&small).len(), 4);
+}
