@@ -199,6 +199,26 @@ fn main() -> Result<()> {
     }
 }
 
+/// Saves `out` (format by extension) and reports what was done on stderr.
+pub(crate) fn write_output(
+    out: &berth_data::Dataset,
+    path: &Path,
+    verb: &str,
+    what: &str,
+    input: &str,
+    started: Instant,
+) -> Result<()> {
+    out.save(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "{verb} {} {what} of {input} into {} in {:.1}s",
+        out.num_rows(),
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn check_output(path: &Path) -> Result<()> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("parquet" | "jsonl" | "json" | "ndjson") => Ok(()),
@@ -225,15 +245,14 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
             num_workers: 1,
         },
     )?;
-    out.save(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    eprintln!(
-        "tokenized {} rows of {} into {} in {:.1}s",
-        out.num_rows(),
-        a.input.input,
-        a.output.display(),
-        started.elapsed().as_secs_f64()
-    );
+    write_output(
+        &out,
+        &a.output,
+        "tokenized",
+        "rows",
+        &a.input.input,
+        started,
+    )?;
     Ok(())
 }
 
@@ -282,15 +301,7 @@ fn chunk(a: ChunkArgs) -> Result<()> {
         "token_type_ids",
         "attention_mask",
     ])?;
-    out.save(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    eprintln!(
-        "chunked {} texts of {} into {} in {:.1}s",
-        out.num_rows(),
-        a.input.input,
-        a.output.display(),
-        started.elapsed().as_secs_f64()
-    );
+    write_output(&out, &a.output, "chunked", "texts", &a.input.input, started)?;
     Ok(())
 }
 
@@ -329,14 +340,12 @@ fn pretrain_data(a: PretrainArgs) -> Result<()> {
         .then(|| std::sync::Arc::new(berth_data::continuation_table(&tokenizer)));
     let op = MlmOp::new(mlm, berth_data::masking_tokens(&tokenizer)?, a.seed, table)?;
     let out = examples.map_batched(&op, &MapOptions::default())?;
-    out.save(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    eprintln!(
-        "wrote {} examples from {} to {} in {:.1}s",
-        out.num_rows(),
-        a.input.input,
-        a.output.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    write_output(
+        &out,
+        &a.output,
+        "wrote",
+        "examples",
+        &a.input.input,
+        started,
+    )
 }

@@ -15,7 +15,7 @@ use berth_data::{ChunkOp, Dataset, HubOptions, MapOptions, TokenizeConfig, Token
 use berth_model::{ChunkPooledClassifier, Mode, Pool, SequenceClassifier};
 use candle_core::Device;
 
-use crate::{PredictArgs, check_output};
+use crate::{PredictArgs, check_output, write_output};
 
 /// The rows of a List<UInt32|UInt8> column as vectors.
 fn lists<T: Copy>(col: &ArrayRef, values: impl Fn(&ArrayRef) -> Vec<T>) -> Result<Vec<Vec<T>>> {
@@ -173,14 +173,13 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
     }
     let batch = RecordBatch::try_from_iter(columns)?;
     let out = Dataset::from_batch(batch, &a.input.input)?;
-    out.save(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    eprintln!(
-        "predicted {} rows of {} into {} in {:.1}s",
-        out.num_rows(),
-        a.input.input,
-        a.output.display(),
-        started.elapsed().as_secs_f64()
-    );
+    write_output(
+        &out,
+        &a.output,
+        "predicted",
+        "rows",
+        &a.input.input,
+        started,
+    )?;
     Ok(())
 }

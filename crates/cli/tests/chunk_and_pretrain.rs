@@ -1,26 +1,11 @@
 //! `berth chunk` and `berth pretrain-data` end to end on the shared datasets.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn berth(args: &[&str], cache: &Path) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run berth");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::{berth_ok as berth, jsonl_rows};
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {
     v.as_array()

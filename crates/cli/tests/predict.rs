@@ -2,28 +2,15 @@
 //! names from id2label, and chunked prediction equal to plain prediction for texts
 //! that fit in one chunk.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
 use berth_model::{BertConfig, Params, SequenceClassifier};
 use candle_core::Device;
 
-fn berth(args: &[&str], cache: &Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run berth");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
+use common::{berth_ok, jsonl_rows as rows};
 
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+fn berth(args: &[&str], cache: &std::path::Path) {
+    berth_ok(args, cache);
 }
 
 #[test]

@@ -1,24 +1,10 @@
 //! `berth tokenize` end to end on the shared datasets, and its errors on bad input.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn berth(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("BERTH_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run berth")
-}
-
-fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::{berth_output as berth, jsonl_rows};
 
 #[test]
 fn tokenizes_mrpc_pairs() {

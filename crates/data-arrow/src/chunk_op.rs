@@ -11,7 +11,7 @@ use berth_chunking::{ChunkConfig, SpecialTokens, chunk_ids};
 
 use crate::error::{DataError, Result};
 use crate::ops::BatchOp;
-use crate::tokenize::{list_of, with_columns};
+use crate::tokenize::{column_of, list_of, with_columns};
 
 /// Reads `ids_column` (a List of integer ids without special tokens) and adds
 /// `chunks` and `num_chunks`.
@@ -38,20 +38,7 @@ pub(crate) fn id_lists(
     first_row: usize,
     source: &str,
 ) -> Result<Vec<Vec<u32>>> {
-    let idx = batch
-        .schema()
-        .index_of(column)
-        .map_err(|_| DataError::MissingColumn {
-            source_name: source.to_string(),
-            column: column.to_string(),
-            available: batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
-        })?;
-    let col = batch.column(idx);
+    let col = column_of(batch, column, source)?;
     let type_err = || DataError::ColumnType {
         source_name: source.to_string(),
         column: column.to_string(),

@@ -134,19 +134,18 @@ pub(crate) fn unpadded(tokenizer: &Tokenizer) -> Result<Tokenizer> {
     Ok(t)
 }
 
-/// The rows of a text column as `&str`, erroring on a non-string column or a null.
-pub(crate) fn text_values<'a>(
+/// The column `name` of a batch, or an error naming the source and its columns.
+pub(crate) fn column_of<'a>(
     batch: &'a RecordBatch,
-    column: &str,
-    first_row: usize,
+    name: &str,
     source: &str,
-) -> Result<Vec<&'a str>> {
+) -> Result<&'a ArrayRef> {
     let idx = batch
         .schema()
-        .index_of(column)
+        .index_of(name)
         .map_err(|_| DataError::MissingColumn {
             source_name: source.to_string(),
-            column: column.to_string(),
+            column: name.to_string(),
             available: batch
                 .schema()
                 .fields()
@@ -154,7 +153,17 @@ pub(crate) fn text_values<'a>(
                 .map(|f| f.name().clone())
                 .collect(),
         })?;
-    let array = batch.column(idx);
+    Ok(batch.column(idx))
+}
+
+/// The rows of a text column as `&str`, erroring on a non-string column or a null.
+pub(crate) fn text_values<'a>(
+    batch: &'a RecordBatch,
+    column: &str,
+    first_row: usize,
+    source: &str,
+) -> Result<Vec<&'a str>> {
+    let array = column_of(batch, column, source)?;
     let null_at = |i: usize| DataError::Value {
         source_name: source.to_string(),
         row: first_row + i,

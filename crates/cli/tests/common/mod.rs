@@ -1,0 +1,31 @@
+//! Helpers shared by the CLI's end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `berth` offline with its cache under `cache`.
+pub fn berth_output(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run berth")
+}
+
+/// Runs `berth`, which must succeed; returns its stderr.
+pub fn berth_ok(args: &[&str], cache: &Path) -> String {
+    let o = berth_output(args, cache);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The rows of a JSON Lines file.
+pub fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
