@@ -319,3 +319,61 @@ fn a_hub_id_resolves_offline_from_an_hf_hub_cache() {
         "{err}"
     );
 }
+
+#[test]
+fn minilm_matches_the_reference_bert_within_1e_4() {
+    let Some(dir) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm_reference.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    let grid = |key: &str| -> Tensor {
+        let rows: Vec<Vec<u32>> = serde_json::from_value(reference[key].clone()).unwrap();
+        let (b, l) = (rows.len(), rows[0].len());
+        Tensor::from_vec(rows.concat(), (b, l), &dev).unwrap()
+    };
+    let (ids, types, mask) = (
+        grid("input_ids"),
+        grid("token_type_ids"),
+        grid("attention_mask"),
+    );
+    let (cfg, mut p) = open_dir(&dir, &dev, 0).unwrap();
+    let model = BertModel::new(&cfg, &mut p, "", true).unwrap();
+    let out = model
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap();
+    let want_hidden: Vec<Vec<Vec<f64>>> =
+        serde_json::from_value(reference["hidden_first16"].clone()).unwrap();
+    let got_hidden = out
+        .sequence
+        .narrow(2, 0, 16)
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    let want_pooled: Vec<Vec<f64>> = serde_json::from_value(reference["pooled"].clone()).unwrap();
+    let got_pooled = out.pooled.unwrap().to_vec2::<f32>().unwrap();
+    let mut worst = 0f64;
+    for (g, w) in got_hidden
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(want_hidden.iter().flatten().flatten())
+    {
+        worst = worst.max((*g as f64 - w).abs());
+    }
+    for (g, w) in got_pooled
+        .iter()
+        .flatten()
+        .zip(want_pooled.iter().flatten())
+    {
+        worst = worst.max((*g as f64 - w).abs());
+    }
+    assert_eq!(got_pooled.len() * got_pooled[0].len(), 2 * 384);
+    assert!(
+        worst < 1e-4,
+        "largest difference from the reference: {worst}"
+    );
+}
