@@ -6,9 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use berth_data::berth_chunking::ChunkConfig;
 use berth_data::berth_masking::{MaskStrategy, MlmConfig, NspConfig};
-use berth_data::{
-    ChunkOp, Format, HubOptions, LoadOptions, MapOptions, MlmOp, TokenizeConfig, TokenizeOp,
-};
+use berth_data::{Format, HubOptions, LoadOptions, MapOptions, MlmOp, TokenizeConfig, TokenizeOp};
 use clap::{Args, Parser, Subcommand};
 
 mod predict;
@@ -282,19 +280,10 @@ fn chunk(a: ChunkArgs) -> Result<()> {
         max_positions,
     )?;
     let tokenizer = berth_data::load_tokenizer(&a.tokenizer, &HubOptions::from_env())?;
-    let special = berth_data::special_tokens(&tokenizer)?;
-    let ds = a.input.load()?;
-    // Tokenize the whole text without special tokens, then cut it into windows.
-    let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
-    tok_cfg.add_special_tokens = false;
-    let tokenized = ds.map_batched(
-        &TokenizeOp::new(&tokenizer, tok_cfg)?,
-        &MapOptions::default(),
-    )?;
-    let chunked = tokenized.map_batched(
-        &ChunkOp::new(config, special, "input_ids"),
-        &MapOptions::default(),
-    )?;
+    let chunked = a
+        .input
+        .load()?
+        .chunk_texts(&tokenizer, &a.text_column, config)?;
     let out = chunked.remove_columns(&[
         a.text_column.as_str(),
         "input_ids",

@@ -11,7 +11,7 @@ use berth_data::arrow::array::{
     UInt32Array,
 };
 use berth_data::berth_chunking::ChunkConfig;
-use berth_data::{ChunkOp, Dataset, HubOptions, MapOptions, TokenizeConfig, TokenizeOp};
+use berth_data::{Dataset, HubOptions, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_model::{ChunkPooledClassifier, Mode, Pool, SequenceClassifier};
 use candle_core::Device;
 
@@ -69,17 +69,8 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         )?;
         let model = ChunkPooledClassifier::new(&config, &mut params, pool)?;
         let _ = params.finish();
-        let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
-        tok_cfg.add_special_tokens = false;
-        let tokenized = ds.map_batched(
-            &TokenizeOp::new(&tokenizer, tok_cfg)?,
-            &MapOptions::default(),
-        )?;
         let special = berth_data::special_tokens(&tokenizer)?;
-        let chunked = tokenized.map_batched(
-            &ChunkOp::new(chunk_cfg, special, "input_ids"),
-            &MapOptions::default(),
-        )?;
+        let chunked = ds.chunk_texts(&tokenizer, &a.text_column, chunk_cfg)?;
         for batch in chunked.iter_batches(a.batch_size) {
             let batch = batch?;
             let col = batch.column(batch.schema().index_of("chunks")?);

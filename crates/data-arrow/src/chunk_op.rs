@@ -74,6 +74,28 @@ pub(crate) fn id_lists(
         .collect()
 }
 
+impl crate::dataset::Dataset {
+    /// belt_nlp's preprocessing of `text_column` in one call: tokenize each whole text
+    /// without special tokens (adding `input_ids`, `token_type_ids`, `attention_mask`),
+    /// then add `chunks` and `num_chunks`. Both steps are cached like any map.
+    pub fn chunk_texts(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        text_column: &str,
+        config: ChunkConfig,
+    ) -> Result<crate::dataset::Dataset> {
+        let mut tok_cfg = crate::tokenize::TokenizeConfig::new(text_column);
+        tok_cfg.add_special_tokens = false;
+        let opts = crate::ops::MapOptions::default();
+        let tokenized = self.map_batched(
+            &crate::tokenize::TokenizeOp::new(tokenizer, tok_cfg)?,
+            &opts,
+        )?;
+        let special = crate::special::special_tokens(tokenizer)?;
+        tokenized.map_batched(&ChunkOp::new(config, special, "input_ids"), &opts)
+    }
+}
+
 impl BatchOp for ChunkOp {
     fn name(&self) -> &str {
         "chunk"
