@@ -1,1 +1,41 @@
-//! The training loop, AdamW, schedules, evaluation and checkpoints; filled by the trainer issue (#6).
+//! `berth-trainer`: fine-tuning as HF `Trainer` does it. A TOML configuration (HF
+//! `TrainingArguments` names), data prepared through `berth-data`, AdamW equal to
+//! `torch.optim.AdamW` with HF's weight-decay exclusions, linear/cosine/constant
+//! schedules with warm-up, gradient accumulation and clipping, evaluation metrics,
+//! `trainer_state.json`, checkpoints that resume exactly, a loss curve and a report.
+//!
+//! ```no_run
+//! use berth_trainer::{RunConfig, Trainer};
+//!
+//! # fn main() -> berth_trainer::Result<()> {
+//! let config = RunConfig::load("imdb.toml".as_ref(), &["learning_rate=3e-5".into()])?;
+//! let summary = Trainer::new(config)?.train()?;
+//! println!("{}", berth_trainer::summary_table(&summary));
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod data;
+mod error;
+mod metrics;
+mod model;
+mod optim;
+mod report;
+mod schedule;
+mod state;
+mod trainer;
+
+pub use config::{ChunkingConfig, DataConfig, MlmConfig, RunConfig, Strategy, Task, TrainingArgs};
+pub use data::{Rows, Split, TaskData, prepare};
+pub use error::{Result, TrainError};
+pub use metrics::{LmCounts, argmax, classification};
+pub use model::{Batcher, Output, TaskBatch, TaskModel, architecture};
+pub use optim::{AdamW, AdamWConfig, Grads, decays};
+pub use report::{loss_curve, summary_table};
+pub use schedule::{Schedule, SchedulerType};
+pub use state::{Position, TrainerState, checkpoints, resolve_checkpoint};
+pub use trainer::{RunSummary, Trainer, fmt_metrics, parse_device};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,498 @@
+//! A run's configuration: the task, the model, the data and HF `TrainingArguments`,
+//! read from TOML with `--set key=value` overrides.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// What is trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One text (or a text pair) per row, truncated to `data.max_length`.
+    Classification,
+    /// belt_nlp: every chunk of a long text classified, logits pooled per text.
+    ChunkClassification,
+    /// Masked language modelling (dynamic masking every epoch).
+    Mlm,
+    /// MLM + next-sentence prediction (HF `BertForPreTraining`).
+    Nsp,
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub task: Task,
+    /// A model directory or a hub id (`owner/name`).
+    pub model: String,
+    /// A tokenizer other than the model's (a directory, tokenizer.json or hub id).
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    #[serde(default)]
+    pub mlm: MlmConfig,
+    #[serde(default)]
+    pub training: TrainingArgs,
+}
+
+/// Where the rows come from and which columns mean what.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Relative file names are taken from here; default `$BERTH_DATA_DIR`, else
+    /// `../shared/data`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    pub train: String,
+    #[serde(default)]
+    pub eval: Option<String>,
+    /// Evaluated once after training (metrics prefixed `test_`).
+    #[serde(default)]
+    pub test: Option<String>,
+    /// Carve the eval split out of train when `eval` is not given (HF
+    /// `train_test_split(test_size)`, seeded by `training.seed`).
+    #[serde(default)]
+    pub validation_split: Option<f64>,
+    /// `parquet`, `csv`, `tsv`, `json` or `text`; by extension when absent.
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    #[serde(default)]
+    pub pair_column: Option<String>,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Truncation for classification / MLM rows (default: the model's positions).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// Use only the first N training rows (after shuffling with `training.seed`).
+    #[serde(default)]
+    pub max_train_samples: Option<usize>,
+    #[serde(default)]
+    pub max_eval_samples: Option<usize>,
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+
+/// belt_nlp's chunking, for `chunk_classification`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingConfig {
+    pub chunk_size: usize,
+    pub stride: usize,
+    pub min_chunk_len: usize,
+    pub max_text_len: Option<usize>,
+    /// `mean` or `max`.
+    pub pool: String,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        ChunkingConfig {
+            chunk_size: 510,
+            stride: 510,
+            min_chunk_len: 1,
+            max_text_len: None,
+            pool: "mean".into(),
+        }
+    }
+}
+
+/// Masking for `mlm` and `nsp` (HF `DataCollatorForLanguageModeling`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlmConfig {
+    pub mlm_probability: f64,
+    pub whole_word: bool,
+    /// NSP: share of pairs whose B really follows A.
+    pub next_probability: f64,
+}
+
+impl Default for MlmConfig {
+    fn default() -> Self {
+        MlmConfig {
+            mlm_probability: 0.15,
+            whole_word: false,
+            next_probability: 0.5,
+        }
+    }
+}
+
+/// HF `TrainingArguments`, the fields Berth acts on, with HF's defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingArgs {
+    pub output_dir: PathBuf,
+    pub num_train_epochs: f64,
+    /// > 0 overrides `num_train_epochs`.
+    pub max_steps: i64,
+    /// Texts per device batch (a chunked text counts once, whatever its chunks).
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub max_grad_norm: f64,
+    /// `linear`, `cosine`, `constant` or `constant_with_warmup`.
+    pub lr_scheduler_type: String,
+    pub warmup_ratio: f64,
+    /// > 0 overrides `warmup_ratio`.
+    pub warmup_steps: usize,
+    /// `no`, `steps` or `epoch`.
+    pub eval_strategy: String,
+    /// Default: `logging_steps`.
+    pub eval_steps: Option<usize>,
+    pub logging_steps: usize,
+    /// `no`, `steps` or `epoch`.
+    pub save_strategy: String,
+    pub save_steps: usize,
+    pub save_total_limit: Option<usize>,
+    pub load_best_model_at_end: bool,
+    /// Default `loss` (i.e. `eval_loss`).
+    pub metric_for_best_model: Option<String>,
+    /// Default: false for metrics ending in `loss`, else true.
+    pub greater_is_better: Option<bool>,
+    /// Stop after this many evaluations without improvement (HF's
+    /// `EarlyStoppingCallback`).
+    pub early_stopping_patience: Option<usize>,
+    pub early_stopping_threshold: f64,
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `f32` or `bf16` (bf16 compute, f32 master weights and optimizer state).
+    pub precision: String,
+    /// HF `group_by_length`: batches of similar lengths (megabatches).
+    pub group_by_length: bool,
+    pub dataloader_drop_last: bool,
+    /// Pad batches to a multiple of this (8 suits tensor cores).
+    pub pad_to_multiple_of: Option<usize>,
+    /// `latest` or a checkpoint directory.
+    pub resume_from_checkpoint: Option<String>,
+    /// Progress bar on a terminal (plain log lines otherwise).
+    pub disable_tqdm: bool,
+}
+
+impl Default for TrainingArgs {
+    fn default() -> Self {
+        TrainingArgs {
+            output_dir: PathBuf::from("runs/berth"),
+            num_train_epochs: 3.0,
+            max_steps: -1,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            lr_scheduler_type: "linear".into(),
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            eval_strategy: "no".into(),
+            eval_steps: None,
+            logging_steps: 500,
+            save_strategy: "steps".into(),
+            save_steps: 500,
+            save_total_limit: None,
+            load_best_model_at_end: false,
+            metric_for_best_model: None,
+            greater_is_better: None,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
+            seed: 42,
+            device: "cpu".into(),
+            precision: "f32".into(),
+            group_by_length: false,
+            dataloader_drop_last: false,
+            pad_to_multiple_of: None,
+            resume_from_checkpoint: None,
+            disable_tqdm: false,
+        }
+    }
+}
+
+/// When something happens: never, every N steps, or at each epoch end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    No,
+    Steps(usize),
+    Epoch,
+}
+
+impl TrainingArgs {
+    pub fn eval_strategy(&self) -> Result<Strategy> {
+        strategy(
+            "eval_strategy",
+            &self.eval_strategy,
+            self.eval_steps.unwrap_or(self.logging_steps),
+        )
+    }
+
+    pub fn save_strategy(&self) -> Result<Strategy> {
+        strategy("save_strategy", &self.save_strategy, self.save_steps)
+    }
+
+    /// The metric that picks the best checkpoint, with its `eval_` prefix.
+    pub fn best_metric(&self) -> String {
+        let m = self.metric_for_best_model.as_deref().unwrap_or("loss");
+        if m.starts_with("eval_") {
+            m.to_string()
+        } else {
+            format!("eval_{m}")
+        }
+    }
+
+    pub fn greater_is_better(&self) -> bool {
+        self.greater_is_better
+            .unwrap_or_else(|| !self.best_metric().ends_with("loss"))
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(TrainError::Config(what));
+        if self.per_device_train_batch_size == 0 || self.per_device_eval_batch_size == 0 {
+            return bad("batch sizes must be at least 1".into());
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps must be at least 1".into());
+        }
+        if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
+            return bad("set num_train_epochs > 0 or max_steps > 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad(format!(
+                "warmup_ratio must be in [0, 1], not {}",
+                self.warmup_ratio
+            ));
+        }
+        if !(self.learning_rate >= 0.0) {
+            return bad(format!(
+                "learning_rate must be >= 0, not {}",
+                self.learning_rate
+            ));
+        }
+        crate::schedule::SchedulerType::parse(&self.lr_scheduler_type)?;
+        self.eval_strategy()?;
+        self.save_strategy()?;
+        if !matches!(self.precision.as_str(), "f32" | "bf16") {
+            return bad(format!(
+                "precision must be f32 or bf16, not '{}'",
+                self.precision
+            ));
+        }
+        if self.load_best_model_at_end {
+            let (e, s) = (self.eval_strategy()?, self.save_strategy()?);
+            let same = match (e, s) {
+                (Strategy::Steps(a), Strategy::Steps(b)) => b % a == 0,
+                (Strategy::Epoch, Strategy::Epoch) => true,
+                _ => false,
+            };
+            if !same {
+                return bad(
+                    "load_best_model_at_end needs eval_strategy and save_strategy alike (steps with save_steps a multiple of eval_steps, or both epoch)"
+                        .into(),
+                );
+            }
+        }
+        if self.early_stopping_patience.is_some() && self.eval_strategy()? == Strategy::No {
+            return bad("early_stopping_patience needs an eval_strategy".into());
+        }
+        Ok(())
+    }
+}
+
+fn strategy(field: &str, value: &str, steps: usize) -> Result<Strategy> {
+    match value {
+        "no" => Ok(Strategy::No),
+        "epoch" => Ok(Strategy::Epoch),
+        "steps" if steps > 0 => Ok(Strategy::Steps(steps)),
+        "steps" => Err(TrainError::Config(format!(
+            "{field} = \"steps\" needs a step count > 0"
+        ))),
+        other => Err(TrainError::Config(format!(
+            "{field} must be no, steps or epoch, not '{other}'"
+        ))),
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` and applies `overrides` (`section.key=value`; a bare key means
+    /// `training.key`). Values are TOML (`3e-5`, `true`, `"x"`); anything that does
+    /// not parse as TOML is taken as a string.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_toml(&text, overrides, &path.display().to_string())
+    }
+
+    pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self> {
+        let mut value: toml::Table = toml::from_str(text)
+            .map_err(|e| TrainError::Config(format!("{origin}: {}", e.to_string().trim())))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: RunConfig = value.try_into().map_err(|e: toml::de::Error| {
+            TrainError::Config(format!("{origin}: {}", e.to_string().trim()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.training.validate()?;
+        if let Some(f) = self.data.validation_split
+            && !(f > 0.0 && f < 1.0)
+        {
+            return Err(TrainError::Config(format!(
+                "data.validation_split must be in (0, 1), not {f}"
+            )));
+        }
+        if self.task == Task::ChunkClassification {
+            self.chunking
+                .pool
+                .parse::<berth_model::Pool>()
+                .map_err(TrainError::Config)?;
+        }
+        Ok(())
+    }
+
+    /// Where relative data files are read from.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data
+            .data_dir
+            .clone()
+            .or_else(|| std::env::var_os("BERTH_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("../shared/data"))
+    }
+
+    /// A data file's path: absolute as given, else under [`Self::data_dir`].
+    pub fn data_path(&self, file: &str) -> PathBuf {
+        let p = Path::new(file);
+        if p.is_absolute() || p.exists() {
+            p.to_path_buf()
+        } else {
+            self.data_dir().join(p)
+        }
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
+    }
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "task",
+    "model",
+    "tokenizer",
+    "data",
+    "chunking",
+    "mlm",
+    "training",
+];
+
+fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| TrainError::Config(format!("--set '{spec}': expected key=value")))?;
+    let key = key.trim();
+    let mut path: Vec<&str> = key.split('.').collect();
+    if path.len() == 1 && !TOP_LEVEL.contains(&path[0]) {
+        path.insert(0, "training");
+    }
+    let raw = raw.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| TrainError::Config(format!("--set '{spec}': empty key")))?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| TrainError::Config(format!("--set '{spec}': '{p}' is not a table")))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+task = "classification"
+model = "m"
+[data]
+train = "t.jsonl"
+"#;
+
+    #[test]
+    fn defaults_are_hf_training_arguments() {
+        let c = RunConfig::from_toml(MIN, &[], "x").unwrap();
+        let t = &c.training;
+        assert_eq!(t.learning_rate, 5e-5);
+        assert_eq!(
+            (t.adam_beta1, t.adam_beta2, t.adam_epsilon),
+            (0.9, 0.999, 1e-8)
+        );
+        assert_eq!(t.max_grad_norm, 1.0);
+        assert_eq!(t.num_train_epochs, 3.0);
+        assert_eq!(t.lr_scheduler_type, "linear");
+        assert_eq!(t.best_metric(), "eval_loss");
+        assert!(!t.greater_is_better());
+    }
+
+    #[test]
+    fn overrides_parse_as_toml_or_string() {
+        let c = RunConfig::from_toml(
+            MIN,
+            &[
+                "training.learning_rate=3e-5".into(),
+                "seed=7".into(),
+                "data.pair_column=#2 String".into(),
+                "training.metric_for_best_model=accuracy".into(),
+            ],
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.training.learning_rate, 3e-5);
+        assert_eq!(c.training.seed, 7);
+        assert_eq!(c.data.pair_column.as_deref(), Some("#2 String"));
+        assert!(c.training.greater_is_better());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = RunConfig::from_toml(MIN, &["training.learnin_rate=1".into()], "cfg.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cfg.toml") && e.contains("learnin_rate"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["lr_scheduler_type=wavy".into()], "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wavy"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["eval_strategy=sometimes".into()], "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes"), "{e}");
+    }
+}

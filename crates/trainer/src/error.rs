@@ -1,0 +1,55 @@
+use std::path::{Path, PathBuf};
+
+/// Everything that can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Data(#[from] berth_data::DataError),
+    #[error(transparent)]
+    Model(#[from] berth_model::ModelError),
+    #[error(transparent)]
+    Collate(#[from] berth_collate::CollateError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    /// The loss stopped being a number; the last good checkpoint is kept.
+    #[error(
+        "loss is {loss} at step {step} (epoch {epoch:.2}); stopping. Last good checkpoint: {last_checkpoint}"
+    )]
+    NonFinite {
+        loss: f32,
+        step: usize,
+        epoch: f64,
+        last_checkpoint: String,
+    },
+    #[error("{0}")]
+    Input(String),
+    #[error("device: {0}")]
+    Device(String),
+}
+
+impl TrainError {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn checkpoint(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        TrainError::Checkpoint {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,282 @@
+//! What a run shows and leaves behind: the progress bar (or plain lines), the
+//! loss-curve PNG, the summary table and report.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Map, Value};
+
+use crate::config::RunConfig;
+use crate::data::TaskData;
+use crate::error::{Result, TrainError};
+use crate::state::write_atomic;
+use crate::trainer::RunSummary;
+
+/// An indicatif bar on a terminal; otherwise hidden, and the trainer's log lines
+/// (every `logging_steps`) are the progress.
+pub struct Progress {
+    bar: ProgressBar,
+    terminal: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(total: usize, done: usize, quiet: bool) -> Self {
+        let terminal = crate::trainer::stderr_is_terminal() && !quiet;
+        let bar = if terminal {
+            let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_position(done as u64);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress {
+            bar,
+            terminal,
+            quiet,
+        }
+    }
+
+    pub fn update(&self, step: usize, epoch: f64, loss: f64, lr: f64, tokens_per_s: f64) {
+        self.bar.set_position(step as u64);
+        self.bar.set_message(format!(
+            "epoch {epoch:.2} loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
+        ));
+    }
+
+    /// A log line above the bar (or on stderr when there is no bar).
+    pub fn println(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.terminal {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// A font for chart text: DejaVu Sans where the system has it. Without one the
+/// curve is drawn without text.
+fn register_font() -> bool {
+    use std::sync::OnceLock;
+    static DONE: OnceLock<bool> = OnceLock::new();
+    *DONE.get_or_init(|| {
+        let candidates = [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        ];
+        for c in candidates {
+            if let Ok(bytes) = std::fs::read(c) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn series(history: &[Map<String, Value>], key: &str) -> Vec<(f64, f64)> {
+    history
+        .iter()
+        .filter_map(|e| Some((e.get("step")?.as_f64()?, e.get(key)?.as_f64()?)))
+        .collect()
+}
+
+/// Training loss (and eval loss where evaluated) against the step, as a PNG.
+pub fn loss_curve(history: &[Map<String, Value>], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let train = series(history, "loss");
+    let eval = series(history, "eval_loss");
+    if train.is_empty() && eval.is_empty() {
+        return Ok(());
+    }
+    let text = register_font();
+    let all = train.iter().chain(&eval);
+    let max_x = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = all.map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.05;
+    // Written under a temp name (keeping the .png the encoder needs), then renamed.
+    let tmp = path.with_file_name(format!(".loss_curve.tmp-{}.png", std::process::id()));
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(&tmp, (960, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
+        if text {
+            builder
+                .caption("loss", ("sans-serif", 24))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
+        }
+        let mut chart = builder.build_cartesian_2d(0f64..max_x, 0f64..max_y)?;
+        if text {
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc("loss")
+                .draw()?;
+        } else {
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .disable_y_mesh()
+                .draw()?;
+        }
+        let train_line = chart.draw_series(LineSeries::new(train.iter().copied(), &BLUE))?;
+        if text {
+            train_line
+                .label("train loss")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        }
+        if !eval.is_empty() {
+            chart.draw_series(eval.iter().map(|p| Circle::new(*p, 3, RED.filled())))?;
+            let eval_line = chart.draw_series(LineSeries::new(eval.iter().copied(), &RED))?;
+            if text {
+                eval_line
+                    .label("eval loss")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    if let Err(e) = draw() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(TrainError::checkpoint(
+            path,
+            format!("drawing the loss curve: {e}"),
+        ));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// The end-of-run table printed on stdout.
+pub fn summary_table(summary: &RunSummary) -> String {
+    let mut rows: Vec<(String, String)> = vec![
+        ("steps".into(), summary.global_step.to_string()),
+        ("epochs".into(), format!("{:.2}", summary.epoch)),
+        ("train_loss".into(), format!("{:.4}", summary.train_loss)),
+        (
+            "train_runtime".into(),
+            format!("{:.1} s", summary.train_runtime_s),
+        ),
+        (
+            "train_tokens_per_second".into(),
+            format!("{:.0}", summary.train_tokens_per_s),
+        ),
+    ];
+    for m in [&summary.eval, &summary.test] {
+        for (k, v) in m {
+            rows.push((k.clone(), format!("{v:.4}")));
+        }
+    }
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
+    let mut s = format!(
+        "{:<w$}  value\n{}  {}\n",
+        "metric",
+        "-".repeat(w),
+        "-".repeat(10)
+    );
+    for (k, v) in rows {
+        let _ = writeln!(s, "{k:<w$}  {v}");
+    }
+    s
+}
+
+fn metrics_md(m: &BTreeMap<String, f64>) -> String {
+    let mut s = String::from("| metric | value |\n| --- | --- |\n");
+    for (k, v) in m {
+        let _ = writeln!(s, "| {k} | {v:.4} |");
+    }
+    s
+}
+
+/// report.md: what ran, on what, for how long, and what it reached.
+pub fn write_report(
+    config: &RunConfig,
+    summary: &RunSummary,
+    data: &TaskData,
+    path: &Path,
+) -> Result<()> {
+    let t = &config.training;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Berth run: {:?}\n", config.task);
+    let _ = writeln!(s, "- model: `{}`", config.model);
+    let _ = writeln!(
+        s,
+        "- train: `{}` ({} rows)",
+        data.train.source,
+        data.train.rows.len()
+    );
+    if let Some(e) = &data.eval {
+        let _ = writeln!(s, "- eval: `{}` ({} rows)", e.source, e.rows.len());
+    }
+    if let Some(e) = &data.test {
+        let _ = writeln!(s, "- test: `{}` ({} rows)", e.source, e.rows.len());
+    }
+    let _ = writeln!(
+        s,
+        "- steps: {} ({:.2} epochs), batch {} x {} accumulation, lr {} {} (warm-up ratio {}, steps {}), weight decay {}, seed {}, device {}, precision {}",
+        summary.global_step,
+        summary.epoch,
+        t.per_device_train_batch_size,
+        t.gradient_accumulation_steps,
+        t.learning_rate,
+        t.lr_scheduler_type,
+        t.warmup_ratio,
+        t.warmup_steps,
+        t.weight_decay,
+        t.seed,
+        t.device,
+        t.precision
+    );
+    let _ = writeln!(
+        s,
+        "- training time: {:.1} s, {:.0} tokens/s; final train loss {:.4}",
+        summary.train_runtime_s, summary.train_tokens_per_s, summary.train_loss
+    );
+    if let Some(b) = &summary.best_model_checkpoint {
+        let _ = writeln!(s, "- best checkpoint: `{b}`");
+    }
+    if !summary.eval.is_empty() {
+        let _ = writeln!(s, "\n## Eval\n\n{}", metrics_md(&summary.eval));
+    }
+    if !summary.test.is_empty() {
+        let _ = writeln!(s, "\n## Test\n\n{}", metrics_md(&summary.test));
+    }
+    let _ = writeln!(
+        s,
+        "\n![loss curve](loss_curve.png)\n\nConfiguration: `run_config.toml`; every logged value: `metrics.jsonl` and `trainer_state.json`."
+    );
+    write_atomic(path, s.as_bytes())
+}

@@ -1,0 +1,362 @@
+//! The trainer end to end on a tiny random BERT: it learns, resumes exactly, stops
+//! on NaN, and leaves HF-shaped state behind.
+
+use std::path::{Path, PathBuf};
+
+use berth_data::tokenizers::Tokenizer;
+use berth_model::{BertConfig, BertModel, Params};
+use candle_core::Device;
+
+use crate::*;
+
+const SPECIAL: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// A word-level tokenizer over the tiny config's 64 ids: 5 specials, then w5..w63.
+fn tiny_tokenizer() -> Tokenizer {
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, s) in SPECIAL.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+        added.push(
+            serde_json::json!({"id": i, "content": s, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}),
+        );
+    }
+    for i in 5..64 {
+        vocab.insert(format!("w{i}"), i.into());
+    }
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    json.to_string().parse().expect("tokenizer json")
+}
+
+/// A random tiny BERT (encoder + pooler only) saved as an HF directory.
+fn tiny_model_dir(root: &Path) -> PathBuf {
+    let dir = root.join("tiny-bert");
+    let cfg = BertConfig::tiny();
+    let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
+    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    let (varmap, _) = p.finish();
+    berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
+    dir
+}
+
+/// 32 sequences; the class is whether the first word is from the lower half.
+fn separable_rows(n: usize) -> Rows {
+    let mut ids = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let label = (i % 2) as i64;
+        let first = if label == 1 {
+            5 + (i % 10) as u32
+        } else {
+            40 + (i % 10) as u32
+        };
+        let len = 4 + i % 5;
+        let mut row = vec![2, first];
+        row.extend((0..len).map(|k| 20 + ((i * 7 + k * 3) % 15) as u32));
+        row.push(3);
+        ids.push(row);
+        labels.push(label);
+    }
+    let types = ids.iter().map(|r: &Vec<u32>| vec![0u8; r.len()]).collect();
+    Rows::Sequences { ids, types, labels }
+}
+
+fn config(out: &Path, extra: &[&str]) -> RunConfig {
+    let mut overrides: Vec<String> = vec![
+        format!("output_dir={:?}", out.display().to_string()),
+        "disable_tqdm=true".into(),
+        "logging_steps=2".into(),
+        "save_strategy=\"no\"".into(),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    RunConfig::from_toml(
+        "task = \"classification\"\nmodel = \"unused\"\n[data]\ntrain = \"unused\"\n",
+        &overrides,
+        "test",
+    )
+    .unwrap()
+}
+
+fn trainer(cfg: RunConfig, dir: &Path, rows: Rows) -> Trainer {
+    let data = TaskData {
+        train: Split {
+            name: "train".into(),
+            source: "synthetic".into(),
+            rows: rows.clone(),
+        },
+        eval: Some(Split {
+            name: "eval".into(),
+            source: "synthetic".into(),
+            rows,
+        }),
+        test: None,
+        class_names: vec!["neg".into(), "pos".into()],
+    };
+    Trainer::with_data(cfg, data, tiny_tokenizer(), dir.to_path_buf(), Device::Cpu).unwrap()
+}
+
+#[test]
+fn overfits_32_examples_to_full_training_accuracy() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let out = root.path().join("run");
+    let cfg = config(
+        &out,
+        &[
+            "learning_rate=5e-3",
+            "num_train_epochs=40",
+            "per_device_train_batch_size=8",
+            "per_device_eval_batch_size=16",
+            "eval_strategy=\"epoch\"",
+            "lr_scheduler_type=\"constant\"",
+        ],
+    );
+    let mut t = trainer(cfg, &dir, separable_rows(32));
+    let before = t.evaluate(&t.data.train.clone(), "train").unwrap();
+    let summary = t.train().unwrap();
+    let after = t.evaluate(&t.data.train.clone(), "train").unwrap();
+    assert_eq!(summary.global_step, 160);
+    assert_eq!(
+        after["train_accuracy"], 1.0,
+        "before {before:?}, after {after:?}"
+    );
+    assert!(after["train_loss"] < 0.1, "{after:?}");
+    assert!(after["train_loss"] < before["train_loss"] / 5.0);
+
+    // What a run leaves: HF-shaped state, the metrics log, the curve, the report and
+    // a model `berth predict` / transformers can load.
+    let state = TrainerState::read(&out.join("trainer_state.json")).unwrap();
+    assert_eq!(state.global_step, 160);
+    let losses: Vec<_> = state
+        .log_history
+        .iter()
+        .filter(|e| e.contains_key("loss"))
+        .collect();
+    assert_eq!(losses.len(), 80);
+    assert!(losses[0].contains_key("learning_rate") && losses[0].contains_key("epoch"));
+    assert_eq!(
+        state
+            .log_history
+            .iter()
+            .filter(|e| e.contains_key("eval_accuracy"))
+            .count(),
+        40
+    );
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, state.log_history.len());
+    let png = std::fs::read(out.join("loss_curve.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("eval_accuracy"), "{report}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(cfg["id2label"]["1"], "pos");
+    assert!(out.join("model.safetensors").is_file() && out.join("tokenizer.json").is_file());
+    assert!(summary_table(&summary).contains("eval_accuracy"));
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut t: Vec<_> = candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_weights() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "learning_rate=1e-3",
+            "max_steps=12",
+            "per_device_train_batch_size=4",
+            "gradient_accumulation_steps=2",
+            "warmup_steps=3",
+            "weight_decay=0.01",
+            "save_strategy=\"steps\"",
+            "save_steps=5",
+        ];
+        args.extend_from_slice(extra);
+        // 20 rows, 5 batches, 3 optimizer steps per epoch: the checkpoint at step 5
+        // stops mid-epoch.
+        let mut rows = separable_rows(20);
+        rows.truncate(20);
+        trainer(config(out, &args), &dir, rows).train().unwrap()
+    };
+    let a = root.path().join("a");
+    run(&a, &[]);
+    // A run killed after step 5: its output dir holds checkpoint-5 only.
+    let b = root.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    copy_dir(&a.join("checkpoint-5"), &b.join("checkpoint-5"));
+    let resumed = run(&b, &["resume_from_checkpoint=\"latest\""]);
+    assert_eq!(resumed.global_step, 12);
+    let (wa, wb) = (
+        weights(&a.join("model.safetensors")),
+        weights(&b.join("model.safetensors")),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for ((ka, va), (kb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "{ka} differs after resume");
+    }
+    // And the checkpoint holds everything a resume needs.
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "scheduler.json",
+        "rng_state.json",
+        "trainer_state.json",
+    ] {
+        assert!(a.join("checkpoint-10").join(f).is_file(), "{f}");
+    }
+    let pos: Position = serde_json::from_str(
+        &std::fs::read_to_string(a.join("checkpoint-5/rng_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((pos.epoch_index, pos.steps_in_epoch), (1, 2));
+
+    // A different seed does not silently continue someone else's run.
+    let c = root.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    copy_dir(&a.join("checkpoint-5"), &c.join("checkpoint-5"));
+    let mut rows = separable_rows(20);
+    rows.truncate(20);
+    let err = trainer(
+        config(
+            &c,
+            &[
+                "max_steps=12",
+                "resume_from_checkpoint=\"latest\"",
+                "seed=1",
+            ],
+        ),
+        &dir,
+        rows,
+    )
+    .train()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("seed 42") && err.contains("seed 1"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let out = root.path().join("run");
+    let cfg = config(
+        &out,
+        &[
+            "learning_rate=1e30",
+            "max_grad_norm=0.0",
+            "lr_scheduler_type=\"constant\"",
+            "max_steps=20",
+            "save_strategy=\"steps\"",
+            "save_steps=1",
+            "save_total_limit=2",
+        ],
+    );
+    let err = trainer(cfg, &dir, separable_rows(32)).train().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{msg}");
+    assert!(
+        msg.contains("Last good checkpoint") && msg.contains("checkpoint-"),
+        "{msg}"
+    );
+    let kept = checkpoints(&out);
+    assert!(!kept.is_empty() && kept.len() <= 2, "{kept:?}");
+    assert!(
+        msg.contains(&kept.last().unwrap().1.display().to_string()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mlm_and_nsp_rows_train_and_report_their_metrics() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let Rows::Sequences { ids, types, .. } = separable_rows(16) else {
+        unreachable!()
+    };
+    for (task, rows) in [
+        ("mlm", Rows::Texts { ids: ids.clone() }),
+        (
+            "nsp",
+            Rows::Pairs {
+                next: (0..ids.len() as i64).map(|i| i % 2).collect(),
+                ids,
+                types,
+            },
+        ),
+    ] {
+        let out = root.path().join(task);
+        let mut cfg = config(
+            &out,
+            &[
+                "max_steps=4",
+                "per_device_train_batch_size=4",
+                "eval_strategy=\"epoch\"",
+            ],
+        );
+        cfg.task = if task == "mlm" { Task::Mlm } else { Task::Nsp };
+        let data = TaskData {
+            train: Split {
+                name: "train".into(),
+                source: "synthetic".into(),
+                rows: rows.clone(),
+            },
+            eval: Some(Split {
+                name: "eval".into(),
+                source: "synthetic".into(),
+                rows,
+            }),
+            test: None,
+            class_names: vec![],
+        };
+        let mut t =
+            Trainer::with_data(cfg, data, tiny_tokenizer(), dir.clone(), Device::Cpu).unwrap();
+        let s = t.train().unwrap();
+        assert!(
+            s.eval["eval_perplexity"].is_finite() && s.eval["eval_perplexity"] > 1.0,
+            "{task}: {:?}",
+            s.eval
+        );
+        assert!((0.0..=1.0).contains(&s.eval["eval_mlm_accuracy"]));
+        assert_eq!(s.eval.contains_key("eval_nsp_accuracy"), task == "nsp");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let arch = if task == "mlm" {
+            "BertForMaskedLM"
+        } else {
+            "BertForPreTraining"
+        };
+        assert_eq!(cfg["architectures"][0], arch);
+    }
+}
