@@ -159,42 +159,130 @@ fn ci() -> Result<()> {
     Ok(())
 }
 
-/// The main job. Today it prepares what exists (fixtures, the tokenized IMDB sample);
-/// training lands with the trainer issue, and until then this says so and fails.
+/// The main job: one command from nothing to a report. Fixtures, a TOML config
+/// for the task (written beside the run so it can be re-run with `berth train`), a
+/// release build of `berth`, then training, evaluation on the test split, the
+/// summary table, report.md and the loss curve.
 fn finetune(args: &[String]) -> Result<()> {
-    if !args.is_empty() {
+    let mut task = "imdb".to_string();
+    let mut model: Option<String> = None;
+    let mut data: Option<PathBuf> = None;
+    let mut device = "cpu".to_string();
+    let mut max_steps: Option<String> = None;
+    let mut sets: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--task" => task = value()?,
+            "--model" => model = Some(value()?),
+            "--data" => data = Some(PathBuf::from(value()?)),
+            "--device" => device = value()?,
+            "--max-steps" => max_steps = Some(value()?),
+            "--set" => sets.push(value()?),
+            "-h" | "--help" => {
+                println!("{FINETUNE_USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown finetune option '{other}'\n{FINETUNE_USAGE}"),
+        }
+    }
+    let fixture = fixtures()?;
+    let model = match model {
+        Some(m) => m,
+        None if hub_has(DEFAULT_MODEL) => DEFAULT_MODEL.to_string(),
+        None => {
+            println!(
+                "finetune: {DEFAULT_MODEL} is not in the hf-hub cache and the hub is not used offline; using the fixture {}",
+                fixture.display()
+            );
+            fixture.display().to_string()
+        }
+    };
+    let data = match data.or_else(|| std::env::var_os("BERTH_DATA_DIR").map(PathBuf::from)) {
+        Some(d) => d,
+        None => workspace_root().join("../shared/data"),
+    };
+    if !data.is_dir() {
         bail!(
-            "finetune takes no options yet (the trainer issue adds --task/--model/--data/--device/--max-steps)"
+            "finetune: data directory {} does not exist; pass --data DIR or set BERTH_DATA_DIR (it holds imdb/, mrpc/, meditations/)",
+            data.display()
         );
     }
-    let model = fixtures()?;
-    let data = std::env::var_os("BERTH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/data"));
-    let out = workspace_root().join("target/finetune");
-    std::fs::create_dir_all(&out)?;
-    for split in ["train", "test"] {
-        let input = data.join(format!("imdb/sample/{split}.jsonl"));
-        println!("finetune: tokenizing {}", input.display());
-        run(cargo()
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "berth-cli",
-                "--",
-                "tokenize",
-                "--tokenizer",
-            ])
-            .arg(&model)
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(out.join(format!("imdb-sample-{split}.parquet"))))?;
+    let data = data.canonicalize()?;
+    let cuda = device.starts_with("cuda");
+    let config = workspace_root()
+        .join("configs")
+        .join(match (task.as_str(), cuda) {
+            ("imdb", false) => "imdb-cpu.toml",
+            ("imdb", true) => "imdb-gpu.toml",
+            ("mrpc", _) => "mrpc.toml",
+            ("mlm", _) => "mlm.toml",
+            ("nsp", _) => "nsp.toml",
+            (other, _) => bail!("unknown task '{other}' (imdb, mrpc, mlm, nsp)"),
+        });
+    let run_dir = workspace_root().join("target/finetune").join(&task);
+    println!(
+        "finetune: task {task}, model {model}, data {}, device {device}, config {}",
+        data.display(),
+        config.display()
+    );
+
+    let mut build = cargo();
+    build.args(["build", "--release", "--quiet", "-p", "berth-cli"]);
+    if cuda {
+        build.args(["--features", "cuda"]);
     }
-    bail!(
-        "data prepared under {}; training is not implemented yet (it lands with the trainer issue)",
-        out.display()
-    )
+    run(&mut build)?;
+    let started = std::time::Instant::now();
+    let mut train = Command::new(workspace_root().join("target/release/berth"));
+    train.arg("train").arg("--config").arg(&config);
+    let mut overrides = vec![
+        format!("model={model:?}"),
+        format!("data.data_dir={:?}", data.display().to_string()),
+        format!("training.output_dir={:?}", run_dir.display().to_string()),
+        format!("training.device={device:?}"),
+    ];
+    if let Some(n) = max_steps {
+        overrides.push(format!("training.max_steps={n}"));
+    }
+    overrides.extend(sets);
+    for o in overrides {
+        train.arg("--set").arg(o);
+    }
+    run(&mut train)?;
+    println!(
+        "finetune: done in {:.1} min (build excluded); report {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        run_dir.join("report.md").display()
+    );
+    Ok(())
+}
+
+const FINETUNE_USAGE: &str = "\
+usage: cargo xtask finetune [--task imdb|mrpc|mlm|nsp] [--model HUB_ID|DIR] [--data DIR]
+                            [--device cpu|cuda[:N]] [--max-steps N] [--set KEY=VALUE]...";
+
+const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Whether hf-hub's cache already holds a snapshot of `repo` with a config.json.
+fn hub_has(repo: &str) -> bool {
+    let home = std::env::var_os("HF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/huggingface")
+        });
+    let snaps = home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")))
+        .join("snapshots");
+    std::fs::read_dir(snaps)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("config.json").is_file())
 }

@@ -43,7 +43,7 @@ fn u8s(a: &ArrayRef) -> Vec<u8> {
 pub(crate) fn run(a: PredictArgs) -> Result<()> {
     check_output(&a.output)?;
     let started = Instant::now();
-    let device = Device::Cpu;
+    let device: Device = berth_trainer::parse_device(&a.device)?;
     let dir = berth_model::resolve_model_dir(&a.model, &HubOptions::from_env())?;
     let (config, mut params) = berth_model::open_dir(&dir, &device, 0)?;
     let tokenizer = berth_data::load_tokenizer(

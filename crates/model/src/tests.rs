@@ -321,7 +321,7 @@ fn a_hub_id_resolves_offline_from_an_hf_hub_cache() {
 }
 
 #[test]
-fn minilm_matches_the_reference_bert_within_1e_4() {
+fn minilm_matches_transformers_within_1e_4() {
     let Some(dir) = berth_testkit::minilm_dir() else {
         return;
     };
@@ -375,5 +375,36 @@ fn minilm_matches_the_reference_bert_within_1e_4() {
     assert!(
         worst < 1e-4,
         "largest difference from the reference: {worst}"
+    );
+
+    // BertForSequenceClassification logits, with the classifier weights transformers
+    // used (stored in the reference).
+    let mut tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
+    let w: Vec<Vec<f32>> = serde_json::from_value(reference["classifier_weight"].clone()).unwrap();
+    let b: Vec<f32> = serde_json::from_value(reference["classifier_bias"].clone()).unwrap();
+    tensors.insert(
+        "classifier.weight".into(),
+        Tensor::from_vec(w.concat(), (w.len(), w[0].len()), &dev).unwrap(),
+    );
+    tensors.insert("classifier.bias".into(), Tensor::new(b, &dev).unwrap());
+    let mut p = Params::with_checkpoint(tensors, dir.join("model.safetensors"), &dev, 0, 0.02);
+    let clf = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (_, report) = p.finish();
+    assert!(report.newly_initialized.is_empty(), "{report:?}");
+    let logits = clf
+        .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let want: Vec<Vec<f64>> = serde_json::from_value(reference["logits"].clone()).unwrap();
+    let worst_logit = logits
+        .iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .fold(0f64, f64::max);
+    assert!(
+        worst_logit < 1e-4,
+        "logits {logits:?} vs transformers {want:?}"
     );
 }

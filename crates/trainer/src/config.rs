@@ -86,12 +86,16 @@ fn default_label_column() -> String {
 
 /// belt_nlp's chunking, for `chunk_classification`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ChunkingConfig {
     pub chunk_size: usize,
     pub stride: usize,
     pub min_chunk_len: usize,
     pub max_text_len: Option<usize>,
+    /// `max_text_len` for the eval and test splits (default: the same): predict from
+    /// more of each text than training saw, belt_nlp-style. 0 means the whole text.
+    #[serde(default)]
+    pub eval_max_text_len: Option<usize>,
     /// `mean` or `max`.
     pub pool: String,
 }
@@ -103,6 +107,7 @@ impl Default for ChunkingConfig {
             stride: 510,
             min_chunk_len: 1,
             max_text_len: None,
+            eval_max_text_len: None,
             pool: "mean".into(),
         }
     }
@@ -181,7 +186,7 @@ pub struct TrainingArgs {
     pub pad_to_multiple_of: Option<usize>,
     /// `latest` or a checkpoint directory.
     pub resume_from_checkpoint: Option<String>,
-    /// Progress bar on a terminal (plain log lines otherwise).
+    /// No progress bar even on a terminal (the log lines stay).
     pub disable_tqdm: bool,
 }
 

@@ -167,7 +167,14 @@ pub fn prepare(
         Ok(Split {
             name: name.to_string(),
             source: ds.source_name().to_string(),
-            rows: rows_of(config, ds, tokenizer, max_positions, &class_names)?,
+            rows: rows_of(
+                config,
+                ds,
+                tokenizer,
+                max_positions,
+                &class_names,
+                name != "train",
+            )?,
         })
     };
     let mut train = prep(&train_ds, "train")?;
@@ -304,6 +311,7 @@ fn rows_of(
     tokenizer: &Tokenizer,
     max_positions: usize,
     class_names: &[String],
+    evaluation: bool,
 ) -> Result<Rows> {
     let d = &config.data;
     let max_length = d.max_length.unwrap_or(max_positions).min(max_positions);
@@ -322,11 +330,16 @@ fn rows_of(
         }
         Task::ChunkClassification => {
             let c = &config.chunking;
+            let max_text_len = match (evaluation, c.eval_max_text_len) {
+                (true, Some(0)) => None,
+                (true, Some(n)) => Some(n),
+                _ => c.max_text_len,
+            };
             let cc = ChunkConfig::new(
                 c.chunk_size,
                 c.stride,
                 c.min_chunk_len,
-                c.max_text_len,
+                max_text_len,
                 max_positions,
             )
             .map_err(|e| TrainError::Config(format!("chunking: {e}")))?;

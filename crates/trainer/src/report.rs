@@ -19,12 +19,12 @@ use crate::trainer::RunSummary;
 pub struct Progress {
     bar: ProgressBar,
     terminal: bool,
-    quiet: bool,
 }
 
 impl Progress {
-    pub fn new(total: usize, done: usize, quiet: bool) -> Self {
-        let terminal = crate::trainer::stderr_is_terminal() && !quiet;
+    /// `no_bar` (HF's `disable_tqdm`) keeps the log lines and drops the bar.
+    pub fn new(total: usize, done: usize, no_bar: bool) -> Self {
+        let terminal = crate::trainer::stderr_is_terminal() && !no_bar;
         let bar = if terminal {
             let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             b.set_style(
@@ -38,11 +38,7 @@ impl Progress {
         } else {
             ProgressBar::hidden()
         };
-        Progress {
-            bar,
-            terminal,
-            quiet,
-        }
+        Progress { bar, terminal }
     }
 
     pub fn update(&self, step: usize, epoch: f64, loss: f64, lr: f64, tokens_per_s: f64) {
@@ -54,9 +50,6 @@ impl Progress {
 
     /// A log line above the bar (or on stderr when there is no bar).
     pub fn println(&self, line: &str) {
-        if self.quiet {
-            return;
-        }
         if self.terminal {
             self.bar.println(line);
         } else {

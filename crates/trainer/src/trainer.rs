@@ -87,7 +87,7 @@ pub struct Trainer {
     model_dir: PathBuf,
     batcher: Batcher,
     device: Device,
-    quiet: bool,
+    no_bar: bool,
 }
 
 impl Trainer {
@@ -157,7 +157,7 @@ impl Trainer {
             continuation,
             device: device.clone(),
         };
-        let quiet = config.training.disable_tqdm;
+        let no_bar = config.training.disable_tqdm;
         Ok(Trainer {
             config,
             model,
@@ -166,7 +166,7 @@ impl Trainer {
             model_dir,
             batcher,
             device,
-            quiet,
+            no_bar,
         })
     }
 
@@ -206,9 +206,7 @@ impl Trainer {
     }
 
     fn log(&self, line: &str) {
-        if !self.quiet {
-            eprintln!("{line}");
-        }
+        eprintln!("{line}");
     }
 
     /// Trains, evaluates and saves; returns the summary printed at the end.
@@ -300,7 +298,7 @@ impl Trainer {
             ));
         }
 
-        let progress = report::Progress::new(total_steps, state.global_step, self.quiet);
+        let progress = report::Progress::new(total_steps, state.global_step, self.no_bar);
         let started = Instant::now();
         let start_step = state.global_step;
         let start_tokens = state.berth.tokens_seen;
@@ -321,10 +319,12 @@ impl Trainer {
                 let mut group_tokens = 0u64;
                 let n_micro = group.len();
                 for (micro, indices) in group.iter().enumerate() {
+                    let t0 = Instant::now();
                     let batch = self.batcher.batch(&self.data.train.rows, indices, epoch)?;
                     let mode = Mode::train(dropout_seed(t.seed, state.global_step, micro));
                     let outp = self.model.forward(&batch, &mode)?;
                     let loss = outp.loss.to_scalar::<f32>()?;
+                    let t1 = Instant::now();
                     if !loss.is_finite() {
                         progress.finish();
                         return Err(TrainError::NonFinite {
@@ -340,11 +340,22 @@ impl Trainer {
                     let scaled = (outp.loss / n_micro as f64)?;
                     let g = scaled.backward()?;
                     opt.accumulate(&mut grads, &g)?;
+                    drop(g);
+                    tracing::debug!(
+                        "step {} micro {micro}: {} items {} tokens, forward {:.2}s backward {:.2}s",
+                        state.global_step + 1,
+                        batch.items,
+                        batch.real_tokens,
+                        (t1 - t0).as_secs_f64(),
+                        t1.elapsed().as_secs_f64()
+                    );
                     group_loss += loss as f64 / n_micro as f64;
                     group_tokens += batch.real_tokens as u64;
                 }
                 let lr = schedule.lr(state.global_step);
+                let t2 = Instant::now();
                 let grad_norm = opt.step(&grads, lr, t.max_grad_norm)?;
+                tracing::debug!("optimizer step {:.2}s", t2.elapsed().as_secs_f64());
                 drop(grads);
                 state.global_step += 1;
                 state.berth.steps_in_epoch += 1;

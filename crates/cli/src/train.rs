@@ -1,0 +1,88 @@
+//! `berth train` and `berth eval`: the trainer behind a TOML configuration.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use berth_trainer::{RunConfig, Trainer, summary_table};
+use clap::Args;
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// The run's TOML file (task, model, [data], [chunking], [mlm], [training]).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a value: `training.learning_rate=3e-5`, `data.max_length=256`, or a
+    /// bare TrainingArguments name (`max_steps=100`). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue from `latest` (the newest checkpoint in output_dir) or a checkpoint
+    /// directory.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    resume: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct EvalArgs {
+    /// A trained model directory (or hub id) with its head.
+    #[arg(long)]
+    model: String,
+    /// The run's TOML file: which data, columns and eval batch size.
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Also write the metrics as JSON here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+pub(crate) fn train(a: TrainArgs) -> Result<()> {
+    let mut set = a.set;
+    if let Some(r) = a.resume {
+        set.push(format!("training.resume_from_checkpoint={r:?}"));
+    }
+    let config = RunConfig::load(&a.config, &set)?;
+    let mut trainer = Trainer::new(config)?;
+    let summary = trainer.train()?;
+    println!("{}", summary_table(&summary));
+    println!(
+        "model, trainer_state.json, metrics.jsonl, loss_curve.png and report.md in {}",
+        summary.output_dir.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn eval(a: EvalArgs) -> Result<()> {
+    let mut set = a.set;
+    set.push(format!("model={:?}", a.model));
+    let config = RunConfig::load(&a.config, &set)?;
+    let trainer = Trainer::new(config)?;
+    let mut all = BTreeMap::new();
+    let splits = [trainer.data.eval.clone(), trainer.data.test.clone()];
+    if splits.iter().all(Option::is_none) {
+        anyhow::bail!(
+            "{}: nothing to evaluate: set data.eval, data.test or data.validation_split",
+            a.config.display()
+        );
+    }
+    for split in splits.into_iter().flatten() {
+        let prefix = split.name.clone();
+        let m = trainer
+            .evaluate(&split, &prefix)
+            .with_context(|| format!("evaluating {}", split.source))?;
+        eprintln!("{}: {}", split.source, berth_trainer::fmt_metrics(&m));
+        all.extend(m);
+    }
+    println!("{:<28}  value", "metric");
+    for (k, v) in &all {
+        println!("{k:<28}  {v:.4}");
+    }
+    if let Some(path) = a.output {
+        let json = serde_json::to_string_pretty(&all)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

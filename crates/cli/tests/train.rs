@@ -1,0 +1,197 @@
+//! `berth train` and `berth eval` end to end on real data (MRPC pairs) with the real
+//! MiniLM, a few steps only.
+
+mod common;
+
+use common::{berth_ok, berth_output};
+
+#[test]
+fn train_then_eval_mrpc_pairs() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = tmp.path().join("mrpc.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r##"task = "classification"
+model = {model:?}
+[data]
+data_dir = {data:?}
+format = "tsv"
+train = "mrpc/train.tsv"
+eval = "mrpc/dev.tsv"
+text_column = "#1 String"
+pair_column = "#2 String"
+label_column = "Quality"
+max_length = 64
+max_train_samples = 48
+max_eval_samples = 32
+[training]
+output_dir = {out:?}
+max_steps = 4
+per_device_train_batch_size = 8
+per_device_eval_batch_size = 16
+learning_rate = 5e-5
+eval_strategy = "steps"
+eval_steps = 2
+save_strategy = "steps"
+save_steps = 2
+save_total_limit = 1
+load_best_model_at_end = true
+metric_for_best_model = "accuracy"
+logging_steps = 1
+"##,
+            model = model.display().to_string(),
+            data = data.display().to_string(),
+            out = out.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let o = berth_output(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "seed=3",
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("eval_accuracy") && stdout.contains("train_loss"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("step 4/4"), "{stderr}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "trainer_state.json",
+        "metrics.jsonl",
+        "loss_curve.png",
+        "report.md",
+        "run_config.toml",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // save_total_limit 1 keeps one checkpoint, and it is the best one.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let kept: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        state["best_model_checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with(&kept[0]),
+        "{state}"
+    );
+    assert_eq!(state["global_step"], 4);
+    let run_config = std::fs::read_to_string(out.join("run_config.toml")).unwrap();
+    assert!(run_config.contains("seed = 3"), "{run_config}");
+
+    // eval on the trained model gives the numbers the run logged for the best step.
+    let metrics = tmp.path().join("metrics.json");
+    berth_ok(
+        &[
+            "eval",
+            "--model",
+            out.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "seed=3",
+            "--output",
+            metrics.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let best = state["best_metric"].as_f64().unwrap();
+    assert!(
+        (m["eval_accuracy"].as_f64().unwrap() - best).abs() < 1e-9,
+        "{m} vs best {best}"
+    );
+}
+
+#[test]
+fn config_mistakes_name_the_file_and_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "task = \"classification\"\nmodel = \"m\"\n[data]\ntrain = \"x.jsonl\"\n[training]\nlearning_rat = 1e-4\n",
+    )
+    .unwrap();
+    let o = berth_output(&["train", "--config", cfg.to_str().unwrap()], tmp.path());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("learning_rat"),
+        "{err}"
+    );
+
+    // The same mistake made with --set is caught the same way.
+    std::fs::write(
+        &cfg,
+        "task = \"classification\"\nmodel = \"m\"\n[data]\ntrain = \"x.jsonl\"\n",
+    )
+    .unwrap();
+    let o = berth_output(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "training.learning_rat=1e-4",
+        ],
+        tmp.path(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("learning_rat"), "{err}");
+
+    // Without the `cuda` feature, asking for a GPU says how to get one.
+    let o = berth_output(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "device=cuda",
+        ],
+        tmp.path(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`cuda` feature"), "{err}");
+
+    // A model that is not there is named.
+    let o = berth_output(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "model=\"/nonexistent-model\"",
+        ],
+        tmp.path(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent-model"), "{err}");
+}
