@@ -403,6 +403,9 @@ fn minilm_matches_transformers_within_1e_4() {
         .zip(want.iter().flatten())
         .map(|(g, w)| (*g as f64 - w).abs())
         .fold(0f64, f64::max);
+    eprintln!(
+        "largest difference from transformers: hidden/pooled {worst:.2e}, logits {worst_logit:.2e}"
+    );
     assert!(
         worst_logit < 1e-4,
         "logits {logits:?} vs transformers {want:?}"
