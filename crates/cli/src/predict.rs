@@ -12,7 +12,7 @@ use berth_data::arrow::array::{
 };
 use berth_data::berth_chunking::ChunkConfig;
 use berth_data::{Dataset, HubOptions, MapOptions, TokenizeConfig, TokenizeOp};
-use berth_model::{ChunkPooledClassifier, Mode, Pool, SequenceClassifier};
+use berth_model::{ChunkPooledClassifier, Mode, Params, Pool, SequenceClassifier};
 use candle_core::Device;
 
 use crate::{PredictArgs, check_output, write_output};
@@ -67,8 +67,14 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
             a.maximal_text_length,
             config.max_position_embeddings,
         )?;
-        let model = ChunkPooledClassifier::new(&config, &mut params, pool)?;
-        let _ = params.finish();
+        ChunkPooledClassifier::new(&config, &mut params, pool)?;
+        // Inference from detached views: no autograd graph holding activations.
+        let (varmap, _) = params.finish();
+        let model = ChunkPooledClassifier::new(
+            &config,
+            &mut Params::detached_view(&varmap, &device)?,
+            pool,
+        )?;
         let special = berth_data::special_tokens(&tokenizer)?;
         let chunked = ds.chunk_texts(&tokenizer, &a.text_column, chunk_cfg)?;
         for batch in chunked.iter_batches(a.batch_size) {
@@ -104,8 +110,10 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
             logits.extend(out.to_vec2::<f32>()?);
         }
     } else {
-        let model = SequenceClassifier::new(&config, &mut params)?;
-        let _ = params.finish();
+        SequenceClassifier::new(&config, &mut params)?;
+        let (varmap, _) = params.finish();
+        let model =
+            SequenceClassifier::new(&config, &mut Params::detached_view(&varmap, &device)?)?;
         let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
         tok_cfg.pair_column = a.pair_column.clone();
         tok_cfg.max_length = Some(config.max_position_embeddings);

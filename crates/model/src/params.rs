@@ -38,6 +38,8 @@ pub struct Params {
     report: LoadReport,
     rng: ChaCha8Rng,
     init_range: f64,
+    /// A view of an existing store: `get` hands out its tensors detached.
+    view: bool,
 }
 
 /// Keys HF checkpoints carry that are not parameters here: buffers, and the MLM
@@ -77,7 +79,25 @@ impl Params {
             report: LoadReport::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             init_range,
+            view: false,
         }
+    }
+
+    /// The parameters of `varmap` as detached views: a model built from them shares
+    /// the trained weights (updates through the `Var`s show) but records no autograd
+    /// graph, so evaluation does not keep every activation alive. Every name must be
+    /// in `varmap`.
+    pub fn detached_view(varmap: &VarMap, device: &Device) -> Result<Self> {
+        let checkpoint = varmap
+            .data()
+            .lock()
+            .map_err(|_| ModelError::Checkpoint("parameter store lock poisoned".into()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let mut p = Self::with_checkpoint(checkpoint, PathBuf::from("<view>"), device, 0, 0.0);
+        p.view = true;
+        Ok(p)
     }
 
     /// Reads `model.safetensors` of a directory.
@@ -124,6 +144,14 @@ impl Params {
 
     /// The parameter `name` of `shape`.
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        if self.view {
+            return match self.checkpoint.get(name) {
+                Some(t) if t.dims() == shape => Ok(t.clone()),
+                _ => Err(ModelError::Checkpoint(format!(
+                    "'{name}' of shape {shape:?} is not in the parameter store"
+                ))),
+            };
+        }
         let found = Self::candidates(name)
             .into_iter()
             .find_map(|k| self.checkpoint.get(&k).map(|t| (k, t.clone())));

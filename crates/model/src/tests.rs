@@ -411,3 +411,33 @@ fn minilm_matches_transformers_within_1e_4() {
         "logits {logits:?} vs transformers {want:?}"
     );
 }
+
+#[test]
+fn a_detached_view_shares_weights_but_records_no_graph() {
+    let cfg = BertConfig::tiny();
+    let mut p = Params::random(&Device::Cpu, 3, cfg.initializer_range);
+    let train = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    let (varmap, _) = p.finish();
+    let view = SequenceClassifier::new(
+        &cfg,
+        &mut Params::detached_view(&varmap, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    let ids = Tensor::new(&[[1u32, 5, 9, 2]], &Device::Cpu).unwrap();
+    let a = train.forward(&ids, None, None, &Mode::eval()).unwrap();
+    let b = view.forward(&ids, None, None, &Mode::eval()).unwrap();
+    assert!(a.track_op() && !b.track_op());
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    // An update through the Var shows in the view.
+    let var = varmap.data().lock().unwrap()["classifier.bias"].clone();
+    var.set(&Tensor::new(&[5f32, -5.0], &Device::Cpu).unwrap())
+        .unwrap();
+    let c = view.forward(&ids, None, None, &Mode::eval()).unwrap();
+    assert_ne!(c.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    assert!(
+        Params::detached_view(&varmap, &Device::Cpu)
+            .unwrap()
+            .get("nope", &[1], Init::Zeros)
+            .is_err()
+    );
+}

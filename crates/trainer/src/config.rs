@@ -285,7 +285,7 @@ impl TrainingArgs {
                 self.warmup_ratio
             ));
         }
-        if !(self.learning_rate >= 0.0) {
+        if self.learning_rate.is_nan() || self.learning_rate < 0.0 {
             return bad(format!(
                 "learning_rate must be >= 0, not {}",
                 self.learning_rate

@@ -5,8 +5,8 @@ use std::path::Path;
 use berth_collate::{Batch, Document, Example, Label, Padding, collate, collate_chunks};
 use berth_data::berth_masking::DynamicMasker;
 use berth_model::{
-    BertConfig, BertModel, ChunkPooledClassifier, LoadReport, MaskedLm, Mode, Pool, PreTraining,
-    SequenceClassifier,
+    BertConfig, BertModel, ChunkPooledClassifier, LoadReport, MaskedLm, Mode, Params, Pool,
+    PreTraining, SequenceClassifier,
 };
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -25,6 +25,8 @@ enum Head {
 /// A BERT with the head of its task, and its trainable variables.
 pub struct TaskModel {
     head: Head,
+    /// The same weights as detached views: evaluation records no autograd graph.
+    eval_head: Head,
     pub config: BertConfig,
     pub varmap: VarMap,
     pub report: LoadReport,
@@ -86,17 +88,22 @@ impl TaskModel {
                 config.set_labels(class_names);
             }
         }
-        let head = match task {
-            Task::Classification => Head::Sequence(SequenceClassifier::new(&config, &mut params)?),
-            Task::ChunkClassification => {
-                Head::Chunked(ChunkPooledClassifier::new(&config, &mut params, pool)?)
-            }
-            Task::Mlm => Head::Mlm(MaskedLm::new(&config, &mut params)?),
-            Task::Nsp => Head::PreTraining(PreTraining::new(&config, &mut params)?),
+        let build = |params: &mut Params| -> Result<Head> {
+            Ok(match task {
+                Task::Classification => Head::Sequence(SequenceClassifier::new(&config, params)?),
+                Task::ChunkClassification => {
+                    Head::Chunked(ChunkPooledClassifier::new(&config, params, pool)?)
+                }
+                Task::Mlm => Head::Mlm(MaskedLm::new(&config, params)?),
+                Task::Nsp => Head::PreTraining(PreTraining::new(&config, params)?),
+            })
         };
+        let head = build(&mut params)?;
         let (varmap, report) = params.finish();
+        let eval_head = build(&mut Params::detached_view(&varmap, device)?)?;
         Ok(TaskModel {
             head,
+            eval_head,
             config,
             varmap,
             report,
@@ -104,28 +111,27 @@ impl TaskModel {
         })
     }
 
-    fn bert_mut(&mut self) -> &mut BertModel {
-        match &mut self.head {
-            Head::Sequence(m) => &mut m.bert,
-            Head::Chunked(m) => &mut m.inner.bert,
-            Head::Mlm(m) => &mut m.bert,
-            Head::PreTraining(m) => &mut m.bert,
-        }
-    }
-
     /// bf16 compute keeps the f32 variables as master weights: every matmul casts
     /// its weight, so gradients flow back to the f32 `Var`s.
     pub fn set_compute_dtype(&mut self, dtype: DType) {
-        self.bert_mut().set_compute_dtype(dtype);
+        for head in [&mut self.head, &mut self.eval_head] {
+            bert_mut(head).set_compute_dtype(dtype);
+        }
     }
 
+    /// Training mode runs the tracked model; eval mode the detached views.
     pub fn forward(&self, b: &TaskBatch, mode: &Mode) -> Result<Output> {
+        let head = if mode.is_train() {
+            &self.head
+        } else {
+            &self.eval_head
+        };
         let (ids, types, mask) = (
             &b.input_ids,
             Some(&b.token_type_ids),
             Some(&b.attention_mask),
         );
-        Ok(match &self.head {
+        Ok(match head {
             Head::Sequence(m) => {
                 let logits = m.forward(ids, types, mask, mode)?.to_dtype(DType::F32)?;
                 let loss = m.loss(&logits, &b.labels)?;
@@ -172,6 +178,15 @@ impl TaskModel {
                 }
             }
         })
+    }
+}
+
+fn bert_mut(head: &mut Head) -> &mut BertModel {
+    match head {
+        Head::Sequence(m) => &mut m.bert,
+        Head::Chunked(m) => &mut m.inner.bert,
+        Head::Mlm(m) => &mut m.bert,
+        Head::PreTraining(m) => &mut m.bert,
     }
 }
 

@@ -193,15 +193,20 @@ impl AdamW {
                     // torch's single-tensor AdamW, fused: one pass, f32 like torch.
                     let mut p = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
                     let g = g.flatten_all()?.to_vec1::<f32>()?;
-                    let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+                    // 1 - beta in f64 first: 1.0 - 0.9f32 is 0.09999996, not 0.1.
+                    let (b2, w1, w2) = (
+                        c.beta2 as f32,
+                        (1.0 - c.beta1) as f32,
+                        (1.0 - c.beta2) as f32,
+                    );
                     let (keep, scale) = ((1.0 - decay) as f32, scale as f32);
                     let (step_size, bc2_sqrt, eps) =
                         (step_size as f32, bc2_sqrt as f32, c.eps as f32);
                     for i in 0..p.len() {
                         let gi = g[i] * scale;
                         p[i] *= keep;
-                        m[i] += (gi - m[i]) * (1.0 - b1);
-                        v[i] = v[i] * b2 + gi * gi * (1.0 - b2);
+                        m[i] += (gi - m[i]) * w1;
+                        v[i] = v[i] * b2 + gi * gi * w2;
                         let denom = v[i].sqrt() / bc2_sqrt + eps;
                         p[i] -= step_size * m[i] / denom;
                     }
@@ -350,7 +355,7 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
-        let torch = [0.752_287_566_661_834_7f32, -1.897_780_060_768_127_4];
+        let torch = [0.752_287_6_f32, -1.897_78_f32];
         for (g, w) in got.iter().zip(torch) {
             assert!((g - w).abs() < 1e-6, "{got:?} vs torch {torch:?}");
         }

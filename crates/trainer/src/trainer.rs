@@ -371,7 +371,9 @@ impl Trainer {
 
                 let epoch_end = state.berth.steps_in_epoch == groups.len();
                 let last = state.global_step >= total_steps;
-                if t.logging_steps > 0 && (state.global_step % t.logging_steps == 0 || last) {
+                if t.logging_steps > 0
+                    && (state.global_step.is_multiple_of(t.logging_steps) || last)
+                {
                     let mut entry = Map::new();
                     entry.insert(
                         "loss".into(),
@@ -402,7 +404,7 @@ impl Trainer {
 
                 let due = |s: Strategy| match s {
                     Strategy::No => false,
-                    Strategy::Steps(n) => state.global_step % n == 0,
+                    Strategy::Steps(n) => state.global_step.is_multiple_of(n),
                     Strategy::Epoch => epoch_end,
                 };
                 let (eval_due, save_due) = (due(eval_strategy), due(save_strategy));

@@ -1,0 +1,189 @@
+//! Training throughput of `BertForSequenceClassification`: random init, full steps
+//! (forward, cross-entropy, backward, clipping, AdamW), warm-up excluded, the device
+//! synchronized before the clock is read. Prints a table and one JSON line per
+//! config. Run through `cargo xtask bench train [--device cpu|cuda] [--precision
+//! f32|bf16] [--steps N] [--warmup N] [--config NAME]`.
+
+use std::time::Instant;
+
+use berth_model::{BertConfig, Mode, Params, SequenceClassifier};
+use berth_trainer::{AdamW, AdamWConfig, parse_device};
+use candle_core::{DType, Tensor};
+
+struct Shape {
+    name: &'static str,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    intermediate: usize,
+    seq: usize,
+    batch: usize,
+}
+
+/// The configs on a GPU; the same models at small sizes on a CPU.
+fn shapes(gpu: bool) -> Vec<Shape> {
+    let (base512, base128, mini512) = if gpu {
+        ((512, 32), (128, 128), (512, 32))
+    } else {
+        ((512, 1), (128, 4), (512, 2))
+    };
+    vec![
+        Shape {
+            name: "bert-base",
+            hidden: 768,
+            layers: 12,
+            heads: 12,
+            intermediate: 3072,
+            seq: base512.0,
+            batch: base512.1,
+        },
+        Shape {
+            name: "bert-base",
+            hidden: 768,
+            layers: 12,
+            heads: 12,
+            intermediate: 3072,
+            seq: base128.0,
+            batch: base128.1,
+        },
+        Shape {
+            name: "minilm-l6",
+            hidden: 384,
+            layers: 6,
+            heads: 12,
+            intermediate: 1536,
+            seq: mini512.0,
+            batch: mini512.1,
+        },
+    ]
+}
+
+/// Model FLOPs per step: 6 x (non-embedding parameters) per token for the dense
+/// layers, plus attention's two seq x seq matmuls (x3 for forward + backward).
+fn flops_per_step(s: &Shape) -> f64 {
+    let h = s.hidden as f64;
+    let per_layer = 4.0 * h * h + 2.0 * h * s.intermediate as f64;
+    let tokens = (s.batch * s.seq) as f64;
+    let dense = 6.0 * per_layer * s.layers as f64 * tokens;
+    let attention = 3.0 * 4.0 * s.seq as f64 * h * s.layers as f64 * tokens;
+    dense + attention
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let device_name = opt("--device").unwrap_or_else(|| "cpu".into());
+    let precision = opt("--precision").unwrap_or_else(|| "f32".into());
+    let only = opt("--config");
+    let device = parse_device(&device_name)?;
+    let gpu = !device.is_cpu();
+    let steps: usize = opt("--steps")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(if gpu { 20 } else { 3 });
+    let warmup: usize = opt("--warmup")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(if gpu { 5 } else { 1 });
+    let dtype = match precision.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => return Err(format!("precision must be f32 or bf16, not {other}").into()),
+    };
+    println!(
+        "| model | seq | batch | precision | device | ms/step | tokens/s | model TFLOP/s | peak memory |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut lines = Vec::new();
+    for s in shapes(gpu) {
+        if only.as_deref().is_some_and(|o| o != s.name) {
+            continue;
+        }
+        let cfg: BertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 30522, "hidden_size": s.hidden, "num_hidden_layers": s.layers,
+            "num_attention_heads": s.heads, "intermediate_size": s.intermediate,
+            "max_position_embeddings": 512, "type_vocab_size": 2, "num_labels": 2
+        }))?;
+        let mut p = Params::random(&device, 0, cfg.initializer_range);
+        let mut model = SequenceClassifier::new(&cfg, &mut p)?;
+        model.bert.set_compute_dtype(dtype);
+        let (varmap, _) = p.finish();
+        let mut opt = AdamW::new(
+            &varmap,
+            AdamWConfig {
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+        )?;
+        let ids: Vec<u32> = (0..s.batch * s.seq)
+            .map(|i| (1000 + (i * 7919) % 28000) as u32)
+            .collect();
+        let ids = Tensor::from_vec(ids, (s.batch, s.seq), &device)?;
+        let types = ids.zeros_like()?;
+        let mask = ids.ones_like()?;
+        let labels = Tensor::from_vec(
+            (0..s.batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+            s.batch,
+            &device,
+        )?;
+        let mut step = |i: usize| -> Result<(), Box<dyn std::error::Error>> {
+            let logits = model.forward(&ids, Some(&types), Some(&mask), &Mode::train(i as u64))?;
+            let loss = model.loss(&logits.to_dtype(DType::F32)?, &labels)?;
+            let grads = loss.backward()?;
+            let mut acc = opt.zero_grads();
+            opt.accumulate(&mut acc, &grads)?;
+            drop(grads);
+            opt.step(&acc, 1e-5, 1.0)?;
+            Ok(())
+        };
+        for i in 0..warmup {
+            step(i)?;
+        }
+        device.synchronize()?;
+        let t0 = Instant::now();
+        for i in 0..steps {
+            step(warmup + i)?;
+        }
+        device.synchronize()?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        let tokens = (s.batch * s.seq) as f64;
+        let tflops = flops_per_step(&s) / (ms / 1e3) / 1e12;
+        let mem = if gpu { None } else { peak_rss_mib() };
+        let mem_s = mem
+            .map(|m| format!("{:.2} GiB RSS", m / 1024.0))
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "| {} | {} | {} | {precision} | {device_name} | {ms:.1} | {:.0} | {tflops:.3} | {mem_s} |",
+            s.name,
+            s.seq,
+            s.batch,
+            tokens / (ms / 1e3)
+        );
+        lines.push(serde_json::json!({
+            "impl": "berth", "model": s.name, "seq": s.seq, "batch": s.batch,
+            "precision": precision, "device": device_name, "ms_per_step": ms,
+            "tokens_per_s": tokens / (ms / 1e3), "model_tflops": tflops,
+            "peak_rss_mib": mem, "steps": steps, "warmup": warmup
+        }));
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
