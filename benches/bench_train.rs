@@ -82,6 +82,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    berth_trainer::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str| {
         args.iter()

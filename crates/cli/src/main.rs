@@ -192,21 +192,8 @@ struct PredictArgs {
     output: PathBuf,
 }
 
-/// Training allocates and frees gigabytes of short-lived tensors per step. glibc
-/// serves large blocks with fresh mmaps and returns them on free, so every step paid
-/// for zeroing new pages again (~40% of CPU time in the kernel, measured with perf
-/// on a MiniLM step). Keep freed memory in the heap for reuse instead.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, -1); // SIZE_MAX: never trim
-    }
-}
-
 fn main() -> Result<()> {
-    keep_freed_memory();
+    berth_trainer::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -115,7 +115,7 @@ impl Default for ChunkingConfig {
 
 /// Masking for `mlm` and `nsp` (HF `DataCollatorForLanguageModeling`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MlmConfig {
     pub mlm_probability: f64,
     pub whole_word: bool,
@@ -483,6 +483,30 @@ train = "t.jsonl"
         assert_eq!(c.training.seed, 7);
         assert_eq!(c.data.pair_column.as_deref(), Some("#2 String"));
         assert!(c.training.greater_is_better());
+    }
+
+    #[test]
+    fn partial_sections_take_defaults() {
+        let text = format!("{MIN}[mlm]\nwhole_word = true\n[chunking]\nchunk_size = 126\n");
+        let c = RunConfig::from_toml(&text, &[], "x").unwrap();
+        assert!(c.mlm.whole_word);
+        assert_eq!((c.mlm.mlm_probability, c.mlm.next_probability), (0.15, 0.5));
+        assert_eq!((c.chunking.chunk_size, c.chunking.stride), (126, 510));
+        assert_eq!(c.chunking.pool, "mean");
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 5);
     }
 
     #[test]

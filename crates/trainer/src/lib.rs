@@ -37,5 +37,21 @@ pub use schedule::{Schedule, SchedulerType};
 pub use state::{Position, TrainerState, checkpoints, resolve_checkpoint};
 pub use trainer::{RunSummary, Trainer, fmt_metrics, parse_device};
 
+/// Call first thing in a binary that trains. Training allocates and frees gigabytes
+/// of short-lived tensors per step; glibc serves large blocks with fresh mmaps and
+/// returns them on free, so every step paid for zeroing new pages again (~40% of CPU
+/// time in the kernel, measured with perf on a MiniLM step; a 3-step run went from
+/// 59 s to 34 s). This keeps freed memory in the heap for reuse instead.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; meant to be called before other
+    // threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        // -1 is SIZE_MAX as glibc reads it: never trim.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+    }
+}
+
 #[cfg(test)]
 mod tests;
