@@ -6,39 +6,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use berth_collate::{Document, Example, Padding, collate, collate_chunks};
 use berth_data::arrow::array::RecordBatch;
-use berth_data::arrow::array::{
-    Array, ArrayRef, Float32Builder, Int64Array, ListArray, ListBuilder, StringArray, UInt8Array,
-    UInt32Array,
-};
+use berth_data::arrow::array::{ArrayRef, Float32Builder, Int64Array, ListBuilder, StringArray};
+use berth_data::arrow::datatypes::{UInt8Type, UInt32Type};
 use berth_data::berth_chunking::ChunkConfig;
 use berth_data::{Dataset, HubOptions, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_model::{ChunkPooledClassifier, Mode, Params, Pool, SequenceClassifier};
 use candle_core::Device;
 
 use crate::{PredictArgs, check_output, write_output};
-
-/// The rows of a List<UInt32|UInt8> column as vectors.
-fn lists<T: Copy>(col: &ArrayRef, values: impl Fn(&ArrayRef) -> Vec<T>) -> Result<Vec<Vec<T>>> {
-    let list = col
-        .as_any()
-        .downcast_ref::<ListArray>()
-        .context("expected a list column")?;
-    Ok((0..list.len()).map(|i| values(&list.value(i))).collect())
-}
-
-fn u32s(a: &ArrayRef) -> Vec<u32> {
-    a.as_any()
-        .downcast_ref::<UInt32Array>()
-        .map(|x| x.values().to_vec())
-        .unwrap_or_default()
-}
-
-fn u8s(a: &ArrayRef) -> Vec<u8> {
-    a.as_any()
-        .downcast_ref::<UInt8Array>()
-        .map(|x| x.values().to_vec())
-        .unwrap_or_default()
-}
 
 pub(crate) fn run(a: PredictArgs) -> Result<()> {
     check_output(&a.output)?;
@@ -77,17 +52,9 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         )?;
         let special = berth_data::special_tokens(&tokenizer)?;
         let chunked = ds.chunk_texts(&tokenizer, &a.text_column, chunk_cfg)?;
-        for batch in chunked.iter_batches(a.batch_size) {
-            let batch = batch?;
-            let col = batch.column(batch.schema().index_of("chunks")?);
-            let outer = col
-                .as_any()
-                .downcast_ref::<ListArray>()
-                .context("chunks column")?;
-            let per_doc: Vec<Vec<Vec<u32>>> = (0..outer.len())
-                .map(|i| lists(&outer.value(i), u32s))
-                .collect::<Result<_>>()?;
-            let docs: Vec<Document> = per_doc
+        let per_doc = chunked.nested_list_rows::<UInt32Type>("chunks")?;
+        for batch in per_doc.chunks(a.batch_size.max(1)) {
+            let docs: Vec<Document> = batch
                 .iter()
                 .map(|c| Document {
                     chunks: c.iter().map(Vec::as_slice).collect(),
@@ -122,16 +89,13 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
             &MapOptions::default(),
         )?;
         let pad = berth_data::special_tokens(&tokenizer)?.pad;
-        for batch in tokenized.iter_batches(a.batch_size) {
-            let batch = batch?;
-            let column = |name: &str| -> Result<ArrayRef> {
-                Ok(batch.column(batch.schema().index_of(name)?).clone())
-            };
-            let ids = lists(&column("input_ids")?, u32s)?;
-            let types = lists(&column("token_type_ids")?, u8s)?;
+        let ids = tokenized.list_rows::<UInt32Type>("input_ids")?;
+        let types = tokenized.list_rows::<UInt8Type>("token_type_ids")?;
+        let size = a.batch_size.max(1);
+        for (ids, types) in ids.chunks(size).zip(types.chunks(size)) {
             let rows: Vec<Example> = ids
                 .iter()
-                .zip(&types)
+                .zip(types)
                 .map(|(i, t)| Example::new(i).with_token_types(t))
                 .collect();
             let b = collate(&rows, &Padding::Longest { multiple_of: None }, pad, &device)?;

@@ -283,6 +283,62 @@ impl Dataset {
         arrow::compute::concat(&parts).map_err(|e| DataError::arrow(self.source.to_string(), e))
     }
 
+    /// A `List<T>` column (token ids, type ids) as one vector per row.
+    pub fn list_rows<T: arrow::datatypes::ArrowPrimitiveType>(
+        &self,
+        name: &str,
+    ) -> Result<Vec<Vec<T::Native>>> {
+        let col = self.column(name)?;
+        self.lists_in::<T>(&col, name)
+    }
+
+    /// A `List<List<T>>` column (the chunks of each text) as vectors per row.
+    pub fn nested_list_rows<T: arrow::datatypes::ArrowPrimitiveType>(
+        &self,
+        name: &str,
+    ) -> Result<Vec<Vec<Vec<T::Native>>>> {
+        let col = self.column(name)?;
+        let outer = col
+            .as_any()
+            .downcast_ref::<arrow::array::ListArray>()
+            .ok_or_else(|| self.wrong_type(name, "a list of lists", &col))?;
+        (0..outer.len())
+            .map(|i| self.lists_in::<T>(&outer.value(i), name))
+            .collect()
+    }
+
+    fn lists_in<T: arrow::datatypes::ArrowPrimitiveType>(
+        &self,
+        col: &ArrayRef,
+        name: &str,
+    ) -> Result<Vec<Vec<T::Native>>> {
+        let expected = format!("a list of {}", T::DATA_TYPE);
+        let list = col
+            .as_any()
+            .downcast_ref::<arrow::array::ListArray>()
+            .ok_or_else(|| self.wrong_type(name, &expected, col))?;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<arrow::array::PrimitiveArray<T>>()
+            .ok_or_else(|| self.wrong_type(name, &expected, col))?
+            .values();
+        Ok(list
+            .offsets()
+            .windows(2)
+            .map(|w| values[w[0] as usize..w[1] as usize].to_vec())
+            .collect())
+    }
+
+    fn wrong_type(&self, name: &str, expected: &str, col: &ArrayRef) -> DataError {
+        DataError::ColumnType {
+            source_name: self.source.to_string(),
+            column: name.to_string(),
+            expected: expected.to_string(),
+            found: col.data_type().to_string(),
+        }
+    }
+
     /// Rows `start..start + len` as one batch (zero-copy when they lie in one stored batch).
     pub fn slice(&self, start: usize, len: usize) -> Result<RecordBatch> {
         let end = start

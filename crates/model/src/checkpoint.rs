@@ -50,6 +50,16 @@ pub fn open_dir(dir: &Path, device: &Device, seed: u64) -> Result<(BertConfig, P
 /// Writes `config.json` (with `architectures`) and `model.safetensors` into `dir`,
 /// through a temp directory renamed into place.
 pub fn save(dir: &Path, config: &BertConfig, architecture: &str, varmap: &VarMap) -> Result<()> {
+    write_dir_atomically(dir, |tmp| save_into(tmp, config, architecture, varmap))
+}
+
+/// `config.json` + `model.safetensors` into an existing directory.
+pub fn save_into(
+    dir: &Path,
+    config: &BertConfig,
+    architecture: &str,
+    varmap: &VarMap,
+) -> Result<()> {
     let mut config = config.clone();
     config.architectures = Some(vec![architecture.to_string()]);
     let tensors: HashMap<String, Tensor> = varmap
@@ -59,6 +69,20 @@ pub fn save(dir: &Path, config: &BertConfig, architecture: &str, varmap: &VarMap
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
+    let json =
+        serde_json::to_string_pretty(&config).map_err(|e| ModelError::Checkpoint(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), json)
+        .map_err(|e| ModelError::io(dir.join("config.json"), e))?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// Fills a fresh temp sibling of `dir` with `write`, then renames it over `dir`: a
+/// reader never sees a half-written directory, and a failed write leaves the old one.
+pub fn write_dir_atomically<E: From<ModelError>>(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -71,20 +95,13 @@ pub fn save(dir: &Path, config: &BertConfig, architecture: &str, varmap: &VarMap
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let write = || -> Result<()> {
-        let json = serde_json::to_string_pretty(&config)
-            .map_err(|e| ModelError::Checkpoint(e.to_string()))?;
-        std::fs::write(tmp.join("config.json"), json)
-            .map_err(|e| ModelError::io(tmp.join("config.json"), e))?;
-        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
-        Ok(())
-    };
-    if let Err(e) = write() {
+    if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))
+    std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+    Ok(())
 }

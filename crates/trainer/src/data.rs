@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use berth_data::arrow::array::{Array, ArrayRef, ListArray, StringArray, UInt8Array, UInt32Array};
+use berth_data::arrow::array::{Array, StringArray};
 use berth_data::arrow::compute::cast;
-use berth_data::arrow::datatypes::DataType;
+use berth_data::arrow::datatypes::{DataType, UInt8Type, UInt32Type};
 use berth_data::berth_chunking::ChunkConfig;
 use berth_data::berth_masking::NspConfig;
 use berth_data::tokenizers::Tokenizer;
@@ -283,28 +283,6 @@ fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i64>> 
         .collect()
 }
 
-fn list_rows<T: Copy>(col: &ArrayRef, values: impl Fn(&ArrayRef) -> Vec<T>) -> Result<Vec<Vec<T>>> {
-    let list = col
-        .as_any()
-        .downcast_ref::<ListArray>()
-        .ok_or_else(|| TrainError::Config("expected a list column".into()))?;
-    Ok((0..list.len()).map(|i| values(&list.value(i))).collect())
-}
-
-fn u32s(a: &ArrayRef) -> Vec<u32> {
-    a.as_any()
-        .downcast_ref::<UInt32Array>()
-        .map(|x| x.values().to_vec())
-        .unwrap_or_default()
-}
-
-fn u8s(a: &ArrayRef) -> Vec<u8> {
-    a.as_any()
-        .downcast_ref::<UInt8Array>()
-        .map(|x| x.values().to_vec())
-        .unwrap_or_default()
-}
-
 fn rows_of(
     config: &RunConfig,
     ds: &Dataset,
@@ -323,8 +301,8 @@ fn rows_of(
             tc.max_length = Some(max_length);
             let t = ds.map_batched(&TokenizeOp::new(tokenizer, tc)?, &opts)?;
             Rows::Sequences {
-                ids: list_rows(&t.column("input_ids")?, u32s)?,
-                types: list_rows(&t.column("token_type_ids")?, u8s)?,
+                ids: t.list_rows::<UInt32Type>("input_ids")?,
+                types: t.list_rows::<UInt8Type>("token_type_ids")?,
                 labels: int_labels(ds, &d.label_column, class_names)?,
             }
         }
@@ -344,16 +322,8 @@ fn rows_of(
             )
             .map_err(|e| TrainError::Config(format!("chunking: {e}")))?;
             let t = ds.chunk_texts(tokenizer, &d.text_column, cc)?;
-            let col = t.column("chunks")?;
-            let outer = col
-                .as_any()
-                .downcast_ref::<ListArray>()
-                .ok_or_else(|| TrainError::Config("chunks column".into()))?;
-            let chunks = (0..outer.len())
-                .map(|i| list_rows(&outer.value(i), u32s))
-                .collect::<Result<Vec<_>>>()?;
             Rows::Documents {
-                chunks,
+                chunks: t.nested_list_rows::<UInt32Type>("chunks")?,
                 labels: int_labels(ds, &d.label_column, class_names)?,
             }
         }
@@ -362,7 +332,7 @@ fn rows_of(
             tc.max_length = Some(max_length);
             let t = ds.map_batched(&TokenizeOp::new(tokenizer, tc)?, &opts)?;
             Rows::Texts {
-                ids: list_rows(&t.column("input_ids")?, u32s)?,
+                ids: t.list_rows::<UInt32Type>("input_ids")?,
             }
         }
         Task::Nsp => {
@@ -381,8 +351,8 @@ fn rows_of(
                 .values()
                 .to_vec();
             Rows::Pairs {
-                ids: list_rows(&t.column("input_ids")?, u32s)?,
-                types: list_rows(&t.column("token_type_ids")?, u8s)?,
+                ids: t.list_rows::<UInt32Type>("input_ids")?,
+                types: t.list_rows::<UInt8Type>("token_type_ids")?,
                 next,
             }
         }

@@ -674,41 +674,27 @@ impl Trainer {
         schedule: &Schedule,
         state: &TrainerState,
     ) -> Result<()> {
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let write = || -> Result<()> {
-            berth_model::save(
-                &tmp,
-                &self.model.config,
-                architecture(self.config.task),
-                &self.model.varmap,
-            )?;
-            opt.save(&tmp)?;
-            let sched = serde_json::to_string_pretty(schedule)
-                .map_err(|e| TrainError::checkpoint(&tmp, e.to_string()))?;
-            std::fs::write(tmp.join("scheduler.json"), sched)
-                .map_err(|e| TrainError::io(tmp.join("scheduler.json"), e))?;
-            let rng = serde_json::to_string_pretty(&state.berth)
-                .map_err(|e| TrainError::checkpoint(&tmp, e.to_string()))?;
-            std::fs::write(tmp.join("rng_state.json"), rng)
-                .map_err(|e| TrainError::io(tmp.join("rng_state.json"), e))?;
-            std::fs::write(tmp.join("training_config.toml"), self.config.to_toml()?)
-                .map_err(|e| TrainError::io(tmp.join("training_config.toml"), e))?;
+        berth_model::write_dir_atomically(dir, |tmp| -> Result<()> {
+            let arch = architecture(self.config.task);
+            berth_model::save_into(tmp, &self.model.config, arch, &self.model.varmap)?;
+            opt.save(tmp)?;
+            let json_err = |e: serde_json::Error| TrainError::checkpoint(tmp, e.to_string());
+            for (file, bytes) in [
+                (
+                    "scheduler.json",
+                    serde_json::to_vec_pretty(schedule).map_err(json_err)?,
+                ),
+                (
+                    "rng_state.json",
+                    serde_json::to_vec_pretty(&state.berth).map_err(json_err)?,
+                ),
+                ("training_config.toml", self.config.to_toml()?.into_bytes()),
+            ] {
+                let path = tmp.join(file);
+                std::fs::write(&path, bytes).map_err(|e| TrainError::io(&path, e))?;
+            }
             state.write(&tmp.join("trainer_state.json"))
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))
+        })
     }
 
     /// Keeps at most `save_total_limit` checkpoints, never the best one.
