@@ -305,7 +305,11 @@ impl Trainer {
         let mut loss_since_log = 0f64;
         let mut steps_since_log = 0usize;
         let mut loss_total = 0f64;
-        let mut last_checkpoint: Option<PathBuf> = checkpoints(&out).pop().map(|c| c.1);
+        // Only this run's checkpoints count (a fresh run ignores an old run's).
+        let mut last_checkpoint: Option<PathBuf> = match &t.resume_from_checkpoint {
+            Some(_) => checkpoints(&out).pop().map(|c| c.1),
+            None => None,
+        };
         let mut stop = state.global_step >= total_steps;
 
         while !stop {
