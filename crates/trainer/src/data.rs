@@ -206,19 +206,27 @@ fn class_names(ds: &Dataset, column: &str) -> Result<Vec<String>> {
     if let Some(names) = ds.class_names(column) {
         return Ok(names);
     }
-    let col = ds.column(column)?;
-    if matches!(col.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
-        let col = cast(&col, &DataType::Utf8).map_err(|e| arrow_err(ds, e))?;
-        let s = col
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| TrainError::Config(format!("column '{column}': not text")))?;
-        let set: BTreeSet<String> = s.iter().flatten().map(str::to_string).collect();
+    if let Some(values) = text_labels(ds, column)? {
+        let set: BTreeSet<String> = values.into_iter().flatten().collect();
         return Ok(set.into_iter().collect());
     }
     let labels = int_labels(ds, column, &[])?;
     let max = labels.iter().copied().max().unwrap_or(1).max(1);
     Ok((0..=max).map(|i| i.to_string()).collect())
+}
+
+/// A text label column's values (None when the column is not text).
+fn text_labels(ds: &Dataset, column: &str) -> Result<Option<Vec<Option<String>>>> {
+    let col = ds.column(column)?;
+    if !matches!(col.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
+        return Ok(None);
+    }
+    let col = cast(&col, &DataType::Utf8).map_err(|e| arrow_err(ds, e))?;
+    let s = col
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| TrainError::Config(format!("column '{column}': not text")))?;
+    Ok(Some(s.iter().map(|v| v.map(str::to_string)).collect()))
 }
 
 /// The label column as class ids; a missing or out-of-range label is an error naming
@@ -233,37 +241,31 @@ fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i64>> 
             message: what,
         })
     };
-    let values: Vec<Option<i64>> =
-        if matches!(col.data_type(), DataType::Utf8 | DataType::LargeUtf8) {
-            let col = cast(&col, &DataType::Utf8).map_err(|e| arrow_err(ds, e))?;
-            let s = col
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| TrainError::Config(format!("column '{column}': not text")))?;
-            s.iter()
-                .enumerate()
-                .map(|(row, v)| match v {
-                    None => Ok(None),
-                    Some(v) => names
-                        .iter()
-                        .position(|n| n == v)
-                        .map(|i| Some(i as i64))
-                        .ok_or_else(|| bad(row, format!("label '{v}' is not one of {names:?}"))),
-                })
-                .collect::<Result<_>>()?
-        } else {
-            let c = cast(&col, &DataType::Int64).map_err(|e| {
-                bad(
-                    0,
-                    format!("labels of type {} are not class ids ({e})", col.data_type()),
-                )
-            })?;
-            let c = c
-                .as_any()
-                .downcast_ref::<berth_data::arrow::array::Int64Array>()
-                .ok_or_else(|| bad(0, "labels are not integers".into()))?;
-            c.iter().collect()
-        };
+    let values: Vec<Option<i64>> = if let Some(text) = text_labels(ds, column)? {
+        text.into_iter()
+            .enumerate()
+            .map(|(row, v)| match v {
+                None => Ok(None),
+                Some(v) => names
+                    .iter()
+                    .position(|n| *n == v)
+                    .map(|i| Some(i as i64))
+                    .ok_or_else(|| bad(row, format!("label '{v}' is not one of {names:?}"))),
+            })
+            .collect::<Result<_>>()?
+    } else {
+        let c = cast(&col, &DataType::Int64).map_err(|e| {
+            bad(
+                0,
+                format!("labels of type {} are not class ids ({e})", col.data_type()),
+            )
+        })?;
+        let c = c
+            .as_any()
+            .downcast_ref::<berth_data::arrow::array::Int64Array>()
+            .ok_or_else(|| bad(0, "labels are not integers".into()))?;
+        c.iter().collect()
+    };
     values
         .into_iter()
         .enumerate()

@@ -311,6 +311,8 @@ impl Trainer {
             None => None,
         };
         let mut stop = state.global_step >= total_steps;
+        // The newest evaluation: reused at the end when nothing changed since.
+        let mut last_eval: Option<(usize, BTreeMap<String, f64>)> = None;
 
         while !stop {
             let epoch = state.berth.epoch_index;
@@ -418,6 +420,7 @@ impl Trainer {
                         TrainError::Config("eval_strategy is set but there is no eval split (data.eval or data.validation_split)".into())
                     })?;
                     let m = self.evaluate(&split, "eval")?;
+                    last_eval = Some((state.global_step, m.clone()));
                     progress.println(&format!(
                         "eval at step {}: {}",
                         state.global_step,
@@ -517,17 +520,22 @@ impl Trainer {
         entry.insert("train_tokens_per_second".into(), json!(tokens_per_s));
         self.push_log(&mut state, entry, &metrics_log)?;
 
+        let mut reloaded_best = false;
         if t.load_best_model_at_end
             && let Some(best) = state.best_model_checkpoint.clone()
         {
             self.log(&format!("loading the best model from {best}"));
             self.load_weights(Path::new(&best))?;
+            reloaded_best = true;
         }
         let mut eval = BTreeMap::new();
         if let Some(split) = self.data.eval.clone()
             && eval_strategy != Strategy::No
         {
-            eval = self.evaluate(&split, "eval")?;
+            eval = match last_eval {
+                Some((step, m)) if step == state.global_step && !reloaded_best => m,
+                _ => self.evaluate(&split, "eval")?,
+            };
         }
         let mut test = BTreeMap::new();
         if let Some(split) = self.data.test.clone() {
