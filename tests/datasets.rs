@@ -6,8 +6,8 @@ use std::path::Path;
 use berth_data::arrow::array::{Array, StringArray};
 use berth_data::arrow::datatypes::DataType;
 use berth_data::{
-    CacheMode, CsvOptions, HubOptions, LoadOptions, SampleBy, load, load_csv, load_hub, load_jsonl,
-    load_parquet, load_text,
+    CacheMode, CsvOptions, HubOptions, LoadOptions, SampleBy, load, load_csv, load_hub,
+    load_hub_split, load_jsonl, load_parquet, load_text,
 };
 
 fn opts(dir: &Path) -> LoadOptions {
@@ -154,6 +154,30 @@ fn hub_dataset_loads_offline_from_an_hf_hub_cache() {
         Some(vec!["neg".to_string(), "pos".to_string()])
     );
     assert_eq!(dict.split("train").unwrap().class_names("text"), None);
+    // One split alone, as `load_dataset(..., split="test")`.
+    let test = load_hub_split(
+        "stanfordnlp/imdb",
+        None,
+        "test",
+        &HubOptions::offline(hub.path()),
+        &opts(cache.path()),
+    )
+    .unwrap();
+    assert_eq!(test.num_rows(), 200);
+    assert_eq!(test.source_name(), "stanfordnlp/imdb/plain_text/test");
+    let err = load_hub_split(
+        "stanfordnlp/imdb",
+        None,
+        "validation",
+        &HubOptions::offline(hub.path()),
+        &opts(cache.path()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("stanfordnlp/imdb") && err.contains("split 'validation'"),
+        "{err}"
+    );
     let err = load_hub(
         "stanfordnlp/imdb",
         Some("nope"),

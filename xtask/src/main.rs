@@ -168,7 +168,7 @@ fn ci() -> Result<()> {
 fn finetune(args: &[String]) -> Result<()> {
     let mut task = "imdb".to_string();
     let mut model: Option<String> = None;
-    let mut data: Option<PathBuf> = None;
+    let mut data: Option<String> = None;
     let mut device = "cpu".to_string();
     let mut max_steps: Option<String> = None;
     let mut sets: Vec<String> = Vec::new();
@@ -182,7 +182,7 @@ fn finetune(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--task" => task = value()?,
             "--model" => model = Some(value()?),
-            "--data" => data = Some(PathBuf::from(value()?)),
+            "--data" => data = Some(value()?),
             "--device" => device = value()?,
             "--max-steps" => max_steps = Some(value()?),
             "--set" => sets.push(value()?),
@@ -205,17 +205,32 @@ fn finetune(args: &[String]) -> Result<()> {
             fixture.display().to_string()
         }
     };
-    let data = match data.or_else(|| std::env::var_os("BERTH_DATA_DIR").map(PathBuf::from)) {
-        Some(d) => d,
-        None => workspace_root().join("../shared/data"),
+    // Data: --data DIR, else $BERTH_DATA_DIR, else ../shared/data when it exists,
+    // else (or with --data hub) the hub's parquet copy of the task's dataset.
+    let data_dir = match data.as_deref() {
+        Some("hub") => None,
+        Some(d) => Some(PathBuf::from(d)),
+        None => std::env::var_os("BERTH_DATA_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| Some(workspace_root().join("../shared/data")).filter(|d| d.is_dir())),
     };
-    if !data.is_dir() {
-        bail!(
-            "finetune: data directory {} does not exist; pass --data DIR or set BERTH_DATA_DIR (it holds imdb/, mrpc/, meditations/)",
-            data.display()
-        );
-    }
-    let data = data.canonicalize()?;
+    let data_overrides: Vec<String> = match data_dir {
+        Some(d) => {
+            if !d.is_dir() {
+                bail!(
+                    "finetune: data directory {} does not exist; pass --data DIR (it holds imdb/, mrpc/, meditations/), set BERTH_DATA_DIR, or pass --data hub",
+                    d.display()
+                );
+            }
+            vec![format!(
+                "data.data_dir={:?}",
+                d.canonicalize()?.display().to_string()
+            )]
+        }
+        None => hub_data(&task)?,
+    };
+    let data_shown = data_overrides.join(" ");
     let cuda = device.starts_with("cuda");
     let config = workspace_root()
         .join("configs")
@@ -229,8 +244,7 @@ fn finetune(args: &[String]) -> Result<()> {
         });
     let run_dir = workspace_root().join("target/finetune").join(&task);
     println!(
-        "finetune: task {task}, model {model}, data {}, device {device}, config {}",
-        data.display(),
+        "finetune: task {task}, model {model}, data {data_shown}, device {device}, config {}",
         config.display()
     );
 
@@ -243,12 +257,12 @@ fn finetune(args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut train = Command::new(workspace_root().join("target/release/berth"));
     train.arg("train").arg("--config").arg(&config);
-    let mut overrides = vec![
-        format!("model={model:?}"),
-        format!("data.data_dir={:?}", data.display().to_string()),
+    let mut overrides = vec![format!("model={model:?}")];
+    overrides.extend(data_overrides);
+    overrides.extend([
         format!("training.output_dir={:?}", run_dir.display().to_string()),
         format!("training.device={device:?}"),
-    ];
+    ]);
     if let Some(n) = max_steps {
         overrides.push(format!("training.max_steps={n}"));
     }
@@ -265,9 +279,43 @@ fn finetune(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The `--set` overrides that read `task`'s data from the hub's parquet instead of
+/// a data directory: the same dataset, sampled as the shipped configs' files are.
+fn hub_data(task: &str) -> Result<Vec<String>> {
+    let sets: &[&str] = match task {
+        // imdb/sample is 2,000 train / 1,000 test reviews drawn from these splits.
+        "imdb" => &[
+            r#"data.hub="stanfordnlp/imdb""#,
+            r#"data.train="train""#,
+            r#"data.test="test""#,
+            "data.max_train_samples=2000",
+            "data.max_test_samples=1000",
+        ],
+        // GLUE's test split is unlabeled on the hub: test on validation (= dev.tsv).
+        "mrpc" => &[
+            r#"data.hub="nyu-mll/glue""#,
+            r#"data.hub_config="mrpc""#,
+            r#"data.format="parquet""#,
+            r#"data.train="train""#,
+            r#"data.eval="validation""#,
+            r#"data.test="validation""#,
+            r#"data.text_column="sentence1""#,
+            r#"data.pair_column="sentence2""#,
+            r#"data.label_column="label""#,
+        ],
+        "mlm" | "nsp" => bail!(
+            "finetune: --task {task} reads Meditations (meditations/meditations.txt), which has no hub copy; pass --data DIR or set BERTH_DATA_DIR"
+        ),
+        other => bail!("unknown task '{other}' (imdb, mrpc, mlm, nsp)"),
+    };
+    Ok(sets.iter().map(|s| s.to_string()).collect())
+}
+
 const FINETUNE_USAGE: &str = "\
-usage: cargo xtask finetune [--task imdb|mrpc|mlm|nsp] [--model HUB_ID|DIR] [--data DIR]
-                            [--device cpu|cuda[:N]] [--max-steps N] [--set KEY=VALUE]...";
+usage: cargo xtask finetune [--task imdb|mrpc|mlm|nsp] [--model HUB_ID|DIR] [--data DIR|hub]
+                            [--device cpu|cuda[:N]] [--max-steps N] [--set KEY=VALUE]...
+  data: --data DIR, else $BERTH_DATA_DIR, else ../shared/data when it exists, else
+        (or with --data hub) the dataset's parquet from the Hugging Face hub";
 
 const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{berth_ok, berth_output};
+use common::{berth_ok, berth_output, berth_output_env};
 
 #[test]
 fn train_then_eval_mrpc_pairs() {
@@ -194,4 +194,103 @@ fn config_mistakes_name_the_file_and_the_key() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent-model"), "{err}");
+}
+
+/// `[data] hub` reads a dataset repo's parquet splits through an hf-hub cache, as
+/// `load_dataset("stanfordnlp/imdb", split=...)`; only the named splits are read.
+#[test]
+fn train_reads_a_hub_dataset_from_an_offline_cache() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The cache as hf-hub lays it out: refs/main names a snapshot whose files are
+    // links (into blobs/ there; to the shared copies of the same files here).
+    let hub = tmp.path().join("hub");
+    let commit = "e6281661ce1c48d982bc483cf8a173c1bbeb5d31";
+    let repo = hub.join("datasets--stanfordnlp--imdb");
+    let snap = repo.join("snapshots").join(commit).join("plain_text");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for split in ["train", "test"] {
+        std::os::unix::fs::symlink(
+            data.join(format!("imdb/{split}.parquet")),
+            snap.join(format!("{split}-00000-of-00001.parquet")),
+        )
+        .unwrap();
+    }
+    // A split the run does not name is never opened.
+    std::fs::write(
+        snap.join("unsupervised-00000-of-00001.parquet"),
+        "not parquet",
+    )
+    .unwrap();
+
+    let out = tmp.path().join("run");
+    let cfg = tmp.path().join("imdb-hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r##"task = "chunk_classification"
+model = {model:?}
+[data]
+hub = "stanfordnlp/imdb"
+train = "train"
+test = "test"
+max_train_samples = 16
+max_test_samples = 24
+[chunking]
+chunk_size = 62
+stride = 62
+max_text_len = 62
+eval_max_text_len = 124
+[training]
+output_dir = {out:?}
+max_steps = 2
+per_device_train_batch_size = 8
+per_device_eval_batch_size = 8
+save_strategy = "no"
+logging_steps = 1
+"##,
+            model = model.display().to_string(),
+            out = out.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    let env = [("HF_HUB_CACHE", hub.as_path())];
+    let o = berth_output_env(&["train", "--config", cfg.to_str().unwrap()], &cache, &env);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("on 16 rows (stanfordnlp/imdb/plain_text/train)"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("test_accuracy"), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("stanfordnlp/imdb/plain_text/test"),
+        "{report}"
+    );
+
+    // A split the repo lacks is named, with the repo.
+    let o = berth_output_env(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "data.eval=\"validation\"",
+        ],
+        &cache,
+        &env,
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("stanfordnlp/imdb") && err.contains("'validation'"),
+        "{err}"
+    );
 }

@@ -38,7 +38,7 @@ pub use error::{DataError, Result};
 pub use fingerprint::Fingerprint;
 pub use load::{
     CsvOptions, Format, HubOptions, LoadOptions, SampleBy, hub_files, hub_model_file, load,
-    load_csv, load_hub, load_jsonl, load_parquet, load_text,
+    load_csv, load_hub, load_hub_split, load_jsonl, load_parquet, load_text,
 };
 pub use ops::{BatchOp, FnOp, MapOptions, SplitSize, permutation};
 pub use pretrain::MlmOp;

@@ -48,6 +48,16 @@ pub struct DataConfig {
     /// `../shared/data`.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// A dataset repo on the Hugging Face hub (`owner/name`) to read instead of
+    /// files: `train`, `eval` and `test` then name its splits, read from its parquet
+    /// files through hf-hub (cached; `HF_HUB_OFFLINE`, `HF_HUB_CACHE` honoured), as
+    /// `load_dataset(hub, hub_config, split=...)`.
+    #[serde(default)]
+    pub hub: Option<String>,
+    /// The repo's config (e.g. `mrpc` of `nyu-mll/glue`); needed when it has several.
+    #[serde(default)]
+    pub hub_config: Option<String>,
+    /// A file under `data_dir` (or a path), or with `hub` a split name.
     pub train: String,
     #[serde(default)]
     pub eval: Option<String>,
@@ -73,8 +83,14 @@ pub struct DataConfig {
     /// Use only the first N training rows (after shuffling with `training.seed`).
     #[serde(default)]
     pub max_train_samples: Option<usize>,
+    /// Evaluate on a random sample of N eval rows (seeded by `training.seed`, kept in
+    /// file order). HF's run_glue takes the first N; a file sorted by label (IMDB's)
+    /// would then give one class.
     #[serde(default)]
     pub max_eval_samples: Option<usize>,
+    /// The same for the test split.
+    #[serde(default)]
+    pub max_test_samples: Option<usize>,
 }
 
 fn default_text_column() -> String {
@@ -366,6 +382,16 @@ impl RunConfig {
                 "data.validation_split must be in (0, 1), not {f}"
             )));
         }
+        if self.data.hub.is_none() && self.data.hub_config.is_some() {
+            return Err(TrainError::Config(
+                "data.hub_config is set without data.hub".into(),
+            ));
+        }
+        if self.data.hub.is_some() && self.data.format.as_deref().is_some_and(|f| f != "parquet") {
+            return Err(TrainError::Config(
+                "data.format does not apply to data.hub (the hub's files are parquet)".into(),
+            ));
+        }
         if self.task == Task::ChunkClassification {
             self.chunking
                 .pool
@@ -523,5 +549,25 @@ train = "t.jsonl"
             .unwrap_err()
             .to_string();
         assert!(e.contains("sometimes"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["data.hub_config=\"mrpc\"".into()], "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.hub_config") && e.contains("data.hub"),
+            "{e}"
+        );
+        let hub = |format: &str| {
+            RunConfig::from_toml(
+                MIN,
+                &[
+                    "data.hub=\"nyu-mll/glue\"".into(),
+                    format!("data.format={format:?}"),
+                ],
+                "x",
+            )
+        };
+        assert!(hub("parquet").is_ok());
+        let e = hub("tsv").unwrap_err().to_string();
+        assert!(e.contains("data.format") && e.contains("parquet"), "{e}");
     }
 }

@@ -10,7 +10,10 @@ use berth_data::arrow::datatypes::{DataType, UInt8Type, UInt32Type};
 use berth_data::berth_chunking::ChunkConfig;
 use berth_data::berth_masking::NspConfig;
 use berth_data::tokenizers::Tokenizer;
-use berth_data::{Dataset, Format, LoadOptions, MapOptions, SplitSize, TokenizeConfig, TokenizeOp};
+use berth_data::{
+    Dataset, Format, HubOptions, LoadOptions, MapOptions, SplitSize, TokenizeConfig, TokenizeOp,
+    load_hub_split,
+};
 
 use crate::config::{RunConfig, Task};
 use crate::error::{Result, TrainError};
@@ -124,14 +127,24 @@ pub fn prepare(
 ) -> Result<TaskData> {
     let d = &config.data;
     let format = d.format.as_deref().map(Format::from_name).transpose()?;
+    let hub = HubOptions::from_env();
     let load = |file: &str| -> Result<Dataset> {
+        if let Some(repo) = &d.hub {
+            return Ok(load_hub_split(
+                repo,
+                d.hub_config.as_deref(),
+                file,
+                &hub,
+                &LoadOptions::default(),
+            )?);
+        }
         let path = config.data_path(file);
         let path_str = path
             .to_str()
             .ok_or_else(|| TrainError::Config(format!("{}: not a UTF-8 path", path.display())))?;
         if !path.exists() {
             return Err(TrainError::Config(format!(
-                "data file {} does not exist (data_dir {}; set data.data_dir or BERTH_DATA_DIR)",
+                "data file {} does not exist (data_dir {}; set data.data_dir or BERTH_DATA_DIR, or data.hub)",
                 path.display(),
                 config.data_dir().display()
             )));
@@ -142,12 +155,12 @@ pub fn prepare(
             &LoadOptions::default(),
         )?)
     };
-    let train_ds = load(&d.train)?.shuffle(config.training.seed)?;
+    let seed = config.training.seed;
+    let train_ds = load(&d.train)?.shuffle(seed)?;
     let (train_ds, eval_ds) = match (&d.eval, d.validation_split) {
         (Some(f), _) => (train_ds, Some(load(f)?)),
         (None, Some(frac)) => {
-            let parts =
-                train_ds.train_test_split(SplitSize::Fraction(frac), config.training.seed)?;
+            let parts = train_ds.train_test_split(SplitSize::Fraction(frac), seed)?;
             (
                 parts.split("train")?.clone(),
                 Some(parts.split("test")?.clone()),
@@ -155,7 +168,14 @@ pub fn prepare(
         }
         (None, None) => (train_ds, None),
     };
-    let test_ds = d.test.as_deref().map(load).transpose()?;
+    let eval_ds = eval_ds
+        .map(|ds| sample(ds, d.max_eval_samples, seed))
+        .transpose()?;
+    let test_ds = d
+        .test
+        .as_deref()
+        .map(|f| sample(load(f)?, d.max_test_samples, seed))
+        .transpose()?;
 
     let class_names = match config.task {
         Task::Classification | Task::ChunkClassification => {
@@ -177,14 +197,25 @@ pub fn prepare(
             )?,
         })
     };
+    // A classification row is one example: take the first N of the shuffled rows
+    // before tokenizing (MLM/NSP rows exist only after grouping, so they are cut below).
+    let train_ds = match d.max_train_samples {
+        Some(n)
+            if n < train_ds.num_rows()
+                && matches!(
+                    config.task,
+                    Task::Classification | Task::ChunkClassification
+                ) =>
+        {
+            train_ds.select(&(0..n).collect::<Vec<_>>())?
+        }
+        _ => train_ds,
+    };
     let mut train = prep(&train_ds, "train")?;
     if let Some(n) = d.max_train_samples {
         train.rows.truncate(n);
     }
-    let mut eval = eval_ds.as_ref().map(|ds| prep(ds, "eval")).transpose()?;
-    if let (Some(e), Some(n)) = (eval.as_mut(), d.max_eval_samples) {
-        e.rows.truncate(n);
-    }
+    let eval = eval_ds.as_ref().map(|ds| prep(ds, "eval")).transpose()?;
     let test = test_ds.as_ref().map(|ds| prep(ds, "test")).transpose()?;
     if train.rows.is_empty() {
         return Err(TrainError::Config(format!(
@@ -198,6 +229,19 @@ pub fn prepare(
         test,
         class_names,
     })
+}
+
+/// At most `n` rows of `ds`, drawn at random with `seed` and kept in their order.
+fn sample(ds: Dataset, n: Option<usize>, seed: u64) -> Result<Dataset> {
+    match n {
+        Some(n) if n < ds.num_rows() => {
+            let mut keep = berth_data::permutation(ds.num_rows(), seed);
+            keep.truncate(n);
+            keep.sort_unstable();
+            Ok(ds.select(&keep)?)
+        }
+        _ => Ok(ds),
+    }
 }
 
 /// Class names: the dataset's own (HF ClassLabel metadata) when it has them; else
@@ -366,4 +410,39 @@ fn arrow_err(ds: &Dataset, e: berth_data::arrow::error::ArrowError) -> TrainErro
         context: format!("{}: cast", ds.source_name()),
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use berth_data::arrow::array::{Int64Array, RecordBatch};
+
+    use super::*;
+
+    fn labels(ds: &Dataset) -> Vec<i64> {
+        let col = ds.column("label").unwrap();
+        let col = col.as_any().downcast_ref::<Int64Array>().unwrap();
+        col.values().to_vec()
+    }
+
+    #[test]
+    fn eval_samples_are_random_rows_in_file_order() {
+        // 100 rows sorted by label, as IMDB's files are: the first 10 would all be 0.
+        let batch = RecordBatch::try_from_iter([(
+            "label",
+            Arc::new(Int64Array::from_iter_values((0..100).map(|i| i / 50)))
+                as berth_data::arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let ds = Dataset::from_batch(batch, "sorted").unwrap();
+        let a = sample(ds.clone(), Some(10), 7).unwrap();
+        assert_eq!(a.num_rows(), 10);
+        let got = labels(&a);
+        assert!(got.contains(&0) && got.contains(&1), "{got:?}");
+        assert!(got.windows(2).all(|w| w[0] <= w[1]), "file order: {got:?}");
+        assert_eq!(labels(&sample(ds.clone(), Some(10), 7).unwrap()), got);
+        assert_eq!(sample(ds.clone(), Some(1000), 7).unwrap().num_rows(), 100);
+        assert_eq!(sample(ds, None, 7).unwrap().num_rows(), 100);
+    }
 }

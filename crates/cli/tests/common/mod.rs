@@ -6,10 +6,16 @@ use std::process::{Command, Output};
 
 /// Runs `berth` offline with its cache under `cache`.
 pub fn berth_output(args: &[&str], cache: &Path) -> Output {
+    berth_output_env(args, cache, &[])
+}
+
+/// [`berth_output`] with more environment variables.
+pub fn berth_output_env(args: &[&str], cache: &Path, env: &[(&str, &Path)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(args)
         .env("BERTH_CACHE", cache)
         .env("HF_HUB_OFFLINE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run berth")
 }

@@ -10,7 +10,7 @@ use hf_hub::{Cache, Repo, RepoType};
 
 use super::LoadOptions;
 use super::parquet::load_parquet_files;
-use crate::dataset::DatasetDict;
+use crate::dataset::{Dataset, DatasetDict};
 use crate::error::{DataError, Result};
 
 /// Where hub files come from.
@@ -168,11 +168,55 @@ pub fn load_hub(
     hub: &HubOptions,
     opts: &LoadOptions,
 ) -> Result<DatasetDict> {
+    let (chosen, by_split) = hub_parquet_splits(repo_id, config, None, hub)?;
+    let mut dict = DatasetDict::new();
+    for (split, paths) in by_split {
+        let name = format!("{repo_id}/{chosen}/{split}");
+        dict.insert(split, load_parquet_files(&paths, &name, opts)?);
+    }
+    Ok(dict)
+}
+
+/// One split of a dataset repo, like `load_dataset("owner/name", split="test")`:
+/// only that split's parquet files are fetched.
+pub fn load_hub_split(
+    repo_id: &str,
+    config: Option<&str>,
+    split: &str,
+    hub: &HubOptions,
+    opts: &LoadOptions,
+) -> Result<Dataset> {
+    let (chosen, by_split) = hub_parquet_splits(repo_id, config, Some(split), hub)?;
+    let (_, paths) = by_split
+        .into_iter()
+        .find(|(s, _)| s == split)
+        .ok_or_else(|| hub_err(repo_id, format!("config '{chosen}' has no split '{split}'")))?;
+    load_parquet_files(&paths, &format!("{repo_id}/{chosen}/{split}"), opts)
+}
+
+/// Each split's name and its parquet files.
+type SplitFiles = Vec<(String, Vec<PathBuf>)>;
+
+/// The chosen config and its splits' parquet files (sorted, splits in train,
+/// validation, test order), fetching only `split`'s files when given.
+fn hub_parquet_splits(
+    repo_id: &str,
+    config: Option<&str>,
+    split: Option<&str>,
+    hub: &HubOptions,
+) -> Result<(String, SplitFiles)> {
     let files = hub_files(repo_id, RepoType::Dataset, hub, &|f| {
         f.ends_with(".parquet")
+            && split.is_none_or(|want| config_and_split(f).is_some_and(|(_, s)| s == want))
     })?;
     if files.is_empty() {
-        return Err(hub_err(repo_id, "has no parquet files"));
+        return Err(hub_err(
+            repo_id,
+            match split {
+                Some(s) => format!("has no parquet files for split '{s}'"),
+                None => "has no parquet files".to_string(),
+            },
+        ));
     }
     let configs = config_names(&files);
     let chosen = match config {
@@ -186,7 +230,7 @@ pub fn load_hub(
             ));
         }
     };
-    let mut by_split: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    let mut by_split: SplitFiles = Vec::new();
     for (rel, local) in &files {
         let Some((cfg, split)) = config_and_split(rel) else {
             continue;
@@ -209,13 +253,10 @@ pub fn load_hub(
         ));
     }
     by_split.sort_by_key(|(s, _)| split_rank(s));
-    let mut dict = DatasetDict::new();
-    for (split, mut paths) in by_split {
+    for (_, paths) in &mut by_split {
         paths.sort();
-        let name = format!("{repo_id}/{chosen}/{split}");
-        dict.insert(split, load_parquet_files(&paths, &name, opts)?);
     }
-    Ok(dict)
+    Ok((chosen, by_split))
 }
 
 fn split_rank(s: &str) -> (u8, String) {

@@ -11,7 +11,7 @@ mod text;
 use std::path::{Path, PathBuf};
 
 pub use self::csv::{CsvOptions, load_csv};
-pub use self::hub::{HubOptions, hub_files, hub_model_file, load_hub};
+pub use self::hub::{HubOptions, hub_files, hub_model_file, load_hub, load_hub_split};
 pub use self::json::load_jsonl;
 pub use self::parquet::load_parquet;
 pub use self::text::{SampleBy, load_text};
