@@ -27,25 +27,18 @@ fn shapes(gpu: bool) -> Vec<Shape> {
     } else {
         ((512, 1), (128, 4), (512, 2))
     };
+    let bert_base = |(seq, batch): (usize, usize)| Shape {
+        name: "bert-base",
+        hidden: 768,
+        layers: 12,
+        heads: 12,
+        intermediate: 3072,
+        seq,
+        batch,
+    };
     vec![
-        Shape {
-            name: "bert-base",
-            hidden: 768,
-            layers: 12,
-            heads: 12,
-            intermediate: 3072,
-            seq: base512.0,
-            batch: base512.1,
-        },
-        Shape {
-            name: "bert-base",
-            hidden: 768,
-            layers: 12,
-            heads: 12,
-            intermediate: 3072,
-            seq: base128.0,
-            batch: base128.1,
-        },
+        bert_base(base512),
+        bert_base(base128),
         Shape {
             name: "minilm-l6",
             hidden: 384,

@@ -1,10 +1,9 @@
 //! Loading HF checkpoints (a directory or a hub repo id) and saving Berth's in the
 //! same form: `config.json` + `model.safetensors` with HF parameter names.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use candle_nn::VarMap;
 
 use crate::config::BertConfig;
@@ -62,13 +61,7 @@ pub fn save_into(
 ) -> Result<()> {
     let mut config = config.clone();
     config.architectures = Some(vec![architecture.to_string()]);
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .map_err(|_| ModelError::Checkpoint("parameter store lock poisoned".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let tensors = crate::params::varmap_tensors(varmap)?;
     let json =
         serde_json::to_string_pretty(&config).map_err(|e| ModelError::Checkpoint(e.to_string()))?;
     std::fs::write(dir.join("config.json"), json)

@@ -44,6 +44,17 @@ pub struct Params {
 
 /// Keys HF checkpoints carry that are not parameters here: buffers, and the MLM
 /// decoder that is tied to the word embeddings.
+/// The tensors of `varmap` by name (sharing the `Var`s' storage).
+pub(crate) fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    Ok(varmap
+        .data()
+        .lock()
+        .map_err(|_| ModelError::Checkpoint("parameter store lock poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect())
+}
+
 fn ignorable(key: &str) -> bool {
     key.ends_with("position_ids")
         || key.ends_with("cls.predictions.decoder.weight")
@@ -88,12 +99,9 @@ impl Params {
     /// graph, so evaluation does not keep every activation alive. Every name must be
     /// in `varmap`.
     pub fn detached_view(varmap: &VarMap, device: &Device) -> Result<Self> {
-        let checkpoint = varmap
-            .data()
-            .lock()
-            .map_err(|_| ModelError::Checkpoint("parameter store lock poisoned".into()))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        let checkpoint = varmap_tensors(varmap)?
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
             .collect();
         let mut p = Self::with_checkpoint(checkpoint, PathBuf::from("<view>"), device, 0, 0.0);
         p.view = true;
