@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::BertConfig;
 use crate::error::Result;
-use crate::layers::{Activation, LayerNorm, Linear, Mode, softmax_last};
+use crate::fused;
+use crate::layers::{Activation, LayerNorm, Linear, Mode, linear_act, softmax_last};
 use crate::params::{Init, Params};
 
 pub(crate) fn linear(p: &mut Params, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
@@ -170,26 +171,24 @@ impl BertModel {
                 .embedding(&Tensor::zeros(b * l, DType::U32, input_ids.device())?)?
                 .reshape((b, l, h))?,
         };
-        let emb = words.broadcast_add(&pos)?.add(&types)?;
-        let mut x = mode.dropout(
-            &self.emb_norm.forward(&emb)?,
-            self.config.hidden_dropout_prob,
-        )?;
+        let ops = mode.ops();
+        let normed = self
+            .emb_norm
+            .add_forward(&words.broadcast_add(&pos)?, &types, None, ops)?;
+        let mut x = mode.dropout(&normed, self.config.hidden_dropout_prob)?;
         x = x.to_dtype(self.dtype)?;
-        // Additive mask [B, 1, 1, L]: 0 where attended, the dtype's minimum elsewhere (HF).
         let mask = match attention_mask {
-            Some(m) => {
-                let m = m.to_dtype(DType::F32)?;
-                let neg = ((m.ones_like()? - m)? * f32::MIN as f64)?;
-                Some(neg.reshape((b, 1, 1, l))?)
-            }
+            Some(m) => Some(AttentionMask::new(m, b, l)?),
             None => None,
         };
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, mask.as_ref(), mode)?;
         }
         let pooled = match &self.pooler {
-            Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            Some(p) => Some(
+                p.forward_with(&x.narrow(1, 0, 1)?.squeeze(1)?, ops)?
+                    .tanh()?,
+            ),
             None => None,
         };
         Ok(BertOutput {
@@ -202,38 +201,100 @@ impl BertModel {
         &self,
         layer: &Layer,
         x: &Tensor,
-        mask: Option<&Tensor>,
+        mask: Option<&AttentionMask>,
         mode: &Mode,
     ) -> Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
+        let ops = mode.ops();
         let heads = self.config.num_attention_heads;
-        let hd = self.config.head_dim();
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let q = layer.query.forward_with(x, ops)?;
+        let k = layer.key.forward_with(x, ops)?;
+        let v = layer.value.forward_with(x, ops)?;
+        let probs_dropout = mode.next_dropout(self.config.attention_probs_dropout_prob);
+        let context = if ops.fused_on(x.device()) {
+            fused::attention(
+                &q,
+                &k,
+                &v,
+                heads,
+                mask.map(|m| m.host.clone()),
+                probs_dropout,
+            )?
+        } else {
+            composed_attention(
+                &q,
+                &k,
+                &v,
+                heads,
+                mask.map(|m| &m.tensor),
+                probs_dropout,
+                mode,
+            )?
         };
-        let q = split(layer.query.forward(x)?)?;
-        let k = split(layer.key.forward(x)?)?;
-        let v = split(layer.value.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = softmax_last(&scores)?.to_dtype(x.dtype())?;
-        let probs = mode.dropout(&probs, self.config.attention_probs_dropout_prob)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        let attn = mode.dropout(
-            &layer.attn_out.forward(&context)?,
-            self.config.hidden_dropout_prob,
+        let attn = layer.attn_out.forward_with(&context, ops)?;
+        let x = layer.attn_norm.add_forward(
+            &attn,
+            x,
+            mode.next_dropout(self.config.hidden_dropout_prob),
+            ops,
         )?;
-        let x = layer.attn_norm.forward(&(attn + x)?)?;
-        let inter = self.activation.forward(&layer.intermediate.forward(&x)?)?;
-        let out = mode.dropout(
-            &layer.output.forward(&inter)?,
-            self.config.hidden_dropout_prob,
-        )?;
-        layer.out_norm.forward(&(out + x)?)
+        let inter = linear_act(&layer.intermediate, self.activation, &x, ops)?;
+        let out = layer.output.forward_with(&inter, ops)?;
+        layer.out_norm.add_forward(
+            &out,
+            &x,
+            mode.next_dropout(self.config.hidden_dropout_prob),
+            ops,
+        )
     }
+}
+
+/// The attention mask in both forms: additive `[B, 1, 1, L]` for the composed path,
+/// and the same values on the host for the fused op.
+struct AttentionMask {
+    tensor: Tensor,
+    host: Vec<f32>,
+}
+
+impl AttentionMask {
+    /// 0 where attended, the dtype's minimum elsewhere (HF).
+    fn new(m: &Tensor, b: usize, l: usize) -> Result<Self> {
+        let m = m.to_dtype(DType::F32)?;
+        let neg = ((m.ones_like()? - m)? * f32::MIN as f64)?;
+        let host = neg.flatten_all()?.to_vec1::<f32>()?;
+        Ok(AttentionMask {
+            tensor: neg.reshape((b, 1, 1, l))?,
+            host,
+        })
+    }
+}
+
+/// The reference attention core from candle primitives: `[B, L, heads * d]` in and out.
+fn composed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    dropout: Option<crate::fused::DropoutKey>,
+    mode: &Mode,
+) -> Result<Tensor> {
+    let (b, l, h) = q.dims3()?;
+    let hd = h / heads;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        Ok(t.reshape((b, l, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.to_dtype(DType::F32)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = softmax_last(&scores)?.to_dtype(q.dtype())?;
+    let probs = match dropout {
+        Some(key) => crate::layers::apply_dropout(&probs, key, mode.ops())?,
+        None => probs,
+    };
+    Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?)
 }

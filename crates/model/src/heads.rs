@@ -1,13 +1,14 @@
 //! The heads, as HF's `BertForSequenceClassification`, `BertForMaskedLM` and
 //! `BertForPreTraining`, plus belt_nlp's chunk-pooled classifier.
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 
 use crate::bert::{BertModel, layer_norm, linear};
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{Activation, LayerNorm, Linear, Mode};
-use crate::loss::{cross_entropy, mse};
+use crate::fused::Ops;
+use crate::layers::{Activation, LayerNorm, Linear, Mode, linear_act};
+use crate::loss::{IGNORE_INDEX, cross_entropy, mse};
 use crate::params::{Init, Params};
 
 /// pooler -> dropout -> classifier. `num_labels == 1` is a regressor (MSE), as HF.
@@ -52,7 +53,7 @@ impl SequenceClassifier {
             .pooled
             .ok_or_else(|| ModelError::Checkpoint("classifier needs a pooler".into()))?;
         self.classifier
-            .forward(&mode.dropout(&pooled, self.dropout)?)
+            .forward_with(&mode.dropout(&pooled, self.dropout)?, mode.ops())
     }
 
     /// Cross-entropy against class labels `[B]` (i64), or MSE against targets `[B]`
@@ -169,15 +170,50 @@ impl MlmHead {
         })
     }
 
-    fn forward(&self, sequence: &Tensor, word_embeddings: &Tensor) -> Result<Tensor> {
-        let x = self
-            .norm
-            .forward(&self.activation.forward(&self.dense.forward(sequence)?)?)?;
+    fn forward(&self, sequence: &Tensor, word_embeddings: &Tensor, ops: Ops) -> Result<Tensor> {
+        let h = linear_act(&self.dense, self.activation, sequence, ops)?;
+        let x = if ops.fused_on(h.device()) {
+            // LN(h + 0): the fused LayerNorm takes a residual.
+            self.norm.add_forward(&h, &h.zeros_like()?, None, ops)?
+        } else {
+            self.norm.forward(&h)?
+        };
         let decoder = Linear {
             weight: word_embeddings.clone(),
             bias: Some(self.bias.clone()),
         };
-        decoder.forward(&x)
+        decoder.forward_with(&x, ops)
+    }
+
+    /// Logits `[M, V]` of the positions whose label is not -100 only, with those
+    /// labels `[M]`: HF projects every position onto the vocabulary, which for a small
+    /// encoder costs more than the encoder itself; the loss and every gradient are the
+    /// same. With no labelled position, every position (so the shapes stay valid).
+    fn forward_labelled(
+        &self,
+        sequence: &Tensor,
+        word_embeddings: &Tensor,
+        labels: &Tensor,
+        ops: Ops,
+    ) -> Result<(Tensor, Tensor)> {
+        let h = sequence.dim(D::Minus1)?;
+        let flat_labels = labels.to_dtype(DType::I64)?.flatten_all()?;
+        let host = flat_labels.to_vec1::<i64>()?;
+        let keep: Vec<u32> = (0..host.len() as u32)
+            .filter(|&i| host[i as usize] != IGNORE_INDEX)
+            .collect();
+        let rows = sequence.reshape(((), h))?;
+        if keep.is_empty() {
+            return Ok((self.forward(&rows, word_embeddings, ops)?, flat_labels));
+        }
+        let kept_labels: Vec<i64> = keep.iter().map(|&i| host[i as usize]).collect();
+        let n = keep.len();
+        let idx = Tensor::from_vec(keep, n, sequence.device())?;
+        let picked = rows.index_select(&idx, 0)?;
+        Ok((
+            self.forward(&picked, word_embeddings, ops)?,
+            Tensor::from_vec(kept_labels, n, sequence.device())?,
+        ))
     }
 }
 
@@ -212,7 +248,29 @@ impl MaskedLm {
             .bert
             .forward(input_ids, token_type_ids, attention_mask, mode)?;
         self.head
-            .forward(&out.sequence, self.bert.word_embeddings())
+            .forward(&out.sequence, self.bert.word_embeddings(), mode.ops())
+    }
+
+    /// Logits `[M, V]` of the M positions whose label is not -100 (in row-major order
+    /// over `[B, L]`) and their labels `[M]`: what the loss and MLM accuracy need,
+    /// without projecting unlabelled positions onto the vocabulary.
+    pub fn forward_labelled(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        labels: &Tensor,
+        mode: &Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let out = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+        self.head.forward_labelled(
+            &out.sequence,
+            self.bert.word_embeddings(),
+            labels,
+            mode.ops(),
+        )
     }
 
     /// Cross-entropy over positions whose label is not -100.
@@ -253,8 +311,37 @@ impl PreTraining {
             .ok_or_else(|| ModelError::Checkpoint("pre-training needs a pooler".into()))?;
         Ok((
             self.head
-                .forward(&out.sequence, self.bert.word_embeddings())?,
-            self.seq_relationship.forward(&pooled)?,
+                .forward(&out.sequence, self.bert.word_embeddings(), mode.ops())?,
+            self.seq_relationship.forward_with(&pooled, mode.ops())?,
+        ))
+    }
+
+    /// (MLM logits `[M, V]` of the labelled positions, their labels `[M]`,
+    /// next-sentence logits `[B, 2]`); see [`MaskedLm::forward_labelled`].
+    pub fn forward_labelled(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        labels: &Tensor,
+        mode: &Mode,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let out = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+        let pooled = out
+            .pooled
+            .ok_or_else(|| ModelError::Checkpoint("pre-training needs a pooler".into()))?;
+        let (logits, kept) = self.head.forward_labelled(
+            &out.sequence,
+            self.bert.word_embeddings(),
+            labels,
+            mode.ops(),
+        )?;
+        Ok((
+            logits,
+            kept,
+            self.seq_relationship.forward_with(&pooled, mode.ops())?,
         ))
     }
 

@@ -2,18 +2,23 @@
 //! `layer_norm`/`softmax_last_dim` record no backward op (see STYLE.md), so LayerNorm
 //! and softmax are written out here.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use candle_core::{D, DType, Tensor};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
+use crate::fused::{self, DropoutKey, Ops};
 
-/// Whether dropout is active, and the seeded RNG its masks come from.
+/// Whether dropout is active, the seed its masks derive from, and which ops run.
+///
+/// Masks come from a counter-based generator (see `fused::dropout`): the mask of
+/// dropout call `n` of a forward pass is a function of (seed, n, element), so the
+/// fused and composed paths, and later a GPU, draw identical masks.
 pub struct Mode {
     train: bool,
-    rng: RefCell<ChaCha8Rng>,
+    seed: u64,
+    site: Cell<u64>,
+    ops: Ops,
 }
 
 impl Mode {
@@ -21,7 +26,9 @@ impl Mode {
     pub fn eval() -> Self {
         Mode {
             train: false,
-            rng: RefCell::new(rand::SeedableRng::seed_from_u64(0)),
+            seed: 0,
+            site: Cell::new(0),
+            ops: Ops::from_env(),
         }
     }
 
@@ -29,34 +36,58 @@ impl Mode {
     pub fn train(seed: u64) -> Self {
         Mode {
             train: true,
-            rng: RefCell::new(rand::SeedableRng::seed_from_u64(seed)),
+            seed,
+            site: Cell::new(0),
+            ops: Ops::from_env(),
         }
+    }
+
+    /// The same mode running `ops` (the composed reference, or the fused ops).
+    pub fn with_ops(mut self, ops: Ops) -> Self {
+        self.ops = ops;
+        self
+    }
+
+    pub fn ops(&self) -> Ops {
+        self.ops
     }
 
     pub fn is_train(&self) -> bool {
         self.train
     }
 
+    /// The key of the next dropout call site with probability `p`, or `None` when
+    /// dropout is off (eval mode or `p == 0`); each call takes a new site.
+    pub fn next_dropout(&self, p: f64) -> Option<DropoutKey> {
+        if !self.train || p <= 0.0 {
+            return None;
+        }
+        let site = self.site.get();
+        self.site.set(site + 1);
+        Some(DropoutKey {
+            seed: self.seed,
+            site,
+            p: p as f32,
+        })
+    }
+
     /// Inverted dropout with probability `p`; identity in eval mode.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if !self.train || p <= 0.0 {
-            return Ok(x.clone());
+        match self.next_dropout(p) {
+            None => Ok(x.clone()),
+            Some(key) => apply_dropout(x, key, self.ops),
         }
-        let keep = 1.0 - p;
-        let n = x.elem_count();
-        let mut rng = self.rng.borrow_mut();
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.random::<f64>() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok(x.mul(&mask)?)
     }
+}
+
+/// `x` times the mask of `key`: the fused op on the CPU, a host-drawn mask otherwise.
+pub(crate) fn apply_dropout(x: &Tensor, key: DropoutKey, ops: Ops) -> Result<Tensor> {
+    if ops.fused_on(x.device()) {
+        return Ok(fused::dropout(x, key)?);
+    }
+    let mask = fused::keep_mask(&key, x.elem_count());
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
 }
 
 /// `y = x W^T + b`, W as `[out, in]` (PyTorch's layout).
@@ -67,6 +98,7 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The composed path: candle's matmul and broadcast add.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.to_dtype(x.dtype())?;
         let y = x.broadcast_matmul(&w.t()?)?;
@@ -74,6 +106,15 @@ impl Linear {
             Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
             None => y,
         })
+    }
+
+    /// The fused op (bias folded into the gemm) where `ops` allows, else `forward`.
+    pub fn forward_with(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        if ops.fused_on(x.device()) {
+            Ok(fused::linear(x, &self.weight, self.bias.as_ref())?)
+        } else {
+            self.forward(x)
+        }
     }
 }
 
@@ -97,6 +138,32 @@ impl LayerNorm {
             .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
             .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
         Ok(y.to_dtype(dtype)?)
+    }
+
+    /// `LN(dropout(x) + residual)`: one fused op where `ops` allows, else the
+    /// composed dropout, add and `forward`.
+    pub fn add_forward(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        dropout: Option<DropoutKey>,
+        ops: Ops,
+    ) -> Result<Tensor> {
+        if ops.fused_on(x.device()) {
+            return Ok(fused::add_layer_norm(
+                x,
+                residual,
+                &self.weight,
+                &self.bias,
+                self.eps,
+                dropout,
+            )?);
+        }
+        let x = match dropout {
+            Some(key) => apply_dropout(x, key, ops)?,
+            None => x.clone(),
+        };
+        self.forward(&(x + residual)?)
     }
 }
 
@@ -139,6 +206,18 @@ impl Activation {
             Activation::GeluTanh => x.gelu()?,
             Activation::Relu => x.relu()?,
         })
+    }
+}
+
+/// `activation(x W^T + b)`: the gemm, then bias and activation in one fused op where
+/// `ops` allows; the composed linear and activation otherwise.
+pub fn linear_act(lin: &Linear, act: Activation, x: &Tensor, ops: Ops) -> Result<Tensor> {
+    match (&lin.bias, ops.fused_on(x.device())) {
+        (Some(b), true) => {
+            let z = fused::linear(x, &lin.weight, None)?;
+            Ok(fused::bias_act(&z, &b.to_dtype(z.dtype())?, act)?)
+        }
+        _ => act.forward(&lin.forward_with(x, ops)?),
     }
 }
 

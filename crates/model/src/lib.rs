@@ -22,6 +22,7 @@ mod bert;
 mod checkpoint;
 mod config;
 mod error;
+pub mod fused;
 mod heads;
 mod layers;
 mod loss;
@@ -31,11 +32,12 @@ pub use bert::{BertModel, BertOutput};
 pub use checkpoint::{open_dir, resolve_model_dir, save, save_into, write_dir_atomically};
 pub use config::BertConfig;
 pub use error::{ModelError, Result};
+pub use fused::Ops;
 pub use heads::{
     ChunkPooledClassifier, MaskedLm, Pool, PreTraining, SequenceClassifier, pool_chunks,
 };
-pub use layers::{Activation, LayerNorm, Linear, Mode, softmax_last};
-pub use loss::{cross_entropy, mse};
+pub use layers::{Activation, LayerNorm, Linear, Mode, linear_act, softmax_last};
+pub use loss::{IGNORE_INDEX, cross_entropy, cross_entropy_composed, cross_entropy_with, mse};
 pub use params::{Init, LoadReport, Params};
 
 #[cfg(test)]

@@ -4,13 +4,36 @@
 use candle_core::{D, DType, Tensor};
 
 use crate::error::Result;
+use crate::fused::Ops;
+
+/// The label PyTorch's cross-entropy skips (`ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
 
 /// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (i64), over the
 /// rows whose label is not -100. With no such row the loss is 0 (PyTorch gives NaN).
+/// The fused op on a CPU tensor (unless `BERTH_OPS=composed`), else
+/// [`cross_entropy_composed`].
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    cross_entropy_with(logits, labels, Ops::from_env())
+}
+
+/// [`cross_entropy`] with the ops chosen by the caller.
+pub fn cross_entropy_with(logits: &Tensor, labels: &Tensor, ops: Ops) -> Result<Tensor> {
+    if ops.fused_on(logits.device()) {
+        let labels = labels
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()?;
+        return Ok(crate::fused::cross_entropy(logits, &labels)?);
+    }
+    cross_entropy_composed(logits, labels)
+}
+
+/// The reference cross-entropy from candle primitives (log-softmax, gather, mask).
+pub fn cross_entropy_composed(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
     let labels = labels.to_dtype(DType::I64)?;
-    let keep = labels.ne(-100i64)?;
+    let keep = labels.ne(IGNORE_INDEX)?;
     let safe = keep.where_cond(&labels, &labels.zeros_like()?)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = log_probs.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
@@ -36,21 +59,23 @@ mod tests {
         let dev = Device::Cpu;
         let logits = Tensor::new(&[[2f32, 0., 0.], [0., 1., 0.], [5., 5., 5.]], &dev).unwrap();
         let labels = Tensor::new(&[0i64, 2, -100], &dev).unwrap();
-        let got = cross_entropy(&logits, &labels)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let l0 = -(2f32.exp() / (2f32.exp() + 2.)).ln();
-        let l1 = -(1. / (1f32.exp() + 2.)).ln();
-        assert!((got - (l0 + l1) / 2.).abs() < 1e-6, "{got}");
-        let none = Tensor::new(&[-100i64, -100, -100], &dev).unwrap();
-        assert_eq!(
-            cross_entropy(&logits, &none)
+        for ops in [Ops::Fused, Ops::Composed] {
+            let got = cross_entropy_with(&logits, &labels, ops)
                 .unwrap()
                 .to_scalar::<f32>()
-                .unwrap(),
-            0.0
-        );
+                .unwrap();
+            let l0 = -(2f32.exp() / (2f32.exp() + 2.)).ln();
+            let l1 = -(1. / (1f32.exp() + 2.)).ln();
+            assert!((got - (l0 + l1) / 2.).abs() < 1e-6, "{ops:?}: {got}");
+            let none = Tensor::new(&[-100i64, -100, -100], &dev).unwrap();
+            assert_eq!(
+                cross_entropy_with(&logits, &none, ops)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+                0.0
+            );
+        }
     }
 
     #[test]

@@ -441,3 +441,156 @@ fn a_detached_view_shares_weights_but_records_no_graph() {
             .is_err()
     );
 }
+
+/// max |a - b| / max(1e-3, max |b|): relative to the tensor's scale.
+fn scaled_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// One training step's logits and every parameter's gradient, fused against composed.
+fn fused_step_matches_composed(
+    cfg: &BertConfig,
+    mut params: impl FnMut() -> Params,
+    mode: impl Fn(Ops) -> Mode,
+    tol: f64,
+) {
+    let dev = Device::Cpu;
+    let (ids, types, mask) = batch(&dev);
+    let labels = Tensor::new(&[1i64, 0], &dev).unwrap();
+    let mut run = |ops: Ops| {
+        let mut p = params();
+        let model = SequenceClassifier::new(cfg, &mut p).unwrap();
+        let (vm, _) = p.finish();
+        let logits = model
+            .forward(&ids, Some(&types), Some(&mask), &mode(ops))
+            .unwrap();
+        let loss = cross_entropy_with(&logits, &labels, ops).unwrap();
+        let grads = loss.backward().unwrap();
+        let g: Vec<(String, Tensor)> = vars(&vm)
+            .into_iter()
+            .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n, g.clone())))
+            .collect();
+        (logits, loss, g)
+    };
+    let (lf, lossf, gf) = run(Ops::Fused);
+    let (lc, lossc, gc) = run(Ops::Composed);
+    assert!(
+        scaled_diff(&lf, &lc) < tol,
+        "logits differ by {}",
+        scaled_diff(&lf, &lc)
+    );
+    assert!(scaled_diff(&lossf, &lossc) < tol);
+    assert_eq!(gf.len(), gc.len(), "the same parameters get gradients");
+    assert!(gf.len() > 10);
+    for ((n, a), (m, b)) in gf.iter().zip(&gc) {
+        assert_eq!(n, m);
+        let d = scaled_diff(a, b);
+        assert!(d < tol, "{n}: gradient differs by {d}");
+    }
+}
+
+#[test]
+fn fused_training_step_matches_composed_on_minilm() {
+    let Some(dir) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let dev = Device::Cpu;
+    let cfg = open_dir(&dir, &dev, 0).unwrap().0;
+    fused_step_matches_composed(
+        &cfg,
+        || open_dir(&dir, &dev, 0).unwrap().1,
+        |ops| Mode::eval().with_ops(ops),
+        1e-4,
+    );
+}
+
+#[test]
+fn fused_training_step_matches_composed_with_dropout() {
+    // The counter-based masks are the same on both paths, so even with dropout on the
+    // two steps agree to rounding.
+    let cfg = BertConfig::tiny();
+    fused_step_matches_composed(
+        &cfg,
+        || Params::random(&Device::Cpu, 0, cfg.initializer_range),
+        |ops| Mode::train(5).with_ops(ops),
+        1e-4,
+    );
+}
+
+#[test]
+fn mlm_loss_on_labelled_positions_equals_the_full_projection() {
+    let dev = Device::Cpu;
+    let cfg = BertConfig::tiny();
+    let (ids, types, mask) = batch(&dev);
+    let labels = Tensor::new(
+        &[
+            [-100i64, 7, -100, 12, -100, -100],
+            [-100, -100, 31, -100, -100, -100],
+        ],
+        &dev,
+    )
+    .unwrap();
+    for ops in [Ops::Fused, Ops::Composed] {
+        let run = |labelled: bool| {
+            let mut p = Params::random(&dev, 0, cfg.initializer_range);
+            let mlm = MaskedLm::new(&cfg, &mut p).unwrap();
+            let (vm, _) = p.finish();
+            let mode = Mode::train(3).with_ops(ops);
+            let (logits, loss) = if labelled {
+                let (logits, kept) = mlm
+                    .forward_labelled(&ids, Some(&types), Some(&mask), &labels, &mode)
+                    .unwrap();
+                assert_eq!(kept.to_vec1::<i64>().unwrap(), vec![7, 12, 31]);
+                let loss = mlm.loss(&logits, &kept).unwrap();
+                (logits, loss)
+            } else {
+                let logits = mlm.forward(&ids, Some(&types), Some(&mask), &mode).unwrap();
+                let loss = mlm.loss(&logits, &labels).unwrap();
+                // The labelled rows of the full projection, in row-major order.
+                let rows = logits.reshape(((), cfg.vocab_size)).unwrap();
+                let idx = Tensor::new(&[1u32, 3, 8], &dev).unwrap();
+                (rows.index_select(&idx, 0).unwrap(), loss)
+            };
+            let grads = loss.backward().unwrap();
+            let g: Vec<Tensor> = vars(&vm)
+                .into_iter()
+                .map(|(n, v)| {
+                    grads
+                        .get(v.as_tensor())
+                        .unwrap_or_else(|| panic!("{n}: no gradient"))
+                        .clone()
+                })
+                .collect();
+            (logits, loss, g)
+        };
+        let (la, lossa, ga) = run(true);
+        let (lb, lossb, gb) = run(false);
+        assert!(scaled_diff(&la, &lb) < 1e-5, "{ops:?}: logits");
+        assert!(scaled_diff(&lossa, &lossb) < 1e-6, "{ops:?}: loss");
+        for (a, b) in ga.iter().zip(&gb) {
+            assert!(
+                scaled_diff(a, b) < 1e-5,
+                "{ops:?}: gradient differs by {}",
+                scaled_diff(a, b)
+            );
+        }
+    }
+}

@@ -53,8 +53,11 @@ pub struct TaskBatch {
 pub struct Output {
     /// Mean loss of the batch (scalar, f32).
     pub loss: Tensor,
-    /// Classification logits `[B, C]`, MLM logits `[B, L, V]`.
+    /// Classification logits `[B, C]`; MLM logits `[M, V]` of the M labelled
+    /// positions only (see `MaskedLm::forward_labelled`).
     pub logits: Tensor,
+    /// For MLM, the labels `[M]` of the rows of `logits`.
+    pub mlm_labels: Option<Tensor>,
     pub nsp_logits: Option<Tensor>,
 }
 
@@ -138,6 +141,7 @@ impl TaskModel {
                 Output {
                     loss,
                     logits,
+                    mlm_labels: None,
                     nsp_logits: None,
                 }
             }
@@ -152,28 +156,33 @@ impl TaskModel {
                 Output {
                     loss,
                     logits,
+                    mlm_labels: None,
                     nsp_logits: None,
                 }
             }
             Head::Mlm(m) => {
-                let logits = m.forward(ids, types, mask, mode)?.to_dtype(DType::F32)?;
-                let loss = m.loss(&logits, &b.labels)?;
+                let (logits, labels) = m.forward_labelled(ids, types, mask, &b.labels, mode)?;
+                let logits = logits.to_dtype(DType::F32)?;
+                let loss = m.loss(&logits, &labels)?;
                 Output {
                     loss,
                     logits,
+                    mlm_labels: Some(labels),
                     nsp_logits: None,
                 }
             }
             Head::PreTraining(m) => {
-                let (logits, nsp) = m.forward(ids, types, mask, mode)?;
+                let (logits, labels, nsp) =
+                    m.forward_labelled(ids, types, mask, &b.labels, mode)?;
                 let (logits, nsp) = (logits.to_dtype(DType::F32)?, nsp.to_dtype(DType::F32)?);
                 let next = b.next_sentence_label.as_ref().ok_or_else(|| {
                     TrainError::Config("pre-training batches need next_sentence_label".into())
                 })?;
-                let loss = m.loss(&logits, &nsp, &b.labels, next)?;
+                let loss = m.loss(&logits, &nsp, &labels, next)?;
                 Output {
                     loss,
                     logits,
+                    mlm_labels: Some(labels),
                     nsp_logits: Some(nsp),
                 }
             }

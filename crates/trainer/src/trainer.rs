@@ -609,7 +609,8 @@ impl Trainer {
                     preds.extend(out.logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)));
                 }
                 Rows::Texts { .. } | Rows::Pairs { .. } => {
-                    let (c, k) = mlm_hits(&out.logits, &batch.labels)?;
+                    let labels = out.mlm_labels.as_ref().unwrap_or(&batch.labels);
+                    let (c, k) = mlm_hits(&out.logits, labels)?;
                     lm.mlm_correct += c;
                     lm.mlm_tokens += k;
                     let mlm_loss = match &out.nsp_logits {
@@ -618,7 +619,7 @@ impl Trainer {
                             let v = out.logits.dim(candle_core::D::Minus1)?;
                             berth_model::cross_entropy(
                                 &out.logits.reshape(((), v))?,
-                                &batch.labels.flatten_all()?,
+                                &labels.flatten_all()?,
                             )?
                             .to_scalar::<f32>()? as f64
                         }

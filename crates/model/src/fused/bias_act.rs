@@ -1,0 +1,169 @@
+//! `act(z + b)` in one pass for the feed-forward activation: exact GELU (HF's "gelu",
+//! with an erf accurate to f32 rounding that vectorises), its tanh approximation, and
+//! ReLU. The backward recomputes `z + b` and returns dz and db.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{err, f32_view, rows_per_task, storage_of, tensor_like, with_f32};
+use crate::layers::Activation;
+
+/// erf for f32: the odd rational approximation of Eigen's `generic_fast_erf_float`
+/// on `[-4, 4]` (erf is ±1 in f32 beyond), branch-free so that it vectorises.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p.mul_add(x2, 2.770_681_4e-08);
+    p = p.mul_add(x2, -2.101_024e-06);
+    p = p.mul_add(x2, -5.692_506_4e-05);
+    p = p.mul_add(x2, -7.349_906_3e-04);
+    p = p.mul_add(x2, -2.954_600e-03);
+    p = p.mul_add(x2, -1.609_603_3e-02);
+    let p = p * x;
+    let mut q = -1.456_607_2e-05_f32;
+    q = q.mul_add(x2, -2.133_740_6e-04);
+    q = q.mul_add(x2, -1.682_827e-03);
+    q = q.mul_add(x2, -7.373_329e-03);
+    q = q.mul_add(x2, -1.426_474e-02);
+    p / q
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+#[inline(always)]
+fn tanh_fast(u: f32) -> f32 {
+    // tanh(u) = 1 - 2 / (exp(2u) + 1); exact enough in f32, saturates cleanly.
+    let e = (2.0 * u.clamp(-15.0, 15.0)).exp();
+    1.0 - 2.0 / (e + 1.0)
+}
+
+/// act(v) and act'(v).
+#[inline(always)]
+fn act(a: Activation, v: f32) -> (f32, f32) {
+    match a {
+        Activation::Gelu => {
+            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+            (v * cdf, cdf + v * pdf)
+        }
+        Activation::GeluTanh => {
+            let u = SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v);
+            let t = tanh_fast(u);
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * v * v);
+            (
+                0.5 * v * (1.0 + t),
+                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du,
+            )
+        }
+        Activation::Relu => {
+            if v > 0.0 {
+                (v, 1.0)
+            } else {
+                (0.0, 0.0)
+            }
+        }
+    }
+}
+
+struct BiasAct(Activation);
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "berth-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        zs: &CpuStorage,
+        zl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let w = *zl.shape().dims().last().unwrap_or(&1);
+        if bl.shape().elem_count() != w {
+            return Err(err(format!(
+                "bias activation: bias {:?} for width {w}",
+                bl.shape()
+            )));
+        }
+        let z = f32_view(zs, zl, "activation input")?;
+        let b = f32_view(bs, bl, "activation bias")?;
+        let a = self.0;
+        let mut y = vec![0f32; z.len()];
+        let per = rows_per_task(w) * w;
+        y.par_chunks_mut(per)
+            .zip(z.par_chunks(per))
+            .for_each(|(ys, zs)| {
+                for (yr, zr) in ys.chunks_mut(w).zip(zs.chunks(w)) {
+                    for ((y, &z), &b) in yr.iter_mut().zip(zr).zip(b.iter()) {
+                        *y = act(a, z + b).0;
+                    }
+                }
+            });
+        Ok((storage_of(y, zs.dtype())?, zl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        z: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = b.elem_count();
+        let a = self.0;
+        let (dz, db) = with_f32(z, |zs| {
+            with_f32(b, |bs| {
+                with_f32(grad, |dy| {
+                    let mut dz = vec![0f32; zs.len()];
+                    let per = rows_per_task(w) * w;
+                    let db = dz
+                        .par_chunks_mut(per)
+                        .zip(zs.par_chunks(per))
+                        .zip(dy.par_chunks(per))
+                        .fold(
+                            || vec![0f32; w],
+                            |mut acc, ((dzs, zs), dys)| {
+                                for ((dr, zr), gr) in
+                                    dzs.chunks_mut(w).zip(zs.chunks(w)).zip(dys.chunks(w))
+                                {
+                                    for j in 0..w {
+                                        let d = gr[j] * act(a, zr[j] + bs[j]).1;
+                                        dr[j] = d;
+                                        acc[j] += d;
+                                    }
+                                }
+                                acc
+                            },
+                        )
+                        .reduce(
+                            || vec![0f32; w],
+                            |mut x, y| {
+                                for (a, b) in x.iter_mut().zip(&y) {
+                                    *a += b;
+                                }
+                                x
+                            },
+                        );
+                    Ok((dz, db))
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor_like(dz, z.shape(), z.dtype())?),
+            Some(tensor_like(db, b.shape(), b.dtype())?),
+        ))
+    }
+}
+
+/// `activation(z + bias)`, bias `[W]` broadcast over the rows of `z` `[..., W]`.
+pub fn bias_act(z: &Tensor, bias: &Tensor, activation: Activation) -> candle_core::Result<Tensor> {
+    z.contiguous()?
+        .apply_op2(&bias.contiguous()?, BiasAct(activation))
+}

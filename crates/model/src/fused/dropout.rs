@@ -1,0 +1,155 @@
+//! Dropout from a counter-based generator: whether element `i` of dropout call site
+//! `site` is kept is a pure function of `(seed, site, i)` (Philox4x32-10, Salmon et
+//! al., SC'11, the generator of cuRAND and PyTorch's CUDA RNG), computed with integer
+//! operations only. Masks are regenerated in the backward and never stored, and the
+//! same function can run in a CUDA kernel to draw identical masks on CPU and GPU.
+//!
+//! Element `i` reads lane `i % 4` of Philox4x32-10 at counter
+//! `[i/4 (low 32 bits), i/4 (high 32 bits), site (low), site (high)]` under key
+//! `[seed (low), seed (high)]`; it is kept when that u32 is `>= round(p * 2^32)`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{SendPtr, err, f32_view, storage_of, tensor_like, with_f32};
+
+const M0: u64 = 0xD251_1F53;
+const M1: u64 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// Philox4x32 with 10 rounds.
+#[inline(always)]
+pub fn philox4x32_10(mut ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut k0, mut k1) = (key[0], key[1]);
+    for _ in 0..10 {
+        let p0 = M0 * ctr[0] as u64;
+        let p1 = M1 * ctr[2] as u64;
+        ctr = [
+            ((p1 >> 32) as u32) ^ ctr[1] ^ k0,
+            p1 as u32,
+            ((p0 >> 32) as u32) ^ ctr[3] ^ k1,
+            p0 as u32,
+        ];
+        k0 = k0.wrapping_add(W0);
+        k1 = k1.wrapping_add(W1);
+    }
+    ctr
+}
+
+/// Where a dropout mask comes from: the step's seed and the call site within it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutKey {
+    pub seed: u64,
+    pub site: u64,
+    /// Drop probability, in [0, 1).
+    pub p: f32,
+}
+
+impl DropoutKey {
+    fn threshold(&self) -> u64 {
+        (self.p as f64 * 4_294_967_296.0).round() as u64
+    }
+
+    /// The scale of kept elements, `1 / (1 - p)`.
+    pub fn scale(&self) -> f32 {
+        1.0 / (1.0 - self.p)
+    }
+
+    /// Writes `scale` or 0 for elements `start..start + out.len()` of this site.
+    pub fn fill(&self, start: u64, out: &mut [f32]) {
+        let key = [self.seed as u32, (self.seed >> 32) as u32];
+        let (s0, s1) = (self.site as u32, (self.site >> 32) as u32);
+        let th = self.threshold();
+        let scale = self.scale();
+        let end = start + out.len() as u64;
+        let (mut idx, mut o) = (start, 0usize);
+        while idx < end {
+            let block = idx / 4;
+            let r = philox4x32_10([block as u32, (block >> 32) as u32, s0, s1], key);
+            let lane0 = (idx % 4) as usize;
+            let take = (4 - lane0).min((end - idx) as usize);
+            for j in 0..take {
+                out[o + j] = if (r[lane0 + j] as u64) < th {
+                    0.0
+                } else {
+                    scale
+                };
+            }
+            o += take;
+            idx += take as u64;
+        }
+    }
+}
+
+/// The mask of `n` elements (`1/(1-p)` kept, 0 dropped): what the composed path
+/// multiplies by, identical to what the fused ops draw.
+pub fn keep_mask(key: &DropoutKey, n: usize) -> Vec<f32> {
+    let mut m = vec![0f32; n];
+    let chunk = 16 * 1024;
+    m.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(c, out)| key.fill((c * chunk) as u64, out));
+    m
+}
+
+/// `x * mask / (1 - p)` in one pass, the mask regenerated in the backward.
+struct Dropout(DropoutKey);
+
+/// Multiplies `x` by its mask in place, element `i` of `x` being element
+/// `offset + i` of the site.
+pub(crate) fn apply_mask(key: &DropoutKey, offset: u64, x: &mut [f32]) {
+    let chunk = 8192;
+    let ptr = SendPtr(x.as_mut_ptr());
+    let n = x.len();
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        let ptr = ptr;
+        let s = c * chunk;
+        let e = (s + chunk).min(n);
+        // SAFETY: chunks are disjoint.
+        let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(s), e - s) };
+        let mut m = [0f32; 8192];
+        key.fill(offset + s as u64, &mut m[..e - s]);
+        for (o, k) in out.iter_mut().zip(&m) {
+            *o *= k;
+        }
+    });
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "berth-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let mut x = f32_view(s, l, "dropout input")?.into_owned();
+        apply_mask(&self.0, 0, &mut x);
+        Ok((storage_of(x, s.dtype())?, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = with_f32(grad, |g| {
+            let mut g = g.to_vec();
+            apply_mask(&self.0, 0, &mut g);
+            Ok(g)
+        })?;
+        Ok(Some(tensor_like(g, arg.shape(), arg.dtype())?))
+    }
+}
+
+/// Inverted dropout of `x` with `key`'s probability and mask.
+pub fn dropout(x: &Tensor, key: DropoutKey) -> candle_core::Result<Tensor> {
+    if !(0.0..1.0).contains(&key.p) {
+        return Err(err(format!(
+            "dropout probability {} is outside [0, 1)",
+            key.p
+        )));
+    }
+    x.contiguous()?.apply_op1(Dropout(key))
+}

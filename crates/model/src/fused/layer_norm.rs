@@ -1,0 +1,206 @@
+//! `LN(dropout(x) + residual) * w + b` over the last dimension in one pass, statistics
+//! in f32 whatever the input dtype. The forward keeps each row's mean and 1/std; the
+//! backward regenerates the dropout mask and computes dx, dresidual, dw and db in one
+//! pass over the rows.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::dropout::apply_mask;
+use super::{DropoutKey, SendPtr, err, f32_view, rows_per_task, storage_of, tensor_like, with_f32};
+
+struct AddLayerNorm {
+    eps: f32,
+    dropout: Option<DropoutKey>,
+    /// `[mean, rstd]` per row, written by the forward.
+    stats: OnceLock<Vec<f32>>,
+}
+
+impl AddLayerNorm {
+    /// `dropout(x) + r`.
+    fn sum(&self, x: &[f32], r: &[f32]) -> Vec<f32> {
+        let mut s = x.to_vec();
+        if let Some(k) = &self.dropout {
+            apply_mask(k, 0, &mut s);
+        }
+        let ptr = SendPtr(s.as_mut_ptr());
+        let n = s.len();
+        let chunk = 16 * 1024;
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            let ptr = ptr;
+            let (a, e) = (c * chunk, ((c + 1) * chunk).min(n));
+            // SAFETY: chunks are disjoint.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(a), e - a) };
+            for (o, &ri) in out.iter_mut().zip(&r[a..e]) {
+                *o += ri;
+            }
+        });
+        s
+    }
+}
+
+impl CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "berth-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if xl.shape() != rl.shape() {
+            return Err(err(format!(
+                "layer norm: input {:?} and residual {:?} differ",
+                xl.shape(),
+                rl.shape()
+            )));
+        }
+        let h = *xl.shape().dims().last().unwrap_or(&1);
+        if wl.shape().dims() != [2, h] {
+            return Err(err(format!(
+                "layer norm: weight and bias {:?} for width {h}",
+                wl.shape()
+            )));
+        }
+        let x = f32_view(xs, xl, "layer norm input")?;
+        let r = f32_view(rs, rl, "layer norm residual")?;
+        let wb = f32_view(ws, wl, "layer norm weight")?;
+        let (w, b) = wb.split_at(h);
+        let mut y = self.sum(&x, &r);
+        let rows = y.len() / h.max(1);
+        let mut stats = vec![0f32; 2 * rows];
+        let per = rows_per_task(h);
+        y.par_chunks_mut(per * h)
+            .zip(stats.par_chunks_mut(per * 2))
+            .for_each(|(ys, st)| {
+                for (row, st) in ys.chunks_mut(h).zip(st.chunks_mut(2)) {
+                    let mean = row.iter().sum::<f32>() / h as f32;
+                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    for ((v, wi), bi) in row.iter_mut().zip(w).zip(b) {
+                        *v = (*v - mean) * rstd * wi + bi;
+                    }
+                    st[0] = mean;
+                    st[1] = rstd;
+                }
+            });
+        let _ = self.stats.set(stats);
+        Ok((storage_of(y, xs.dtype())?, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        r: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self
+            .stats
+            .get()
+            .ok_or_else(|| err("layer norm: backward before forward"))?;
+        let h = *x.dims().last().unwrap_or(&1);
+        let (dsum, dwb) = with_f32(x, |xs| {
+            with_f32(r, |rs| {
+                with_f32(wb, |wbs| {
+                    with_f32(grad, |dy| {
+                        let s = self.sum(xs, rs);
+                        let w = &wbs[..h];
+                        let mut dsum = vec![0f32; s.len()];
+                        let per = rows_per_task(h);
+                        let dwb = dsum
+                            .par_chunks_mut(per * h)
+                            .zip(s.par_chunks(per * h))
+                            .zip(dy.par_chunks(per * h))
+                            .zip(stats.par_chunks(per * 2))
+                            .fold(
+                                || vec![0f32; 2 * h],
+                                |mut acc, (((ds, s), dy), st)| {
+                                    let (dw, db) = acc.split_at_mut(h);
+                                    for (((ds, s), dy), st) in ds
+                                        .chunks_mut(h)
+                                        .zip(s.chunks(h))
+                                        .zip(dy.chunks(h))
+                                        .zip(st.chunks(2))
+                                    {
+                                        let (mean, rstd) = (st[0], st[1]);
+                                        let (mut mg, mut mgx) = (0f32, 0f32);
+                                        for j in 0..h {
+                                            let xhat = (s[j] - mean) * rstd;
+                                            let g = dy[j] * w[j];
+                                            mg += g;
+                                            mgx += g * xhat;
+                                            dw[j] += dy[j] * xhat;
+                                            db[j] += dy[j];
+                                        }
+                                        mg /= h as f32;
+                                        mgx /= h as f32;
+                                        for j in 0..h {
+                                            let xhat = (s[j] - mean) * rstd;
+                                            ds[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
+                                        }
+                                    }
+                                    acc
+                                },
+                            )
+                            .reduce(
+                                || vec![0f32; 2 * h],
+                                |mut a, b| {
+                                    for (x, y) in a.iter_mut().zip(&b) {
+                                        *x += y;
+                                    }
+                                    a
+                                },
+                            );
+                        Ok((dsum, dwb))
+                    })
+                })
+            })
+        })?;
+        let dwb = tensor_like(dwb, (2, h), wb.dtype())?;
+        let (dx, dr) = match &self.dropout {
+            Some(k) => {
+                let dr = tensor_like(dsum.clone(), r.shape(), r.dtype())?;
+                let mut dx = dsum;
+                apply_mask(k, 0, &mut dx);
+                (tensor_like(dx, x.shape(), x.dtype())?, dr)
+            }
+            None => {
+                let d = tensor_like(dsum, x.shape(), x.dtype())?;
+                (d.clone(), d.to_dtype(r.dtype())?)
+            }
+        };
+        Ok((Some(dx), Some(dr), Some(dwb)))
+    }
+}
+
+/// `LayerNorm(dropout(x) + residual)` with `weight` and `bias` `[H]`; `dropout` off
+/// when `None`.
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    dropout: Option<DropoutKey>,
+) -> candle_core::Result<Tensor> {
+    let wb = Tensor::stack(&[weight, bias], 0)?;
+    x.contiguous()?.apply_op3(
+        &residual.contiguous()?,
+        &wb,
+        AddLayerNorm {
+            eps: eps as f32,
+            dropout,
+            stats: OnceLock::new(),
+        },
+    )
+}

@@ -1,0 +1,197 @@
+//! `y = x W^T (+ b)` as one gemm whose destination starts as the bias rows; the
+//! backward is two gemms and a column sum, with no transposed copies of W.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use super::{Mat, err, f32_view, sgemm, storage_of, tensor_like, with_f32};
+
+struct Linear;
+
+fn out_shape(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize, Shape)> {
+    let (out, inp) = w.shape().dims2()?;
+    let dims = x.shape().dims();
+    if dims.last() != Some(&inp) {
+        return Err(err(format!(
+            "linear: input {:?} does not end in the weight's {inp} inputs",
+            dims
+        )));
+    }
+    let n = x.shape().elem_count() / inp.max(1);
+    let mut od = dims.to_vec();
+    *od.last_mut().expect("rank >= 1") = out;
+    Ok((n, inp, out, Shape::from(od)))
+}
+
+fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, inp: usize, out: usize) -> Vec<f32> {
+    let mut y = match b {
+        Some(b) => b.repeat(n),
+        None => vec![0f32; n * out],
+    };
+    sgemm(
+        n,
+        out,
+        inp,
+        &mut y,
+        out,
+        b.is_some(),
+        Mat::rows(x, inp),
+        Mat::t(w, inp),
+        1.0,
+        true,
+    );
+    y
+}
+
+/// (dx, dw, db) from dy.
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    with_bias: bool,
+) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+    let (out, inp) = w.dims2()?;
+    let n = x.elem_count() / inp.max(1);
+    with_f32(grad, |dy| {
+        with_f32(x, |xs| {
+            with_f32(w, |ws| {
+                let mut dx = vec![0f32; n * inp];
+                sgemm(
+                    n,
+                    inp,
+                    out,
+                    &mut dx,
+                    inp,
+                    false,
+                    Mat::rows(dy, out),
+                    Mat::rows(ws, inp),
+                    1.0,
+                    true,
+                );
+                let mut dw = vec![0f32; out * inp];
+                sgemm(
+                    out,
+                    inp,
+                    n,
+                    &mut dw,
+                    inp,
+                    false,
+                    Mat::t(dy, out),
+                    Mat::rows(xs, inp),
+                    1.0,
+                    true,
+                );
+                let db = if with_bias {
+                    let ones = vec![1f32; n];
+                    let mut db = vec![0f32; out];
+                    sgemm(
+                        1,
+                        out,
+                        n,
+                        &mut db,
+                        out,
+                        false,
+                        Mat::rows(&ones, n),
+                        Mat::rows(dy, out),
+                        1.0,
+                        true,
+                    );
+                    Some(tensor_like(db, out, w.dtype())?)
+                } else {
+                    None
+                };
+                Ok((
+                    tensor_like(dx, x.shape(), x.dtype())?,
+                    tensor_like(dw, (out, inp), w.dtype())?,
+                    db,
+                ))
+            })
+        })
+    })
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "berth-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, inp, out, shape) = out_shape(xl, wl)?;
+        let x = f32_view(xs, xl, "linear input")?;
+        let w = f32_view(ws, wl, "linear weight")?;
+        Ok((
+            storage_of(forward(&x, &w, None, n, inp, out), xs.dtype())?,
+            shape,
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = backward(x, w, grad, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "berth-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, inp, out, shape) = out_shape(xl, wl)?;
+        if bl.shape().elem_count() != out {
+            return Err(err(format!(
+                "linear: bias {:?} for {out} outputs",
+                bl.shape()
+            )));
+        }
+        let x = f32_view(xs, xl, "linear input")?;
+        let w = f32_view(ws, wl, "linear weight")?;
+        let b = f32_view(bs, bl, "linear bias")?;
+        Ok((
+            storage_of(forward(&x, &w, Some(&b), n, inp, out), xs.dtype())?,
+            shape,
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = backward(x, w, grad, true)?;
+        let db = db.map(|d| d.to_dtype(_b.dtype())).transpose()?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+/// `x W^T + b` over the last dimension of `x`, W as `[out, in]` (PyTorch's layout).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, Linear),
+        None => x.apply_op2(&w, Linear),
+    }
+}

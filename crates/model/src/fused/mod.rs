@@ -1,0 +1,272 @@
+//! Fused training ops with their own backward, run on the CPU through candle's
+//! `CustomOp` seam (`apply_op{1,2,3}` records the op, so autograd calls its `bwd`).
+//!
+//! Each op does in one parallel pass what the composed path in `layers.rs` does in
+//! several single-threaded element-wise passes, each with its own allocation. The
+//! composed path stays the reference: tests compare every op with it, and
+//! `BERTH_OPS=composed` (or [`Ops::Composed`] on a [`crate::Mode`]) selects it at run
+//! time. A tensor on another device than the CPU always takes the composed path: the
+//! CUDA kernels are the GPU issue's, and a missing kernel must never give a wrong
+//! result.
+//!
+//! All ops compute in f32 whatever the input dtype (bf16 inputs are widened), and
+//! return each gradient in its input's dtype.
+
+mod attention;
+mod bias_act;
+mod cross_entropy;
+mod dropout;
+mod layer_norm;
+mod linear;
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor};
+
+pub use attention::attention;
+pub use bias_act::bias_act;
+pub use cross_entropy::cross_entropy;
+pub use dropout::{DropoutKey, dropout, keep_mask, philox4x32_10};
+pub use layer_norm::add_layer_norm;
+pub use linear::linear;
+
+/// Which implementation of the layers runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ops {
+    /// The fused ops on a CPU tensor (the composed path elsewhere).
+    Fused,
+    /// Only candle primitives: the slow, obviously-correct reference.
+    Composed,
+}
+
+impl Ops {
+    /// `BERTH_OPS=composed` selects the reference path; anything else (or unset) the
+    /// fused ops. Read once per process.
+    pub fn from_env() -> Ops {
+        static OPS: OnceLock<Ops> = OnceLock::new();
+        *OPS.get_or_init(|| match std::env::var("BERTH_OPS").as_deref() {
+            Ok("composed") => Ops::Composed,
+            _ => Ops::Fused,
+        })
+    }
+
+    /// Whether the fused ops run for a tensor on `device`.
+    pub fn fused_on(self, device: &Device) -> bool {
+        self == Ops::Fused && device.is_cpu()
+    }
+}
+
+pub(crate) fn err(msg: impl Into<String>) -> candle_core::Error {
+    candle_core::Error::Msg(msg.into())
+}
+
+/// The f32 values of a CPU storage viewed through a contiguous layout: borrowed for
+/// f32, widened for f16/bf16.
+pub(crate) fn f32_view<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<Cow<'a, [f32]>> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| err(format!("fused op: {what} must be contiguous")))?;
+    Ok(match s {
+        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
+        CpuStorage::BF16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
+        CpuStorage::F16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
+        other => {
+            return Err(err(format!(
+                "fused op: {what} has dtype {:?}, a float was expected",
+                other.dtype()
+            )));
+        }
+    })
+}
+
+/// A CPU storage of `dtype` holding `v`.
+pub(crate) fn storage_of(v: Vec<f32>, dtype: DType) -> candle_core::Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(v),
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
+        other => return Err(err(format!("fused op: cannot produce {other:?}"))),
+    })
+}
+
+/// Runs `f` over the f32 values of `t` (made contiguous first).
+pub(crate) fn with_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(&f32_view(s, layout, "gradient")?),
+        _ => Err(err("fused op: backward on a non-CPU tensor")),
+    }
+}
+
+/// A tensor of `like`'s dtype on the CPU from f32 values.
+pub(crate) fn tensor_like(
+    v: Vec<f32>,
+    shape: impl Into<Shape>,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// A raw pointer that parallel workers write disjoint parts of.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: every user writes index ranges no other worker touches.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Rows of at least this many elements in total per rayon task: below it the
+/// scheduling costs more than the work.
+pub(crate) const MIN_TASK_ELEMS: usize = 16 * 1024;
+
+pub(crate) fn rows_per_task(cols: usize) -> usize {
+    MIN_TASK_ELEMS.div_ceil(cols.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A strided matrix view: `data[i * rs + j * cs]` is element `(i, j)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn t(data: &'a [f32], cols: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m x n, row stride dst_rs) = [dst +] scale * lhs (m x k) * rhs (k x n)`, with
+/// `gemm`'s f32 kernels (the ones candle's matmul calls), on rayon's threads when
+/// `parallel`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    scale: f32,
+    parallel: bool,
+) {
+    assert!(
+        lhs.fits(m, k) && rhs.fits(k, n) && (m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len()),
+        "sgemm: a matrix view exceeds its buffer"
+    );
+    // SAFETY: every view was checked to lie inside its slice above; `dst` is borrowed
+    // mutably, so nothing else reads or writes it meanwhile.
+    unsafe {
+        sgemm_ptr(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_rs,
+            accumulate,
+            lhs,
+            rhs,
+            scale,
+            parallel,
+        )
+    }
+}
+
+/// [`sgemm`] into a raw destination, for parallel workers that write disjoint strided
+/// blocks of one buffer.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < n`, and no
+/// other thread may access those elements meanwhile; `lhs` and `rhs` must fit
+/// `m x k` and `k x n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_ptr(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    scale: f32,
+    parallel: bool,
+) {
+    debug_assert!(lhs.fits(m, k) && rhs.fits(k, n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: within the caller's promise.
+                    unsafe { *dst.add(i * dst_rs + j) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    let parallelism = if parallel && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller's promise for dst; lhs and rhs are slices that hold their views.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
