@@ -1,4 +1,5 @@
-//! Training throughput of `BertForSequenceClassification`: random init, full steps
+//! Training throughput of `BertForSequenceClassification` (and of `BertForMaskedLM`
+//! for `minilm-l6-mlm`): random init, full steps
 //! (forward, cross-entropy, backward, clipping, AdamW), warm-up excluded, the device
 //! synchronized before the clock is read. Prints a table and one JSON line per
 //! config. Run through `cargo xtask bench train [--device cpu|cuda] [--precision
@@ -6,7 +7,7 @@
 
 use std::time::Instant;
 
-use berth_model::{BertConfig, Mode, Params, SequenceClassifier};
+use berth_model::{BertConfig, MaskedLm, Mode, Params, SequenceClassifier};
 use berth_trainer::{AdamW, AdamWConfig, parse_device};
 use candle_core::{DType, Tensor};
 
@@ -18,6 +19,9 @@ struct Shape {
     intermediate: usize,
     seq: usize,
     batch: usize,
+    /// Masked LM (`BertForMaskedLM`, 15% of positions labelled) instead of
+    /// sequence classification.
+    mlm: bool,
 }
 
 /// The configs on a GPU; the same models at small sizes on a CPU.
@@ -35,6 +39,7 @@ fn shapes(gpu: bool) -> Vec<Shape> {
         intermediate: 3072,
         seq,
         batch,
+        mlm: false,
     };
     vec![
         bert_base(base512),
@@ -47,6 +52,18 @@ fn shapes(gpu: bool) -> Vec<Shape> {
             intermediate: 1536,
             seq: mini512.0,
             batch: mini512.1,
+            mlm: false,
+        },
+        // The fused-ops issue's MLM step: MiniLM at 16 x 128 (128 x 128 on a GPU).
+        Shape {
+            name: "minilm-l6-mlm",
+            hidden: 384,
+            layers: 6,
+            heads: 12,
+            intermediate: 1536,
+            seq: 128,
+            batch: if gpu { 128 } else { 16 },
+            mlm: true,
         },
     ]
 }
@@ -60,6 +77,11 @@ fn flops_per_step(s: &Shape) -> f64 {
     let dense = 6.0 * per_layer * s.layers as f64 * tokens;
     let attention = 3.0 * 4.0 * s.seq as f64 * h * s.layers as f64 * tokens;
     dense + attention
+}
+
+enum Model {
+    Cls(SequenceClassifier),
+    Mlm(MaskedLm),
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -115,8 +137,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "max_position_embeddings": 512, "type_vocab_size": 2, "num_labels": 2
         }))?;
         let mut p = Params::random(&device, 0, cfg.initializer_range);
-        let mut model = SequenceClassifier::new(&cfg, &mut p)?;
-        model.bert.set_compute_dtype(dtype);
+        let model = if s.mlm {
+            let mut m = MaskedLm::new(&cfg, &mut p)?;
+            m.bert.set_compute_dtype(dtype);
+            Model::Mlm(m)
+        } else {
+            let mut m = SequenceClassifier::new(&cfg, &mut p)?;
+            m.bert.set_compute_dtype(dtype);
+            Model::Cls(m)
+        };
         let (varmap, _) = p.finish();
         let mut opt = AdamW::new(
             &varmap,
@@ -128,17 +157,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ids: Vec<u32> = (0..s.batch * s.seq)
             .map(|i| (1000 + (i * 7919) % 28000) as u32)
             .collect();
+        // MLM: 15% of the positions (3 in every 20) carry their id as the label.
+        let token_labels: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| if (i * 7 + 3) % 20 < 3 { id as i64 } else { -100 })
+            .collect();
         let ids = Tensor::from_vec(ids, (s.batch, s.seq), &device)?;
         let types = ids.zeros_like()?;
         let mask = ids.ones_like()?;
-        let labels = Tensor::from_vec(
-            (0..s.batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-            s.batch,
-            &device,
-        )?;
+        let labels = if s.mlm {
+            Tensor::from_vec(token_labels, (s.batch, s.seq), &device)?
+        } else {
+            Tensor::from_vec(
+                (0..s.batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+                s.batch,
+                &device,
+            )?
+        };
         let mut step = |i: usize| -> Result<(), Box<dyn std::error::Error>> {
-            let logits = model.forward(&ids, Some(&types), Some(&mask), &Mode::train(i as u64))?;
-            let loss = model.loss(&logits.to_dtype(DType::F32)?, &labels)?;
+            let mode = Mode::train(i as u64);
+            let loss = match &model {
+                Model::Cls(m) => {
+                    let logits = m.forward(&ids, Some(&types), Some(&mask), &mode)?;
+                    m.loss(&logits.to_dtype(DType::F32)?, &labels)?
+                }
+                Model::Mlm(m) => {
+                    let (logits, kept) =
+                        m.forward_labelled(&ids, Some(&types), Some(&mask), &labels, &mode)?;
+                    m.loss(&logits.to_dtype(DType::F32)?, &kept)?
+                }
+            };
             let grads = loss.backward()?;
             let mut acc = opt.zero_grads();
             opt.accumulate(&mut acc, &grads)?;

@@ -12,7 +12,7 @@ Prints the same table and JSON lines as bench-train.
 """
 import argparse, json, resource, time
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--device", default="cpu")
@@ -29,7 +29,9 @@ torch.backends.cudnn.allow_tf32 = False
 torch.manual_seed(0)
 shapes = [("bert-base", 768, 12, 12, 3072, *((512, 32) if gpu else (512, 1))),
           ("bert-base", 768, 12, 12, 3072, *((128, 128) if gpu else (128, 4))),
-          ("minilm-l6", 384, 6, 12, 1536, *((512, 32) if gpu else (512, 2)))]
+          ("minilm-l6", 384, 6, 12, 1536, *((512, 32) if gpu else (512, 2))),
+          # BertForMaskedLM, 15% of positions labelled (3 in every 20), -100 elsewhere
+          ("minilm-l6-mlm", 384, 6, 12, 1536, 128, 128 if gpu else 16)]
 
 def flops(h, layers, inter, seq, batch):
     tokens = batch * seq
@@ -43,10 +45,15 @@ for name, h, layers, heads, inter, seq, batch in shapes:
         continue
     cfg = BertConfig(vocab_size=30522, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=inter, max_position_embeddings=512, num_labels=2)
-    model = BertForSequenceClassification(cfg).to(a.device).train()
+    mlm = name.endswith("-mlm")
+    model = (BertForMaskedLM if mlm else BertForSequenceClassification)(cfg).to(a.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=gpu)
     ids = (1000 + (torch.arange(batch * seq) * 7919) % 28000).reshape(batch, seq).to(a.device)
-    labels = (torch.arange(batch) % 2).to(a.device)
+    if mlm:
+        pos = torch.arange(batch * seq).reshape(batch, seq).to(a.device)
+        labels = torch.where((pos * 7 + 3) % 20 < 3, ids, torch.full_like(ids, -100))
+    else:
+        labels = (torch.arange(batch) % 2).to(a.device)
     def step():
         with torch.autocast(device_type="cuda" if gpu else "cpu", dtype=torch.bfloat16,
                             enabled=a.precision == "bf16"):

@@ -344,7 +344,7 @@ fn hub_has(repo: &str) -> bool {
 fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) != Some("train") {
         bail!(
-            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6] [--torch PYTHON]"
+            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]"
         );
     }
     let mut passed: Vec<String> = Vec::new();

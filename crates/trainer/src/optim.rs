@@ -2,6 +2,7 @@
 //! gradient accumulation and global-norm clipping, with state that saves and
 //! restores exactly.
 
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -202,14 +203,22 @@ impl AdamW {
                     let (keep, scale) = ((1.0 - decay) as f32, scale as f32);
                     let (step_size, bc2_sqrt, eps) =
                         (step_size as f32, bc2_sqrt as f32, c.eps as f32);
-                    for i in 0..p.len() {
-                        let gi = g[i] * scale;
-                        p[i] *= keep;
-                        m[i] += (gi - m[i]) * w1;
-                        v[i] = v[i] * b2 + gi * gi * w2;
-                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                        p[i] -= step_size * m[i] / denom;
-                    }
+                    // Element-wise, so splitting it over rayon's threads changes no bit.
+                    const CHUNK: usize = 1 << 14;
+                    p.par_chunks_mut(CHUNK)
+                        .zip(m.par_chunks_mut(CHUNK))
+                        .zip(v.par_chunks_mut(CHUNK))
+                        .zip(g.par_chunks(CHUNK))
+                        .for_each(|(((p, m), v), g)| {
+                            for i in 0..p.len() {
+                                let gi = g[i] * scale;
+                                p[i] *= keep;
+                                m[i] += (gi - m[i]) * w1;
+                                v[i] = v[i] * b2 + gi * gi * w2;
+                                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                                p[i] -= step_size * m[i] / denom;
+                            }
+                        });
                     let shape = slot.var.shape().clone();
                     slot.var
                         .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;

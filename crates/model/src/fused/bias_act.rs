@@ -10,24 +10,25 @@ use super::{err, f32_view, rows_per_task, storage_of, tensor_like, with_f32};
 use crate::layers::Activation;
 
 /// erf for f32: the odd rational approximation of Eigen's `generic_fast_erf_float`
-/// on `[-4, 4]` (erf is ±1 in f32 beyond), branch-free so that it vectorises.
+/// on `[-4, 4]` (erf is ±1 in f32 beyond), branch-free so that it vectorises. Plain
+/// multiply-adds, not `mul_add`: without FMA enabled at compile time that is a libm call.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p.mul_add(x2, 2.770_681_4e-08);
-    p = p.mul_add(x2, -2.101_024e-06);
-    p = p.mul_add(x2, -5.692_506_4e-05);
-    p = p.mul_add(x2, -7.349_906_3e-04);
-    p = p.mul_add(x2, -2.954_600e-03);
-    p = p.mul_add(x2, -1.609_603_3e-02);
+    p = p * x2 + 2.770_681_4e-08;
+    p = p * x2 + -2.101_024e-06;
+    p = p * x2 + -5.692_506_4e-05;
+    p = p * x2 + -7.349_906_3e-04;
+    p = p * x2 + -2.954_600e-03;
+    p = p * x2 + -1.609_603_3e-02;
     let p = p * x;
     let mut q = -1.456_607_2e-05_f32;
-    q = q.mul_add(x2, -2.133_740_6e-04);
-    q = q.mul_add(x2, -1.682_827e-03);
-    q = q.mul_add(x2, -7.373_329e-03);
-    q = q.mul_add(x2, -1.426_474e-02);
+    q = q * x2 + -2.133_740_6e-04;
+    q = q * x2 + -1.682_827e-03;
+    q = q * x2 + -7.373_329e-03;
+    q = q * x2 + -1.426_474e-02;
     p / q
 }
 
