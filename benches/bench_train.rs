@@ -161,7 +161,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let token_labels: Vec<i64> = ids
             .iter()
             .enumerate()
-            .map(|(i, &id)| if (i * 7 + 3) % 20 < 3 { id as i64 } else { -100 })
+            .map(|(i, &id)| {
+                if (i * 7 + 3) % 20 < 3 {
+                    id as i64
+                } else {
+                    -100
+                }
+            })
             .collect();
         let ids = Tensor::from_vec(ids, (s.batch, s.seq), &device)?;
         let types = ids.zeros_like()?;
