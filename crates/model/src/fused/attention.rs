@@ -32,6 +32,12 @@ struct StatsPtr(*mut (f32, f32));
 unsafe impl Send for StatsPtr {}
 unsafe impl Sync for StatsPtr {}
 
+impl StatsPtr {
+    fn get(self) -> *mut (f32, f32) {
+        self.0
+    }
+}
+
 struct Dims {
     b: usize,
     l: usize,
@@ -140,11 +146,11 @@ impl CustomOp3 for Attention {
         (0..dm.b * self.heads).into_par_iter().for_each_init(
             || (vec![0f32; dm.l * dm.l], Vec::new()),
             |(p, buf), bh| {
-                let (optr, lptr) = (optr, lptr);
                 let (b, h) = (bh / self.heads, bh % self.heads);
                 self.scores(&q, &k, &dm, b, h, p);
                 // SAFETY: task bh alone owns lse[bh * L..(bh + 1) * L].
-                let lse = unsafe { std::slice::from_raw_parts_mut(lptr.0.add(bh * dm.l), dm.l) };
+                let lse =
+                    unsafe { std::slice::from_raw_parts_mut(lptr.get().add(bh * dm.l), dm.l) };
                 for (row, lse) in p.chunks_mut(dm.l).zip(lse) {
                     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     if max == f32::NEG_INFINITY {
@@ -172,7 +178,7 @@ impl CustomOp3 for Attention {
                         dm.l,
                         dm.d,
                         dm.l,
-                        optr.0.add(off),
+                        optr.get().add(off),
                         dm.hd,
                         false,
                         Mat::rows(p, dm.l),
@@ -218,7 +224,6 @@ impl CustomOp3 for Attention {
                         (0..dm.b * self.heads).into_par_iter().for_each_init(
                             || (vec![0f32; dm.l * dm.l], vec![0f32; dm.l * dm.l], Vec::new()),
                             |(p, dp, buf), bh| {
-                                let (dqp, dkp, dvp) = (dqp, dkp, dvp);
                                 let (b, h) = (bh / self.heads, bh % self.heads);
                                 let off = b * dm.l * dm.hd + h * dm.d;
                                 self.scores(q, k, &dm, b, h, p);
@@ -278,7 +283,7 @@ impl CustomOp3 for Attention {
                                             dm.l,
                                             dm.d,
                                             dm.l,
-                                            dvp.0.add(off),
+                                            dvp.get().add(off),
                                             dm.hd,
                                             false,
                                             Mat::t(buf, dm.l),
@@ -294,7 +299,7 @@ impl CustomOp3 for Attention {
                                             dm.l,
                                             dm.d,
                                             dm.l,
-                                            dvp.0.add(off),
+                                            dvp.get().add(off),
                                             dm.hd,
                                             false,
                                             Mat::t(p, dm.l),
@@ -318,7 +323,7 @@ impl CustomOp3 for Attention {
                                         dm.l,
                                         dm.d,
                                         dm.l,
-                                        dqp.0.add(off),
+                                        dqp.get().add(off),
                                         dm.hd,
                                         false,
                                         Mat::rows(dp, dm.l),
@@ -330,7 +335,7 @@ impl CustomOp3 for Attention {
                                         dm.l,
                                         dm.d,
                                         dm.l,
-                                        dkp.0.add(off),
+                                        dkp.get().add(off),
                                         dm.hd,
                                         false,
                                         Mat::t(dp, dm.l),

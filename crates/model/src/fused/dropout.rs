@@ -172,11 +172,10 @@ pub(crate) fn apply_mask(key: &DropoutKey, offset: u64, x: &mut [f32]) {
     let ptr = SendPtr(x.as_mut_ptr());
     let n = x.len();
     (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let ptr = ptr;
         let s = c * chunk;
         let e = (s + chunk).min(n);
         // SAFETY: chunks are disjoint.
-        let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(s), e - s) };
+        let out = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(s), e - s) };
         let mut m = [0f32; 8192];
         key.fill(offset + s as u64, &mut m[..e - s]);
         for (o, k) in out.iter_mut().zip(&m) {

@@ -30,10 +30,9 @@ impl AddLayerNorm {
         let n = s.len();
         let chunk = 16 * 1024;
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let ptr = ptr;
             let (a, e) = (c * chunk, ((c + 1) * chunk).min(n));
             // SAFETY: chunks are disjoint.
-            let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(a), e - a) };
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(a), e - a) };
             for (o, &ri) in out.iter_mut().zip(&r[a..e]) {
                 *o += ri;
             }

@@ -124,6 +124,13 @@ pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Rows of at least this many elements in total per rayon task: below it the
 /// scheduling costs more than the work.
 pub(crate) const MIN_TASK_ELEMS: usize = 16 * 1024;
