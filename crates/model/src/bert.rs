@@ -178,7 +178,7 @@ impl BertModel {
         let mut x = mode.dropout(&normed, self.config.hidden_dropout_prob)?;
         x = x.to_dtype(self.dtype)?;
         let mask = match attention_mask {
-            Some(m) => Some(AttentionMask::new(m, b, l)?),
+            Some(m) => Some(AttentionMask::new(m, b, l, ops.fused_on(m.device()))?),
             None => None,
         };
         for layer in &self.layers {
@@ -256,11 +256,16 @@ struct AttentionMask {
 }
 
 impl AttentionMask {
-    /// 0 where attended, the dtype's minimum elsewhere (HF).
-    fn new(m: &Tensor, b: usize, l: usize) -> Result<Self> {
+    /// 0 where attended, the dtype's minimum elsewhere (HF). The host copy only
+    /// for the fused op (on a GPU it would cost a device sync per forward).
+    fn new(m: &Tensor, b: usize, l: usize, host: bool) -> Result<Self> {
         let m = m.to_dtype(DType::F32)?;
         let neg = ((m.ones_like()? - m)? * f32::MIN as f64)?;
-        let host = neg.flatten_all()?.to_vec1::<f32>()?;
+        let host = if host {
+            neg.flatten_all()?.to_vec1::<f32>()?
+        } else {
+            Vec::new()
+        };
         Ok(AttentionMask {
             tensor: neg.reshape((b, 1, 1, l))?,
             host,

@@ -140,6 +140,10 @@ impl CustomOp3 for Attention {
         let k = f32_view(ks, kl, "key")?;
         let v = f32_view(vs, vl, "value")?;
         let mut out = vec![0f32; dm.b * dm.l * dm.hd];
+        if out.is_empty() {
+            let _ = self.stats.set(Vec::new());
+            return Ok((storage_of(out, qs.dtype())?, ql.shape().clone()));
+        }
         let mut lse = vec![(0f32, 0f32); dm.b * self.heads * dm.l];
         let optr = SendPtr(out.as_mut_ptr());
         let lptr = StatsPtr(lse.as_mut_ptr());
@@ -212,6 +216,13 @@ impl CustomOp3 for Attention {
         let dm = self.dims(qt.shape())?;
         let n = dm.b * dm.l * dm.hd;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        if n == 0 {
+            return Ok((
+                Some(qt.zeros_like()?),
+                Some(kt.zeros_like()?),
+                Some(vt.zeros_like()?),
+            ));
+        }
         let (dqp, dkp, dvp) = (
             SendPtr(dq.as_mut_ptr()),
             SendPtr(dk.as_mut_ptr()),

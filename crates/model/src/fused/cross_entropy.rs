@@ -45,10 +45,14 @@ impl CustomOp1 for CrossEntropy {
                 "cross-entropy: label {bad} of row {row} is outside 0..{c}"
             )));
         }
+        if c == 0 && n > 0 {
+            return Err(err("cross-entropy over 0 classes"));
+        }
         let x = f32_view(s, l, "logits")?;
         let mut lse = vec![0f32; n];
         let per = rows_per_task(c);
-        let total: f64 = lse
+        // Partials collected in chunk order and added in that order: deterministic bits.
+        let partials: Vec<f64> = lse
             .par_chunks_mut(per)
             .zip(x.par_chunks(per * c))
             .zip(self.labels.par_chunks(per))
@@ -64,7 +68,8 @@ impl CustomOp1 for CrossEntropy {
                 }
                 t
             })
-            .sum();
+            .collect();
+        let total: f64 = partials.iter().sum();
         let _ = self.lse.set(lse);
         let loss = (total / self.kept().max(1) as f64) as f32;
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
@@ -80,7 +85,10 @@ impl CustomOp1 for CrossEntropy {
             .lse
             .get()
             .ok_or_else(|| err("cross-entropy: backward before forward"))?;
-        let (_, c) = arg.dims2()?;
+        let (n, c) = arg.dims2()?;
+        if n == 0 {
+            return Ok(Some(arg.zeros_like()?));
+        }
         let g =
             grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / self.kept().max(1) as f32;
         let dx = with_f32(arg, |x| {

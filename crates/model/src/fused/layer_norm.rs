@@ -10,7 +10,10 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::dropout::apply_mask;
-use super::{DropoutKey, SendPtr, err, f32_view, rows_per_task, storage_of, tensor_like, with_f32};
+use super::{
+    DropoutKey, SendPtr, err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like,
+    with_f32,
+};
 
 struct AddLayerNorm {
     eps: f32,
@@ -63,6 +66,9 @@ impl CustomOp3 for AddLayerNorm {
             )));
         }
         let h = *xl.shape().dims().last().unwrap_or(&1);
+        if h == 0 {
+            return Err(err("layer norm over a dimension of size 0"));
+        }
         if wl.shape().dims() != [2, h] {
             return Err(err(format!(
                 "layer norm: weight and bias {:?} for width {h}",
@@ -116,50 +122,43 @@ impl CustomOp3 for AddLayerNorm {
                         let w = &wbs[..h];
                         let mut dsum = vec![0f32; s.len()];
                         let per = rows_per_task(h);
-                        let dwb = dsum
+                        // Per-chunk partial sums added in chunk order: the same bits
+                        // whatever rayon's work stealing did.
+                        let partials = dsum
                             .par_chunks_mut(per * h)
                             .zip(s.par_chunks(per * h))
                             .zip(dy.par_chunks(per * h))
                             .zip(stats.par_chunks(per * 2))
-                            .fold(
-                                || vec![0f32; 2 * h],
-                                |mut acc, (((ds, s), dy), st)| {
-                                    let (dw, db) = acc.split_at_mut(h);
-                                    for (((ds, s), dy), st) in ds
-                                        .chunks_mut(h)
-                                        .zip(s.chunks(h))
-                                        .zip(dy.chunks(h))
-                                        .zip(st.chunks(2))
-                                    {
-                                        let (mean, rstd) = (st[0], st[1]);
-                                        let (mut mg, mut mgx) = (0f32, 0f32);
-                                        for j in 0..h {
-                                            let xhat = (s[j] - mean) * rstd;
-                                            let g = dy[j] * w[j];
-                                            mg += g;
-                                            mgx += g * xhat;
-                                            dw[j] += dy[j] * xhat;
-                                            db[j] += dy[j];
-                                        }
-                                        mg /= h as f32;
-                                        mgx /= h as f32;
-                                        for j in 0..h {
-                                            let xhat = (s[j] - mean) * rstd;
-                                            ds[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
-                                        }
+                            .map(|(((ds, s), dy), st)| {
+                                let mut acc = vec![0f32; 2 * h];
+                                let (dw, db) = acc.split_at_mut(h);
+                                for (((ds, s), dy), st) in ds
+                                    .chunks_mut(h)
+                                    .zip(s.chunks(h))
+                                    .zip(dy.chunks(h))
+                                    .zip(st.chunks(2))
+                                {
+                                    let (mean, rstd) = (st[0], st[1]);
+                                    let (mut mg, mut mgx) = (0f32, 0f32);
+                                    for j in 0..h {
+                                        let xhat = (s[j] - mean) * rstd;
+                                        let g = dy[j] * w[j];
+                                        mg += g;
+                                        mgx += g * xhat;
+                                        dw[j] += dy[j] * xhat;
+                                        db[j] += dy[j];
                                     }
-                                    acc
-                                },
-                            )
-                            .reduce(
-                                || vec![0f32; 2 * h],
-                                |mut a, b| {
-                                    for (x, y) in a.iter_mut().zip(&b) {
-                                        *x += y;
+                                    mg /= h as f32;
+                                    mgx /= h as f32;
+                                    for j in 0..h {
+                                        let xhat = (s[j] - mean) * rstd;
+                                        ds[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
                                     }
-                                    a
-                                },
-                            );
+                                }
+                                acc
+                            })
+                            .collect::<Vec<_>>();
+                        let dwb = sum_in_order(partials, 2 * h);
                         Ok((dsum, dwb))
                     })
                 })

@@ -17,7 +17,7 @@ fn out_shape(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize
             dims
         )));
     }
-    let n = x.shape().elem_count() / inp.max(1);
+    let n: usize = dims[..dims.len() - 1].iter().product();
     let mut od = dims.to_vec();
     *od.last_mut().expect("rank >= 1") = out;
     Ok((n, inp, out, Shape::from(od)))
@@ -51,7 +51,8 @@ fn backward(
     with_bias: bool,
 ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
-    let n = x.elem_count() / inp.max(1);
+    let xd = x.dims();
+    let n: usize = xd[..xd.len().saturating_sub(1)].iter().product();
     with_f32(grad, |dy| {
         with_f32(x, |xs| {
             with_f32(w, |ws| {

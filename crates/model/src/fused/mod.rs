@@ -135,6 +135,18 @@ impl SendPtr {
 /// scheduling costs more than the work.
 pub(crate) const MIN_TASK_ELEMS: usize = 16 * 1024;
 
+/// Adds per-chunk partial vectors of length `n` in chunk order, so a parallel
+/// reduction gives the same bits whatever rayon's scheduling (resume is bit-exact).
+pub(crate) fn sum_in_order(partials: Vec<Vec<f32>>, n: usize) -> Vec<f32> {
+    let mut total = vec![0f32; n];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(&p) {
+            *t += v;
+        }
+    }
+    total
+}
+
 pub(crate) fn rows_per_task(cols: usize) -> usize {
     MIN_TASK_ELEMS.div_ceil(cols.max(1)).max(1)
 }

@@ -427,3 +427,71 @@ proptest! {
         cross_entropy_case(rows, width + 1, seed);
     }
 }
+
+#[test]
+fn empty_shapes_give_empty_results_not_panics() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::zeros((0, 4), DType::F32, &dev).unwrap()).unwrap();
+    let w = rand_var(&[3, 4], 1, 1.0);
+    let b = rand_var(&[3], 2, 1.0);
+    let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+    assert_eq!(y.dims(), &[0, 3]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(vals(g.get(w.as_tensor()).unwrap()), vec![0.0; 12]);
+    // No input features: y = b for every row.
+    let x0 = Tensor::zeros((2, 0), DType::F32, &dev).unwrap();
+    let w0 = Tensor::zeros((3, 0), DType::F32, &dev).unwrap();
+    let y0 = linear(&x0, &w0, Some(b.as_tensor())).unwrap();
+    assert_eq!(
+        vals(&y0),
+        [vals(b.as_tensor()), vals(b.as_tensor())].concat()
+    );
+    let q = Var::from_tensor(&Tensor::zeros((2, 0, 6), DType::F32, &dev).unwrap()).unwrap();
+    let c = attention(
+        q.as_tensor(),
+        q.as_tensor(),
+        q.as_tensor(),
+        2,
+        Some(vec![]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.dims(), &[2, 0, 6]);
+    assert!(
+        c.sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(q.as_tensor())
+            .is_some()
+    );
+}
+
+#[test]
+fn parallel_reductions_give_the_same_bits_every_run() {
+    // Large enough that rayon splits the rows over both threads (resume is bit-exact
+    // only if each backward is).
+    let x = rand_var(&[4096, 48], 1, 2.0);
+    let r = rand_var(&[4096, 48], 2, 2.0);
+    let w = rand_var(&[48], 3, 1.0);
+    let b = rand_var(&[48], 4, 1.0);
+    let run = || {
+        let y = add_layer_norm(
+            x.as_tensor(),
+            r.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            1e-12,
+            None,
+        )
+        .unwrap();
+        let z = bias_act(&y, b.as_tensor(), Activation::Gelu).unwrap();
+        let labels: Vec<i64> = (0..4096).map(|i| (i % 48) as i64).collect();
+        let g = cross_entropy(&z, &labels).unwrap().backward().unwrap();
+        [&w, &b].map(|v| vals(g.get(v.as_tensor()).unwrap()))
+    };
+    let first = run();
+    for _ in 0..5 {
+        assert_eq!(run(), first);
+    }
+}
