@@ -164,7 +164,7 @@ impl CustomOp3 for Attention {
                     }
                     let mut sum = 0f32;
                     for x in row.iter_mut() {
-                        *x = (*x - max).exp();
+                        *x = super::exp(*x - max);
                         sum += *x;
                     }
                     let inv = 1.0 / sum;
@@ -241,7 +241,7 @@ impl CustomOp3 for Attention {
                                 for (row, &(max, inv)) in p.chunks_mut(dm.l).zip(&lse[bh * dm.l..])
                                 {
                                     for x in row.iter_mut() {
-                                        *x = (*x - max).exp() * inv;
+                                        *x = super::exp(*x - max) * inv;
                                     }
                                 }
                                 // p holds P; buf the dropout mask (when on).

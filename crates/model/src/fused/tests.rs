@@ -495,3 +495,23 @@ fn parallel_reductions_give_the_same_bits_every_run() {
         assert_eq!(run(), first);
     }
 }
+
+#[test]
+fn exp_is_within_two_ulp_of_std() {
+    let mut x = -100f32;
+    while x < 88.0 {
+        let (got, want) = (super::exp(x), x.exp());
+        if want >= f32::MIN_POSITIVE {
+            let ulp = f32::from_bits(want.to_bits() + 1) - want;
+            assert!(
+                (got - want).abs() <= 2.0 * ulp,
+                "exp({x}) = {got}, std {want}"
+            );
+        } else {
+            assert!(got <= f32::MIN_POSITIVE, "exp({x}) = {got}");
+        }
+        x += 0.001_3;
+    }
+    assert_eq!(super::exp(f32::MIN), 0.0);
+    assert_eq!(super::exp(0.0), 1.0);
+}
