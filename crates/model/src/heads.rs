@@ -172,12 +172,7 @@ impl MlmHead {
 
     fn forward(&self, sequence: &Tensor, word_embeddings: &Tensor, ops: Ops) -> Result<Tensor> {
         let h = linear_act(&self.dense, self.activation, sequence, ops)?;
-        let x = if ops.fused_on(h.device()) {
-            // LN(h + 0): the fused LayerNorm takes a residual.
-            self.norm.add_forward(&h, &h.zeros_like()?, None, ops)?
-        } else {
-            self.norm.forward(&h)?
-        };
+        let x = self.norm.forward_with(&h, ops)?;
         let decoder = Linear {
             weight: word_embeddings.clone(),
             bias: Some(self.bias.clone()),
@@ -295,8 +290,8 @@ impl PreTraining {
         })
     }
 
-    /// (token logits `[B, L, V]`, next-sentence logits `[B, 2]`).
-    pub fn forward(
+    /// The encoder's sequence output and the next-sentence logits `[B, 2]`.
+    fn encode(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
@@ -310,10 +305,24 @@ impl PreTraining {
             .pooled
             .ok_or_else(|| ModelError::Checkpoint("pre-training needs a pooler".into()))?;
         Ok((
-            self.head
-                .forward(&out.sequence, self.bert.word_embeddings(), mode.ops())?,
+            out.sequence,
             self.seq_relationship.forward_with(&pooled, mode.ops())?,
         ))
+    }
+
+    /// (token logits `[B, L, V]`, next-sentence logits `[B, 2]`).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let (sequence, nsp) = self.encode(input_ids, token_type_ids, attention_mask, mode)?;
+        let logits = self
+            .head
+            .forward(&sequence, self.bert.word_embeddings(), mode.ops())?;
+        Ok((logits, nsp))
     }
 
     /// (MLM logits `[M, V]` of the labelled positions, their labels `[M]`,
@@ -326,23 +335,14 @@ impl PreTraining {
         labels: &Tensor,
         mode: &Mode,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let out = self
-            .bert
-            .forward(input_ids, token_type_ids, attention_mask, mode)?;
-        let pooled = out
-            .pooled
-            .ok_or_else(|| ModelError::Checkpoint("pre-training needs a pooler".into()))?;
+        let (sequence, nsp) = self.encode(input_ids, token_type_ids, attention_mask, mode)?;
         let (logits, kept) = self.head.forward_labelled(
-            &out.sequence,
+            &sequence,
             self.bert.word_embeddings(),
             labels,
             mode.ops(),
         )?;
-        Ok((
-            logits,
-            kept,
-            self.seq_relationship.forward_with(&pooled, mode.ops())?,
-        ))
+        Ok((logits, kept, nsp))
     }
 
     /// MLM loss + NSP loss.

@@ -140,6 +140,21 @@ impl LayerNorm {
         Ok(y.to_dtype(dtype)?)
     }
 
+    /// `LN(x)`: the fused op where `ops` allows, else `forward`.
+    pub fn forward_with(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        if ops.fused_on(x.device()) {
+            return Ok(fused::add_layer_norm(
+                x,
+                None,
+                &self.weight,
+                &self.bias,
+                self.eps,
+                None,
+            )?);
+        }
+        self.forward(x)
+    }
+
     /// `LN(dropout(x) + residual)`: one fused op where `ops` allows, else the
     /// composed dropout, add and `forward`.
     pub fn add_forward(
@@ -152,7 +167,7 @@ impl LayerNorm {
         if ops.fused_on(x.device()) {
             return Ok(fused::add_layer_norm(
                 x,
-                residual,
+                Some(residual),
                 &self.weight,
                 &self.bias,
                 self.eps,

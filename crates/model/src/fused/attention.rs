@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{
-    DropoutKey, Mat, SendPtr, err, f32_view, sgemm, sgemm_ptr, storage_of, tensor_like, with_f32,
+    DropoutKey, Mat, SendPtr, err, f32_view, sgemm, sgemm_ptr, storage_of, tensor_like, with_f32s,
 };
 
 struct Attention {
@@ -78,11 +78,7 @@ impl Attention {
             s,
             dm.l,
             false,
-            Mat {
-                data: &q[off..],
-                rs: dm.hd,
-                cs: 1,
-            },
+            Mat::strided(&q[off..], dm.hd),
             Mat {
                 data: &k[off..],
                 rs: 1,
@@ -111,6 +107,130 @@ impl Attention {
             }
         }
     }
+    /// The backward of (batch, head) `bh`: recomputes P from the saved row stats and
+    /// the mask, then dV = (P o M)^T dO, dP = (dO V^T) o M,
+    /// dS = P o (dP - rowsum(dP o P)), dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d).
+    ///
+    /// # Safety
+    /// `dst` must point at `[B, L, heads * d]` buffers whose (b, h) blocks no other
+    /// thread touches meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn backward_head(
+        &self,
+        dm: &Dims,
+        [q, k, v, dout]: [&[f32]; 4],
+        stats: &[(f32, f32)],
+        bh: usize,
+        p: &mut [f32],
+        dp: &mut [f32],
+        buf: &mut Vec<f32>,
+        dst: Grads,
+    ) {
+        let (b, h) = (bh / self.heads, bh % self.heads);
+        let off = b * dm.l * dm.hd + h * dm.d;
+        self.scores(q, k, dm, b, h, p);
+        for (row, &(max, inv)) in p.chunks_mut(dm.l).zip(stats) {
+            for x in row.iter_mut() {
+                *x = super::exp(*x - max) * inv;
+            }
+        }
+        let strided = |data| Mat::strided(data, dm.hd);
+        let (qv, kv, dov) = (
+            strided(&q[off..]),
+            strided(&k[off..]),
+            strided(&dout[off..]),
+        );
+        // dP' = dO V^T
+        sgemm(
+            dm.l,
+            dm.l,
+            dm.d,
+            dp,
+            dm.l,
+            false,
+            dov,
+            Mat {
+                data: &v[off..],
+                rs: 1,
+                cs: dm.hd,
+            },
+            1.0,
+            false,
+        );
+        // P o M, the probabilities the forward multiplied V by, and dP = dP' o M.
+        let pm: &[f32] = match &self.dropout {
+            Some(key) => {
+                buf.resize(dm.l * dm.l, 0.0);
+                key.fill((bh * dm.l * dm.l) as u64, buf);
+                for (d, m) in dp.iter_mut().zip(buf.iter()) {
+                    *d *= m;
+                }
+                for (m, &pv) in buf.iter_mut().zip(p.iter()) {
+                    *m *= pv;
+                }
+                buf
+            }
+            None => p,
+        };
+        let scale = 1.0 / (dm.d as f32).sqrt();
+        // SAFETY: the caller's promise: (b, h) owns these blocks of dv, dq and dk.
+        unsafe {
+            sgemm_ptr(
+                dm.l,
+                dm.d,
+                dm.l,
+                dst.dv.get().add(off),
+                dm.hd,
+                false,
+                Mat::t(pm, dm.l),
+                dov,
+                1.0,
+                false,
+            )
+        };
+        // dS = P o (dP - rowsum(dP o P)), into dp.
+        for (drow, prow) in dp.chunks_mut(dm.l).zip(p.chunks(dm.l)) {
+            let di: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+            for (d, &pv) in drow.iter_mut().zip(prow) {
+                *d = pv * (*d - di);
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            sgemm_ptr(
+                dm.l,
+                dm.d,
+                dm.l,
+                dst.dq.get().add(off),
+                dm.hd,
+                false,
+                Mat::rows(dp, dm.l),
+                kv,
+                scale,
+                false,
+            );
+            sgemm_ptr(
+                dm.l,
+                dm.d,
+                dm.l,
+                dst.dk.get().add(off),
+                dm.hd,
+                false,
+                Mat::t(dp, dm.l),
+                qv,
+                scale,
+                false,
+            );
+        }
+    }
+}
+
+/// Where the backward's parallel tasks write dQ, dK and dV.
+#[derive(Clone, Copy)]
+struct Grads {
+    dq: SendPtr,
+    dk: SendPtr,
+    dv: SendPtr,
 }
 
 impl CustomOp3 for Attention {
@@ -186,11 +306,7 @@ impl CustomOp3 for Attention {
                         dm.hd,
                         false,
                         Mat::rows(p, dm.l),
-                        Mat {
-                            data: &v[off..],
-                            rs: dm.hd,
-                            cs: 1,
-                        },
+                        Mat::strided(&v[off..], dm.hd),
                         1.0,
                         false,
                     )
@@ -209,7 +325,7 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = self
+        let stats = self
             .stats
             .get()
             .ok_or_else(|| err("attention: backward before forward"))?;
@@ -223,144 +339,31 @@ impl CustomOp3 for Attention {
                 Some(vt.zeros_like()?),
             ));
         }
-        let (dqp, dkp, dvp) = (
-            SendPtr(dq.as_mut_ptr()),
-            SendPtr(dk.as_mut_ptr()),
-            SendPtr(dv.as_mut_ptr()),
-        );
-        with_f32(qt, |q| {
-            with_f32(kt, |k| {
-                with_f32(vt, |v| {
-                    with_f32(grad, |dout| {
-                        (0..dm.b * self.heads).into_par_iter().for_each_init(
-                            || (vec![0f32; dm.l * dm.l], vec![0f32; dm.l * dm.l], Vec::new()),
-                            |(p, dp, buf), bh| {
-                                let (b, h) = (bh / self.heads, bh % self.heads);
-                                let off = b * dm.l * dm.hd + h * dm.d;
-                                self.scores(q, k, &dm, b, h, p);
-                                for (row, &(max, inv)) in p.chunks_mut(dm.l).zip(&lse[bh * dm.l..])
-                                {
-                                    for x in row.iter_mut() {
-                                        *x = super::exp(*x - max) * inv;
-                                    }
-                                }
-                                // p holds P; buf the dropout mask (when on).
-                                let qv = Mat {
-                                    data: &q[off..],
-                                    rs: dm.hd,
-                                    cs: 1,
-                                };
-                                let kv = Mat {
-                                    data: &k[off..],
-                                    rs: dm.hd,
-                                    cs: 1,
-                                };
-                                let dov = Mat {
-                                    data: &dout[off..],
-                                    rs: dm.hd,
-                                    cs: 1,
-                                };
-                                // dP' = dO V^T
-                                sgemm(
-                                    dm.l,
-                                    dm.l,
-                                    dm.d,
-                                    dp,
-                                    dm.l,
-                                    false,
-                                    dov,
-                                    Mat {
-                                        data: &v[off..],
-                                        rs: 1,
-                                        cs: dm.hd,
-                                    },
-                                    1.0,
-                                    false,
-                                );
-                                if let Some(key) = &self.dropout {
-                                    buf.resize(dm.l * dm.l, 0.0);
-                                    key.fill((bh * dm.l * dm.l) as u64, buf);
-                                    // dV = (P o M)^T dO, with P o M built in dp's place
-                                    // after dP = dP' o M.
-                                    for (d, m) in dp.iter_mut().zip(buf.iter()) {
-                                        *d *= m;
-                                    }
-                                    for (m, &pv) in buf.iter_mut().zip(p.iter()) {
-                                        *m *= pv;
-                                    }
-                                    // SAFETY: (b, h) owns its block of dv.
-                                    unsafe {
-                                        sgemm_ptr(
-                                            dm.l,
-                                            dm.d,
-                                            dm.l,
-                                            dvp.get().add(off),
-                                            dm.hd,
-                                            false,
-                                            Mat::t(buf, dm.l),
-                                            dov,
-                                            1.0,
-                                            false,
-                                        )
-                                    };
-                                } else {
-                                    // SAFETY: (b, h) owns its block of dv.
-                                    unsafe {
-                                        sgemm_ptr(
-                                            dm.l,
-                                            dm.d,
-                                            dm.l,
-                                            dvp.get().add(off),
-                                            dm.hd,
-                                            false,
-                                            Mat::t(p, dm.l),
-                                            dov,
-                                            1.0,
-                                            false,
-                                        )
-                                    };
-                                }
-                                // dS = P o (dP - rowsum(dP o P)), into dp.
-                                for (drow, prow) in dp.chunks_mut(dm.l).zip(p.chunks(dm.l)) {
-                                    let di: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
-                                    for (d, &pv) in drow.iter_mut().zip(prow) {
-                                        *d = pv * (*d - di);
-                                    }
-                                }
-                                let scale = 1.0 / (dm.d as f32).sqrt();
-                                // SAFETY: (b, h) owns its blocks of dq and dk.
-                                unsafe {
-                                    sgemm_ptr(
-                                        dm.l,
-                                        dm.d,
-                                        dm.l,
-                                        dqp.get().add(off),
-                                        dm.hd,
-                                        false,
-                                        Mat::rows(dp, dm.l),
-                                        kv,
-                                        scale,
-                                        false,
-                                    );
-                                    sgemm_ptr(
-                                        dm.l,
-                                        dm.d,
-                                        dm.l,
-                                        dkp.get().add(off),
-                                        dm.hd,
-                                        false,
-                                        Mat::t(dp, dm.l),
-                                        qv,
-                                        scale,
-                                        false,
-                                    );
-                                }
-                            },
-                        );
-                        Ok(())
-                    })
-                })
-            })
+        let dst = Grads {
+            dq: SendPtr(dq.as_mut_ptr()),
+            dk: SendPtr(dk.as_mut_ptr()),
+            dv: SendPtr(dv.as_mut_ptr()),
+        };
+        with_f32s([qt, kt, vt, grad], |[q, k, v, dout]| {
+            (0..dm.b * self.heads).into_par_iter().for_each_init(
+                || (vec![0f32; dm.l * dm.l], vec![0f32; dm.l * dm.l], Vec::new()),
+                |(p, dp, buf), bh| {
+                    // SAFETY: task bh writes only its own (batch, head) blocks of dst.
+                    unsafe {
+                        self.backward_head(
+                            &dm,
+                            [q, k, v, dout],
+                            &stats[bh * dm.l..],
+                            bh,
+                            p,
+                            dp,
+                            buf,
+                            dst,
+                        )
+                    }
+                },
+            );
+            Ok(())
         })?;
         Ok((
             Some(tensor_like(dq, qt.shape(), qt.dtype())?),

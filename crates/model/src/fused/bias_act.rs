@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like, with_f32};
+use super::{err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like, with_f32s};
 use crate::layers::Activation;
 
 /// erf for f32: the odd rational approximation of Eigen's `generic_fast_erf_float`
@@ -125,34 +125,27 @@ impl CustomOp2 for BiasAct {
             return Ok((Some(z.zeros_like()?), Some(b.zeros_like()?)));
         }
         let a = self.0;
-        let (dz, db) = with_f32(z, |zs| {
-            with_f32(b, |bs| {
-                with_f32(grad, |dy| {
-                    let mut dz = vec![0f32; zs.len()];
-                    let per = rows_per_task(w) * w;
-                    // Partials added in chunk order: deterministic bits.
-                    let partials = dz
-                        .par_chunks_mut(per)
-                        .zip(zs.par_chunks(per))
-                        .zip(dy.par_chunks(per))
-                        .map(|((dzs, zs), dys)| {
-                            let mut acc = vec![0f32; w];
-                            for ((dr, zr), gr) in
-                                dzs.chunks_mut(w).zip(zs.chunks(w)).zip(dys.chunks(w))
-                            {
-                                for j in 0..w {
-                                    let d = gr[j] * act(a, zr[j] + bs[j]).1;
-                                    dr[j] = d;
-                                    acc[j] += d;
-                                }
-                            }
-                            acc
-                        })
-                        .collect::<Vec<_>>();
-                    let db = sum_in_order(partials, w);
-                    Ok((dz, db))
+        let (dz, db) = with_f32s([z, b, grad], |[zs, bs, dy]| {
+            let mut dz = vec![0f32; zs.len()];
+            let per = rows_per_task(w) * w;
+            // Partials added in chunk order: deterministic bits.
+            let partials = dz
+                .par_chunks_mut(per)
+                .zip(zs.par_chunks(per))
+                .zip(dy.par_chunks(per))
+                .map(|((dzs, zs), dys)| {
+                    let mut acc = vec![0f32; w];
+                    for ((dr, zr), gr) in dzs.chunks_mut(w).zip(zs.chunks(w)).zip(dys.chunks(w)) {
+                        for j in 0..w {
+                            let d = gr[j] * act(a, zr[j] + bs[j]).1;
+                            dr[j] = d;
+                            acc[j] += d;
+                        }
+                    }
+                    acc
                 })
-            })
+                .collect::<Vec<_>>();
+            Ok((dz, sum_in_order(partials, w)))
         })?;
         Ok((
             Some(tensor_like(dz, z.shape(), z.dtype())?),

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{err, f32_view, rows_per_task, tensor_like, with_f32};
+use super::{err, f32_view, rows_per_task, tensor_like, with_f32s};
 use crate::loss::IGNORE_INDEX;
 
 struct CrossEntropy {
@@ -91,7 +91,7 @@ impl CustomOp1 for CrossEntropy {
         }
         let g =
             grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / self.kept().max(1) as f32;
-        let dx = with_f32(arg, |x| {
+        let dx = with_f32s([arg], |[x]| {
             let mut dx = vec![0f32; x.len()];
             let per = rows_per_task(c);
             dx.par_chunks_mut(per * c)

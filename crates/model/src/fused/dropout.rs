@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{SendPtr, err, f32_view, storage_of, tensor_like, with_f32};
+use super::{err, f32_view, storage_of, tensor_like, with_f32s};
 
 const M0: u64 = 0xD251_1F53;
 const M1: u64 = 0xCD9E_8D57;
@@ -165,19 +165,12 @@ pub fn keep_mask(key: &DropoutKey, n: usize) -> Vec<f32> {
 /// `x * mask / (1 - p)` in one pass, the mask regenerated in the backward.
 struct Dropout(DropoutKey);
 
-/// Multiplies `x` by its mask in place, element `i` of `x` being element
-/// `offset + i` of the site.
-pub(crate) fn apply_mask(key: &DropoutKey, offset: u64, x: &mut [f32]) {
-    let chunk = 8192;
-    let ptr = SendPtr(x.as_mut_ptr());
-    let n = x.len();
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let s = c * chunk;
-        let e = (s + chunk).min(n);
-        // SAFETY: chunks are disjoint.
-        let out = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(s), e - s) };
-        let mut m = [0f32; 8192];
-        key.fill(offset + s as u64, &mut m[..e - s]);
+/// Multiplies `x` (the site's elements from 0) by its mask in place.
+pub(crate) fn apply_mask(key: &DropoutKey, x: &mut [f32]) {
+    const CHUNK: usize = 8192;
+    x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        let mut m = [0f32; CHUNK];
+        key.fill((c * CHUNK) as u64, &mut m[..out.len()]);
         for (o, k) in out.iter_mut().zip(&m) {
             *o *= k;
         }
@@ -191,7 +184,7 @@ impl CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let mut x = f32_view(s, l, "dropout input")?.into_owned();
-        apply_mask(&self.0, 0, &mut x);
+        apply_mask(&self.0, &mut x);
         Ok((storage_of(x, s.dtype())?, l.shape().clone()))
     }
 
@@ -201,9 +194,9 @@ impl CustomOp1 for Dropout {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let g = with_f32(grad, |g| {
+        let g = with_f32s([grad], |[g]| {
             let mut g = g.to_vec();
-            apply_mask(&self.0, 0, &mut g);
+            apply_mask(&self.0, &mut g);
             Ok(g)
         })?;
         Ok(Some(tensor_like(g, arg.shape(), arg.dtype())?))

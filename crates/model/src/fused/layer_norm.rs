@@ -1,18 +1,18 @@
 //! `LN(dropout(x) + residual) * w + b` over the last dimension in one pass, statistics
-//! in f32 whatever the input dtype. The forward keeps each row's mean and 1/std; the
-//! backward regenerates the dropout mask and computes dx, dresidual, dw and db in one
-//! pass over the rows.
+//! in f32 whatever the input dtype; the residual is optional (the MLM head's
+//! LayerNorm has none). The forward keeps each row's mean and 1/std; the backward
+//! regenerates the dropout mask and computes dx, dresidual, dw and db in one pass over
+//! the rows.
 
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::dropout::apply_mask;
 use super::{
-    DropoutKey, SendPtr, err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like,
-    with_f32,
+    DropoutKey, err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like, with_f32s,
 };
 
 struct AddLayerNorm {
@@ -24,47 +24,26 @@ struct AddLayerNorm {
 
 impl AddLayerNorm {
     /// `dropout(x) + r`.
-    fn sum(&self, x: &[f32], r: &[f32]) -> Vec<f32> {
+    fn sum(&self, x: &[f32], r: Option<&[f32]>) -> Vec<f32> {
         let mut s = x.to_vec();
         if let Some(k) = &self.dropout {
-            apply_mask(k, 0, &mut s);
+            apply_mask(k, &mut s);
         }
-        let ptr = SendPtr(s.as_mut_ptr());
-        let n = s.len();
-        let chunk = 16 * 1024;
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let (a, e) = (c * chunk, ((c + 1) * chunk).min(n));
-            // SAFETY: chunks are disjoint.
-            let out = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(a), e - a) };
-            for (o, &ri) in out.iter_mut().zip(&r[a..e]) {
-                *o += ri;
-            }
-        });
+        if let Some(r) = r {
+            const CHUNK: usize = 16 * 1024;
+            s.par_chunks_mut(CHUNK)
+                .zip(r.par_chunks(CHUNK))
+                .for_each(|(s, r)| s.iter_mut().zip(r).for_each(|(s, r)| *s += r));
+        }
         s
     }
-}
 
-impl CustomOp3 for AddLayerNorm {
-    fn name(&self) -> &'static str {
-        "berth-add-layer-norm"
-    }
-
-    fn cpu_fwd(
+    fn cpu_forward(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        rs: &CpuStorage,
-        rl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
+        (xs, xl): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+        (ws, wl): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if xl.shape() != rl.shape() {
-            return Err(err(format!(
-                "layer norm: input {:?} and residual {:?} differ",
-                xl.shape(),
-                rl.shape()
-            )));
-        }
         let h = *xl.shape().dims().last().unwrap_or(&1);
         if h == 0 {
             return Err(err("layer norm over a dimension of size 0"));
@@ -76,12 +55,21 @@ impl CustomOp3 for AddLayerNorm {
             )));
         }
         let x = f32_view(xs, xl, "layer norm input")?;
-        let r = f32_view(rs, rl, "layer norm residual")?;
+        let r = match residual {
+            Some((_, rl)) if rl.shape() != xl.shape() => {
+                return Err(err(format!(
+                    "layer norm: input {:?} and residual {:?} differ",
+                    xl.shape(),
+                    rl.shape()
+                )));
+            }
+            Some((rs, rl)) => Some(f32_view(rs, rl, "layer norm residual")?),
+            None => None,
+        };
         let wb = f32_view(ws, wl, "layer norm weight")?;
         let (w, b) = wb.split_at(h);
-        let mut y = self.sum(&x, &r);
-        let rows = y.len() / h.max(1);
-        let mut stats = vec![0f32; 2 * rows];
+        let mut y = self.sum(&x, r.as_deref());
+        let mut stats = vec![0f32; 2 * (y.len() / h)];
         let per = rows_per_task(h);
         y.par_chunks_mut(per * h)
             .zip(stats.par_chunks_mut(per * 2))
@@ -101,6 +89,103 @@ impl CustomOp3 for AddLayerNorm {
         Ok((storage_of(y, xs.dtype())?, xl.shape().clone()))
     }
 
+    /// (dx, dresidual when there is one, d[weight; bias]).
+    fn backward(
+        &self,
+        x: &Tensor,
+        r: Option<&Tensor>,
+        wb: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>, Tensor)> {
+        let stats = self
+            .stats
+            .get()
+            .ok_or_else(|| err("layer norm: backward before forward"))?;
+        let h = *x.dims().last().unwrap_or(&1);
+        // Without a residual, x stands in its slot and `sum` ignores it.
+        let (dsum, dwb) = with_f32s([x, r.unwrap_or(x), wb, grad], |[xs, rs, wbs, dy]| {
+            let s = self.sum(xs, r.map(|_| rs));
+            let w = &wbs[..h];
+            let mut dsum = vec![0f32; s.len()];
+            let per = rows_per_task(h);
+            // Per-chunk partial sums added in chunk order: the same bits whatever
+            // rayon's work stealing did.
+            let partials = dsum
+                .par_chunks_mut(per * h)
+                .zip(s.par_chunks(per * h))
+                .zip(dy.par_chunks(per * h))
+                .zip(stats.par_chunks(per * 2))
+                .map(|(((ds, s), dy), st)| {
+                    let mut acc = vec![0f32; 2 * h];
+                    let (dw, db) = acc.split_at_mut(h);
+                    for (((ds, s), dy), st) in ds
+                        .chunks_mut(h)
+                        .zip(s.chunks(h))
+                        .zip(dy.chunks(h))
+                        .zip(st.chunks(2))
+                    {
+                        let (mean, rstd) = (st[0], st[1]);
+                        let (mut mg, mut mgx) = (0f32, 0f32);
+                        for j in 0..h {
+                            let xhat = (s[j] - mean) * rstd;
+                            let g = dy[j] * w[j];
+                            mg += g;
+                            mgx += g * xhat;
+                            dw[j] += dy[j] * xhat;
+                            db[j] += dy[j];
+                        }
+                        mg /= h as f32;
+                        mgx /= h as f32;
+                        for j in 0..h {
+                            let xhat = (s[j] - mean) * rstd;
+                            ds[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
+                        }
+                    }
+                    acc
+                })
+                .collect::<Vec<_>>();
+            Ok((dsum, sum_in_order(partials, 2 * h)))
+        })?;
+        let dwb = tensor_like(dwb, (2, h), wb.dtype())?;
+        let (dx, dr) = match (r, &self.dropout) {
+            // dx = dresidual: one tensor for both.
+            (Some(r), None) => {
+                let d = tensor_like(dsum, x.shape(), x.dtype())?;
+                let dr = d.to_dtype(r.dtype())?;
+                (d, Some(dr))
+            }
+            (r, key) => {
+                let dr = r
+                    .map(|r| tensor_like(dsum.clone(), r.shape(), r.dtype()))
+                    .transpose()?;
+                let mut dx = dsum;
+                if let Some(k) = key {
+                    apply_mask(k, &mut dx);
+                }
+                (tensor_like(dx, x.shape(), x.dtype())?, dr)
+            }
+        };
+        Ok((dx, dr, dwb))
+    }
+}
+
+impl CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "berth-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_forward((xs, xl), Some((rs, rl)), (ws, wl))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -109,96 +194,57 @@ impl CustomOp3 for AddLayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self
-            .stats
-            .get()
-            .ok_or_else(|| err("layer norm: backward before forward"))?;
-        let h = *x.dims().last().unwrap_or(&1);
-        let (dsum, dwb) = with_f32(x, |xs| {
-            with_f32(r, |rs| {
-                with_f32(wb, |wbs| {
-                    with_f32(grad, |dy| {
-                        let s = self.sum(xs, rs);
-                        let w = &wbs[..h];
-                        let mut dsum = vec![0f32; s.len()];
-                        let per = rows_per_task(h);
-                        // Per-chunk partial sums added in chunk order: the same bits
-                        // whatever rayon's work stealing did.
-                        let partials = dsum
-                            .par_chunks_mut(per * h)
-                            .zip(s.par_chunks(per * h))
-                            .zip(dy.par_chunks(per * h))
-                            .zip(stats.par_chunks(per * 2))
-                            .map(|(((ds, s), dy), st)| {
-                                let mut acc = vec![0f32; 2 * h];
-                                let (dw, db) = acc.split_at_mut(h);
-                                for (((ds, s), dy), st) in ds
-                                    .chunks_mut(h)
-                                    .zip(s.chunks(h))
-                                    .zip(dy.chunks(h))
-                                    .zip(st.chunks(2))
-                                {
-                                    let (mean, rstd) = (st[0], st[1]);
-                                    let (mut mg, mut mgx) = (0f32, 0f32);
-                                    for j in 0..h {
-                                        let xhat = (s[j] - mean) * rstd;
-                                        let g = dy[j] * w[j];
-                                        mg += g;
-                                        mgx += g * xhat;
-                                        dw[j] += dy[j] * xhat;
-                                        db[j] += dy[j];
-                                    }
-                                    mg /= h as f32;
-                                    mgx /= h as f32;
-                                    for j in 0..h {
-                                        let xhat = (s[j] - mean) * rstd;
-                                        ds[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
-                                    }
-                                }
-                                acc
-                            })
-                            .collect::<Vec<_>>();
-                        let dwb = sum_in_order(partials, 2 * h);
-                        Ok((dsum, dwb))
-                    })
-                })
-            })
-        })?;
-        let dwb = tensor_like(dwb, (2, h), wb.dtype())?;
-        let (dx, dr) = match &self.dropout {
-            Some(k) => {
-                let dr = tensor_like(dsum.clone(), r.shape(), r.dtype())?;
-                let mut dx = dsum;
-                apply_mask(k, 0, &mut dx);
-                (tensor_like(dx, x.shape(), x.dtype())?, dr)
-            }
-            None => {
-                let d = tensor_like(dsum, x.shape(), x.dtype())?;
-                (d.clone(), d.to_dtype(r.dtype())?)
-            }
-        };
-        Ok((Some(dx), Some(dr), Some(dwb)))
+        let (dx, dr, dwb) = self.backward(x, Some(r), wb, grad)?;
+        Ok((Some(dx), dr, Some(dwb)))
     }
 }
 
-/// `LayerNorm(dropout(x) + residual)` with `weight` and `bias` `[H]`; `dropout` off
-/// when `None`.
+impl CustomOp2 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "berth-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_forward((xs, xl), None, (ws, wl))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, _, dwb) = self.backward(x, None, wb, grad)?;
+        Ok((Some(dx), Some(dwb)))
+    }
+}
+
+/// `LayerNorm(dropout(x) + residual)` with `weight` and `bias` `[H]`; no residual
+/// when `None`, no dropout when `None`.
 pub fn add_layer_norm(
     x: &Tensor,
-    residual: &Tensor,
+    residual: Option<&Tensor>,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
     dropout: Option<DropoutKey>,
 ) -> candle_core::Result<Tensor> {
     let wb = Tensor::stack(&[weight, bias], 0)?;
-    x.contiguous()?.apply_op3(
-        &residual.contiguous()?,
-        &wb,
-        AddLayerNorm {
-            eps: eps as f32,
-            dropout,
-            stats: OnceLock::new(),
-        },
-    )
+    let op = AddLayerNorm {
+        eps: eps as f32,
+        dropout,
+        stats: OnceLock::new(),
+    };
+    let x = x.contiguous()?;
+    match residual {
+        Some(r) => x.apply_op3(&r.contiguous()?, &wb, op),
+        None => x.apply_op2(&wb, op),
+    }
 }

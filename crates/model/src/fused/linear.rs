@@ -4,7 +4,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{Mat, err, f32_view, sgemm, storage_of, tensor_like, with_f32};
+use super::{Mat, err, f32_view, sgemm, storage_of, tensor_like, with_f32s};
 
 struct Linear;
 
@@ -23,8 +23,27 @@ fn out_shape(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize
     Ok((n, inp, out, Shape::from(od)))
 }
 
-fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, inp: usize, out: usize) -> Vec<f32> {
-    let mut y = match b {
+/// The op's forward for either arity: `x W^T`, plus `b` when given.
+fn cpu_forward(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (n, inp, out, shape) = out_shape(xl, wl)?;
+    let x = f32_view(xs, xl, "linear input")?;
+    let w = f32_view(ws, wl, "linear weight")?;
+    let b = match bias {
+        Some((_, bl)) if bl.shape().elem_count() != out => {
+            return Err(err(format!(
+                "linear: bias {:?} for {out} outputs",
+                bl.shape()
+            )));
+        }
+        Some((bs, bl)) => Some(f32_view(bs, bl, "linear bias")?),
+        None => None,
+    };
+    // The destination starts as the bias rows, so the gemm adds the product to them.
+    let mut y = match &b {
         Some(b) => b.repeat(n),
         None => vec![0f32; n * out],
     };
@@ -35,79 +54,77 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, inp: usize, out: u
         &mut y,
         out,
         b.is_some(),
-        Mat::rows(x, inp),
-        Mat::t(w, inp),
+        Mat::rows(&x, inp),
+        Mat::t(&w, inp),
         1.0,
         true,
     );
-    y
+    Ok((storage_of(y, xs.dtype())?, shape))
 }
 
-/// (dx, dw, db) from dy.
+/// (dx, dw, db) from dy; db in `bias`'s dtype when there is a bias.
 fn backward(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
     grad: &Tensor,
-    with_bias: bool,
-) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
     let xd = x.dims();
     let n: usize = xd[..xd.len().saturating_sub(1)].iter().product();
-    with_f32(grad, |dy| {
-        with_f32(x, |xs| {
-            with_f32(w, |ws| {
-                let mut dx = vec![0f32; n * inp];
+    with_f32s([grad, x, w], |[dy, xs, ws]| {
+        let mut dx = vec![0f32; n * inp];
+        sgemm(
+            n,
+            inp,
+            out,
+            &mut dx,
+            inp,
+            false,
+            Mat::rows(dy, out),
+            Mat::rows(ws, inp),
+            1.0,
+            true,
+        );
+        let mut dw = vec![0f32; out * inp];
+        sgemm(
+            out,
+            inp,
+            n,
+            &mut dw,
+            inp,
+            false,
+            Mat::t(dy, out),
+            Mat::rows(xs, inp),
+            1.0,
+            true,
+        );
+        let db = match bias {
+            Some(b) => {
+                // Column sums of dy, as a gemm with a row of ones.
+                let ones = vec![1f32; n];
+                let mut db = vec![0f32; out];
                 sgemm(
-                    n,
-                    inp,
+                    1,
                     out,
-                    &mut dx,
-                    inp,
+                    n,
+                    &mut db,
+                    out,
                     false,
+                    Mat::rows(&ones, n),
                     Mat::rows(dy, out),
-                    Mat::rows(ws, inp),
                     1.0,
                     true,
                 );
-                let mut dw = vec![0f32; out * inp];
-                sgemm(
-                    out,
-                    inp,
-                    n,
-                    &mut dw,
-                    inp,
-                    false,
-                    Mat::t(dy, out),
-                    Mat::rows(xs, inp),
-                    1.0,
-                    true,
-                );
-                let db = if with_bias {
-                    let ones = vec![1f32; n];
-                    let mut db = vec![0f32; out];
-                    sgemm(
-                        1,
-                        out,
-                        n,
-                        &mut db,
-                        out,
-                        false,
-                        Mat::rows(&ones, n),
-                        Mat::rows(dy, out),
-                        1.0,
-                        true,
-                    );
-                    Some(tensor_like(db, out, w.dtype())?)
-                } else {
-                    None
-                };
-                Ok((
-                    tensor_like(dx, x.shape(), x.dtype())?,
-                    tensor_like(dw, (out, inp), w.dtype())?,
-                    db,
-                ))
-            })
-        })
+                Some(tensor_like(db, out, b.dtype())?)
+            }
+            None => None,
+        };
+        Ok((
+            Some(tensor_like(dx, x.shape(), x.dtype())?),
+            Some(tensor_like(dw, (out, inp), w.dtype())?),
+            db,
+        ))
     })
 }
 
@@ -123,13 +140,7 @@ impl CustomOp2 for Linear {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, inp, out, shape) = out_shape(xl, wl)?;
-        let x = f32_view(xs, xl, "linear input")?;
-        let w = f32_view(ws, wl, "linear weight")?;
-        Ok((
-            storage_of(forward(&x, &w, None, n, inp, out), xs.dtype())?,
-            shape,
-        ))
+        cpu_forward((xs, xl), (ws, wl), None)
     }
 
     fn bwd(
@@ -139,8 +150,8 @@ impl CustomOp2 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = backward(x, w, grad, false)?;
-        Ok((Some(dx), Some(dw)))
+        let (dx, dw, _) = backward(x, w, None, grad)?;
+        Ok((dx, dw))
     }
 }
 
@@ -158,33 +169,18 @@ impl CustomOp3 for Linear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, inp, out, shape) = out_shape(xl, wl)?;
-        if bl.shape().elem_count() != out {
-            return Err(err(format!(
-                "linear: bias {:?} for {out} outputs",
-                bl.shape()
-            )));
-        }
-        let x = f32_view(xs, xl, "linear input")?;
-        let w = f32_view(ws, wl, "linear weight")?;
-        let b = f32_view(bs, bl, "linear bias")?;
-        Ok((
-            storage_of(forward(&x, &w, Some(&b), n, inp, out), xs.dtype())?,
-            shape,
-        ))
+        cpu_forward((xs, xl), (ws, wl), Some((bs, bl)))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = backward(x, w, grad, true)?;
-        let db = db.map(|d| d.to_dtype(_b.dtype())).transpose()?;
-        Ok((Some(dx), Some(dw), db))
+        backward(x, w, Some(b), grad)
     }
 }
 

@@ -95,17 +95,25 @@ pub(crate) fn storage_of(v: Vec<f32>, dtype: DType) -> candle_core::Result<CpuSt
     })
 }
 
-/// Runs `f` over the f32 values of `t` (made contiguous first).
-pub(crate) fn with_f32<R>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+/// Runs `f` over the f32 values of each of `ts` (made contiguous first), all borrowed
+/// at once, so a backward reads its inputs without nesting one closure per tensor.
+pub(crate) fn with_f32s<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(&f32_view(s, layout, "gradient")?),
-        _ => Err(err("fused op: backward on a non-CPU tensor")),
-    }
+    let ts = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let views = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(s) => f32_view(s, layout, "backward operand"),
+            _ => Err(err("fused op: backward on a non-CPU tensor")),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    f(std::array::from_fn(|i| &*views[i]))
 }
 
 /// A tensor of `like`'s dtype on the CPU from f32 values.
@@ -196,6 +204,11 @@ impl<'a> Mat<'a> {
             rs: cols,
             cs: 1,
         }
+    }
+
+    /// Rows `rs` apart, columns adjacent (one head's slice of `[L, heads * d]`).
+    pub fn strided(data: &'a [f32], rs: usize) -> Self {
+        Mat { data, rs, cs: 1 }
     }
 
     /// The transpose of a row-major matrix with `cols` columns.

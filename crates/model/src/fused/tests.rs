@@ -478,7 +478,7 @@ fn parallel_reductions_give_the_same_bits_every_run() {
     let run = || {
         let y = add_layer_norm(
             x.as_tensor(),
-            r.as_tensor(),
+            Some(r.as_tensor()),
             w.as_tensor(),
             b.as_tensor(),
             1e-12,
@@ -514,4 +514,23 @@ fn exp_is_within_two_ulp_of_std() {
     }
     assert_eq!(super::exp(f32::MIN), 0.0);
     assert_eq!(super::exp(0.0), 1.0);
+}
+
+#[test]
+fn layer_norm_without_residual_matches() {
+    let inputs = [
+        rand_var(&[7, 10], 1, 2.0),
+        rand_var(&[10], 2, 1.0),
+        rand_var(&[10], 3, 1.0),
+    ];
+    let f = |t: &[Tensor], ops: Ops| {
+        let ln = LayerNorm {
+            weight: t[1].clone(),
+            bias: t[2].clone(),
+            eps: 1e-12,
+        };
+        ln.forward_with(&t[0], ops).unwrap()
+    };
+    agree(&inputs, f, 1e-5, 1e-4);
+    finite_differences(&inputs, |t| f(t, Ops::Fused));
 }
