@@ -22,6 +22,7 @@
 
 mod chunk_op;
 mod dataset;
+mod encoder;
 mod error;
 mod fingerprint;
 mod load;
@@ -30,10 +31,12 @@ mod pretrain;
 mod save;
 mod special;
 mod storage;
+mod stream;
 mod tokenize;
 
 pub use chunk_op::ChunkOp;
 pub use dataset::{CacheMode, Dataset, DatasetDict, berth_cache_root};
+pub use encoder::{Backend, TextEncoder};
 pub use error::{DataError, Result};
 pub use fingerprint::Fingerprint;
 pub use load::{
@@ -43,6 +46,7 @@ pub use load::{
 pub use ops::{BatchOp, FnOp, MapOptions, SplitSize, permutation};
 pub use pretrain::MlmOp;
 pub use special::{continuation_table, masking_tokens, special_tokens};
+pub use stream::{StreamStats, stream_parquet};
 pub use tokenize::{TokenizeConfig, TokenizeOp, load_tokenizer};
 
 /// Re-exported so users build batches with the same Arrow version.

@@ -127,23 +127,25 @@ impl Dataset {
             tokenizer_digest(&tok)?
         );
         let fp = self.fingerprint().derive("nsp", 1, &params);
+        let encoder = crate::encoder::TextEncoder::new(&tok, None, false)?;
         Dataset::materialize(self.cache_mode(), fp, self.source_name().into(), |emit| {
             let mut documents: Vec<Vec<Vec<u32>>> = Vec::with_capacity(self.num_rows());
             let mut first_row = 0;
             for batch in self.iter_batches(1000) {
                 let batch = batch?;
                 let texts = text_values(&batch, text_column, first_row, self.source_name())?;
-                for text in texts {
+                for (i, text) in texts.into_iter().enumerate() {
                     let sentences = split_sentences(text);
-                    let enc = tok.encode_batch_fast(sentences, false).map_err(|e| {
-                        DataError::Tokenizer {
-                            what: self.source_name().to_string(),
-                            message: e.to_string(),
-                        }
-                    })?;
+                    let enc = encoder.encode(
+                        &sentences,
+                        None,
+                        first_row + i,
+                        self.source_name(),
+                        text_column,
+                    )?;
                     documents.push(
-                        enc.iter()
-                            .map(|e| e.get_ids().to_vec())
+                        (0..enc.len())
+                            .map(|s| enc.row(s).to_vec())
                             .filter(|ids| !ids.is_empty())
                             .collect(),
                     );

@@ -3,6 +3,9 @@
 //! so a failed write never leaves a partial file where the output should be.
 
 use std::io::{BufWriter, Write};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
@@ -26,66 +29,90 @@ struct State {
     num_rows: usize,
 }
 
+/// Writes batches as Parquet (snappy, as HF `to_parquet`), in row groups of at most
+/// 10,000 rows, under a temp name renamed into place when complete.
+pub(crate) fn write_parquet<B: std::borrow::Borrow<RecordBatch>>(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = B>,
+) -> Result<()> {
+    let (atomic, file) = AtomicFile::create(path)?;
+    // Bounded row groups: the writer buffers a whole group, so this keeps memory
+    // flat however many rows are written.
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(10_000))
+        .set_max_row_group_bytes(Some(64 << 20))
+        .build();
+    let perr = |source| DataError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut writer =
+        ArrowWriter::try_new(BufWriter::new(file), schema, Some(props)).map_err(perr)?;
+    for b in batches {
+        writer.write(b.borrow()).map_err(perr)?;
+    }
+    writer.close().map_err(perr)?;
+    atomic.commit()
+}
+
+/// Writes batches as JSON Lines, one object per row (nulls written as `null`).
+pub(crate) fn write_jsonl<B: std::borrow::Borrow<RecordBatch>>(
+    path: &Path,
+    batches: impl IntoIterator<Item = B>,
+) -> Result<()> {
+    let (atomic, file) = AtomicFile::create(path)?;
+    let mut out = BufWriter::new(file);
+    let aerr = |e| DataError::arrow(format!("writing {}", path.display()), e);
+    {
+        let mut writer = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut out);
+        for b in batches {
+            writer.write(b.borrow()).map_err(aerr)?;
+        }
+        writer.finish().map_err(aerr)?;
+    }
+    out.flush().map_err(|e| DataError::io(path, e))?;
+    drop(out);
+    atomic.commit()
+}
+
+/// Whether `path` names a JSON Lines output (else Parquet); an error for anything else.
+pub(crate) fn is_jsonl_output(path: &Path) -> Result<bool> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("parquet") => Ok(false),
+        Some("jsonl" | "json" | "ndjson") => Ok(true),
+        _ => Err(DataError::InvalidArgument(format!(
+            "{}: output must end in .parquet or .jsonl",
+            path.display()
+        ))),
+    }
+}
+
 impl Dataset {
     /// Writes Parquet (snappy, as HF `to_parquet`), in row groups of at most 10,000 rows.
     pub fn to_parquet(&self, path: &Path) -> Result<()> {
-        let (atomic, file) = AtomicFile::create(path)?;
-        // Bounded row groups: the writer buffers a whole group, so this keeps memory
-        // flat however many rows are written.
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(10_000))
-            .set_max_row_group_bytes(Some(64 << 20))
-            .build();
-        let perr = |source| DataError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut writer =
-            ArrowWriter::try_new(BufWriter::new(file), self.schema(), Some(props)).map_err(perr)?;
-        for b in self.batches() {
-            writer.write(b).map_err(perr)?;
-        }
-        writer.close().map_err(perr)?;
-        atomic.commit()
+        write_parquet(path, self.schema(), self.batches())
     }
 
     /// Writes JSON Lines, one object per row (nulls written as `null`).
     pub fn to_jsonl(&self, path: &Path) -> Result<()> {
-        let (atomic, file) = AtomicFile::create(path)?;
-        let mut out = BufWriter::new(file);
-        {
-            let mut writer = arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow::json::writer::LineDelimited>(&mut out);
-            for b in self.batches() {
-                writer
-                    .write(b)
-                    .map_err(|e| DataError::arrow(format!("writing {}", path.display()), e))?;
-            }
-            writer
-                .finish()
-                .map_err(|e| DataError::arrow(format!("writing {}", path.display()), e))?;
-        }
-        out.flush().map_err(|e| DataError::io(path, e))?;
-        drop(out);
-        atomic.commit()
+        write_jsonl(path, self.batches())
     }
 
     /// Writes `.parquet` or `.jsonl`/`.json`/`.ndjson`, by the path's extension.
     pub fn save(&self, path: &Path) -> Result<()> {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("parquet") => self.to_parquet(path),
-            Some("jsonl" | "json" | "ndjson") => self.to_jsonl(path),
-            _ => Err(DataError::InvalidArgument(format!(
-                "{}: output must end in .parquet or .jsonl",
-                path.display()
-            ))),
+        if is_jsonl_output(path)? {
+            self.to_jsonl(path)
+        } else {
+            self.to_parquet(path)
         }
     }
 

@@ -12,10 +12,9 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Schema, UInt8Type, UInt32Type};
-use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::Tokenizer;
 
+use crate::encoder::TextEncoder;
 use crate::error::{DataError, Result};
 use crate::load::{HubOptions, hub_model_file};
 use crate::ops::BatchOp;
@@ -73,9 +72,10 @@ impl TokenizeConfig {
     }
 }
 
-/// The tokenize op; use it with [`crate::Dataset::map_batched`].
+/// The tokenize op; use it with [`crate::Dataset::map_batched`]. It encodes with
+/// `berth-wordpiece` when that reproduces the tokenizer exactly (see [`TextEncoder`]).
 pub struct TokenizeOp {
-    tokenizer: Tokenizer,
+    encoder: TextEncoder,
     config: TokenizeConfig,
     /// Hash of the tokenizer's serialized form, so another vocabulary recomputes.
     tokenizer_digest: String,
@@ -83,22 +83,10 @@ pub struct TokenizeOp {
 
 impl TokenizeOp {
     pub fn new(tokenizer: &Tokenizer, config: TokenizeConfig) -> Result<Self> {
-        let mut tokenizer = unpadded(tokenizer)?;
-        let trunc = config.max_length.map(|max_length| TruncationParams {
-            max_length,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-            direction: TruncationDirection::Right,
-        });
-        tokenizer
-            .with_truncation(trunc)
-            .map_err(|e| DataError::Tokenizer {
-                what: "truncation".into(),
-                message: e.to_string(),
-            })?;
-        let tokenizer_digest = tokenizer_digest(&tokenizer)?;
+        let encoder = TextEncoder::new(tokenizer, config.max_length, config.add_special_tokens)?;
+        let tokenizer_digest = tokenizer_digest(encoder.tokenizer())?;
         Ok(TokenizeOp {
-            tokenizer,
+            encoder,
             config,
             tokenizer_digest,
         })
@@ -106,7 +94,12 @@ impl TokenizeOp {
 
     /// The tokenizer as configured for this op (padding and truncation settled).
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        self.encoder.tokenizer()
+    }
+
+    /// Which implementation encodes.
+    pub fn backend(&self) -> crate::encoder::Backend {
+        self.encoder.backend()
     }
 }
 
@@ -224,6 +217,22 @@ pub(crate) fn list_of<T: ArrowPrimitiveType>(
     ))
 }
 
+/// A `List<T>` array from flat values and row offsets (`offsets[i]..offsets[i + 1]`).
+pub(crate) fn list_from_flat<T: ArrowPrimitiveType>(
+    values: Vec<T::Native>,
+    offsets: &[usize],
+) -> ArrayRef {
+    let offsets: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
+    let values = PrimitiveArray::<T>::new(values.into(), None);
+    let field = Arc::new(Field::new("item", T::DATA_TYPE, false));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(values),
+        None,
+    ))
+}
+
 /// Replaces (or appends) the named columns of a batch.
 pub(crate) fn with_columns(batch: &RecordBatch, new: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
     let schema = batch.schema();
@@ -257,31 +266,22 @@ impl BatchOp for TokenizeOp {
 
     fn apply(&self, batch: &RecordBatch, first_row: usize, source: &str) -> Result<RecordBatch> {
         let texts = text_values(batch, &self.config.text_column, first_row, source)?;
-        let inputs: Vec<EncodeInput> = match &self.config.pair_column {
-            None => texts.into_iter().map(EncodeInput::from).collect(),
-            Some(pair) => {
-                let pairs = text_values(batch, pair, first_row, source)?;
-                texts
-                    .into_iter()
-                    .zip(pairs)
-                    .map(|(a, b)| EncodeInput::from((a, b)))
-                    .collect()
-            }
+        let pairs = match &self.config.pair_column {
+            None => None,
+            Some(pair) => Some(text_values(batch, pair, first_row, source)?),
         };
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(inputs, self.config.add_special_tokens)
-            .map_err(|e| DataError::Tokenizer {
-                what: format!(
-                    "{source}: rows {first_row}..{}",
-                    first_row + batch.num_rows()
-                ),
-                message: e.to_string(),
-            })?;
-        let narrow = |v: &[u32]| v.iter().map(|&t| t as u8).collect::<Vec<u8>>();
-        let ids = list_of::<UInt32Type>(encodings.iter().map(|e| e.get_ids()));
-        let types = list_of::<UInt8Type>(encodings.iter().map(|e| narrow(e.get_type_ids())));
-        let mask = list_of::<UInt8Type>(encodings.iter().map(|e| narrow(e.get_attention_mask())));
+        let enc = self.encoder.encode(
+            &texts,
+            pairs.as_deref(),
+            first_row,
+            source,
+            &self.config.text_column,
+        )?;
+        let types: Vec<u8> = enc.type_ids.iter().map(|&t| t as u8).collect();
+        let mask = vec![1u8; enc.ids.len()];
+        let types = list_from_flat::<UInt8Type>(types, &enc.offsets);
+        let mask = list_from_flat::<UInt8Type>(mask, &enc.offsets);
+        let ids = list_from_flat::<UInt32Type>(enc.ids, &enc.offsets);
         with_columns(
             batch,
             vec![

@@ -61,7 +61,7 @@ pub(crate) fn load_parquet_files(
     })
 }
 
-fn parquet_err(path: &Path, source: parquet::errors::ParquetError) -> DataError {
+pub(crate) fn parquet_err(path: &Path, source: parquet::errors::ParquetError) -> DataError {
     DataError::Parquet {
         path: path.to_path_buf(),
         source,
