@@ -60,6 +60,50 @@ struct InputArgs {
 }
 
 impl InputArgs {
+    /// Whether the input is Parquet (by --format, else by extension, a directory or a
+    /// glob of shards), which the streaming path reads.
+    fn is_parquet(&self) -> Result<bool> {
+        let format = match self.format.as_deref() {
+            Some(f) => Some(Format::from_name(f)?),
+            None => {
+                let p = Path::new(&self.input);
+                if p.is_dir() || self.input.contains(['*', '?', '[']) {
+                    Some(Format::Parquet)
+                } else {
+                    Format::from_path(p)
+                }
+            }
+        };
+        Ok(format == Some(Format::Parquet))
+    }
+
+    /// Streams a Parquet input through `ops` into `output` when nothing asks for the
+    /// cache (no --cache-dir): memory stays flat and reading, tokenizing and writing
+    /// overlap. `Ok(false)` when the input is not Parquet.
+    fn stream(
+        &self,
+        ops: &[&dyn berth_data::BatchOp],
+        drop_columns: &[&str],
+        output: &Path,
+        batch_size: usize,
+        (verb, what): (&str, &str),
+        started: Instant,
+    ) -> Result<bool> {
+        if self.cache_dir.is_some() || !self.is_parquet()? {
+            return Ok(false);
+        }
+        let stats = berth_data::stream_parquet(&self.input, ops, drop_columns, output, batch_size)
+            .with_context(|| format!("writing {}", output.display()))?;
+        eprintln!(
+            "{verb} {} {what} of {} into {} in {:.1}s",
+            stats.rows_out,
+            self.input,
+            output.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(true)
+    }
+
     fn load(&self) -> Result<berth_data::Dataset> {
         let format = self.format.as_deref().map(Format::from_name).transpose()?;
         let mut opts = LoadOptions::default();
@@ -241,7 +285,6 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     check_output(&a.output)?;
     let started = Instant::now();
     let tokenizer = berth_data::load_tokenizer(&a.tokenizer, &HubOptions::from_env())?;
-    let ds = a.input.load()?;
     let config = TokenizeConfig {
         text_column: a.text_column,
         pair_column: a.pair_column,
@@ -249,7 +292,17 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         add_special_tokens: !a.no_special_tokens,
     };
     let op = TokenizeOp::new(&tokenizer, config)?;
-    let out = ds.map_batched(
+    if a.input.stream(
+        &[&op],
+        &[],
+        &a.output,
+        a.batch_size,
+        ("tokenized", "rows"),
+        started,
+    )? {
+        return Ok(());
+    }
+    let out = a.input.load()?.map_batched(
         &op,
         &MapOptions {
             batch_size: a.batch_size,
@@ -293,16 +346,32 @@ fn chunk(a: ChunkArgs) -> Result<()> {
         max_positions,
     )?;
     let tokenizer = berth_data::load_tokenizer(&a.tokenizer, &HubOptions::from_env())?;
-    let chunked = a
-        .input
-        .load()?
-        .chunk_texts(&tokenizer, &a.text_column, config)?;
-    let out = chunked.remove_columns(&[
+    let intermediate = [
         a.text_column.as_str(),
         "input_ids",
         "token_type_ids",
         "attention_mask",
-    ])?;
+    ];
+    let mut tok_cfg = TokenizeConfig::new(a.text_column.clone());
+    tok_cfg.add_special_tokens = false;
+    let tokenize = TokenizeOp::new(&tokenizer, tok_cfg)?;
+    let chunk =
+        berth_data::ChunkOp::new(config, berth_data::special_tokens(&tokenizer)?, "input_ids");
+    if a.input.stream(
+        &[&tokenize, &chunk],
+        &intermediate,
+        &a.output,
+        1000,
+        ("chunked", "texts"),
+        started,
+    )? {
+        return Ok(());
+    }
+    let chunked = a
+        .input
+        .load()?
+        .chunk_texts(&tokenizer, &a.text_column, config)?;
+    let out = chunked.remove_columns(&intermediate)?;
     write_output(&out, &a.output, "chunked", "texts", &a.input.input, started)?;
     Ok(())
 }

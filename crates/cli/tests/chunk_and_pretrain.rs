@@ -198,3 +198,94 @@ fn plain_mlm_masks_every_selected_token() {
     assert!((rate - 0.15).abs() < 0.01, "selection rate {rate}");
     assert!(out.exists());
 }
+
+/// `berth chunk` streams a Parquet input (no --cache-dir); the result equals the
+/// cached dataset path's, row for row, on all of IMDB train.
+#[test]
+fn streamed_chunks_equal_the_cached_dataset_path() {
+    let (Some(data), Some(model)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = data.join("imdb/train.parquet");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "chunk",
+            "--tokenizer",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        berth(&args, tmp.path());
+    };
+    let streamed = tmp.path().join("streamed.parquet");
+    let cached = tmp.path().join("cached.parquet");
+    let cache = tmp.path().join("cache");
+    run(&streamed, &[]);
+    run(&cached, &["--cache-dir", cache.to_str().unwrap()]);
+    let load = |p: &Path| {
+        berth_data::load_parquet(p.to_str().unwrap(), &berth_data::LoadOptions::in_memory())
+            .unwrap()
+    };
+    let (a, b) = (load(&streamed), load(&cached));
+    assert_eq!(a.num_rows(), 25_000);
+    assert_eq!(a.column_names(), vec!["label", "chunks", "num_chunks"]);
+    assert_eq!(a.column_names(), b.column_names());
+    for name in a.column_names() {
+        let (x, y) = (a.column(&name).unwrap(), b.column(&name).unwrap());
+        assert!(x.as_ref() == y.as_ref(), "column {name} differs");
+    }
+}
+
+/// A bad row in a streamed Parquet input is named, and no output is left behind.
+#[test]
+fn streamed_bad_row_is_named_and_writes_nothing() {
+    let Some(model) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    use berth_data::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("nulls.parquet");
+    let texts: Vec<Option<&str>> = (0..2500)
+        .map(|i| if i == 2100 { None } else { Some("a review") })
+        .collect();
+    let batch = RecordBatch::try_from_iter([(
+        "text",
+        std::sync::Arc::new(StringArray::from(texts)) as ArrayRef,
+    )])
+    .unwrap();
+    berth_data::Dataset::from_batch(batch, "nulls")
+        .unwrap()
+        .to_parquet(&input)
+        .unwrap();
+    let out = tmp.path().join("out.parquet");
+    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "chunk",
+            "--tokenizer",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("row 2100 (0-based), column 'text': text is null"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "nulls.parquet")
+        .collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+}

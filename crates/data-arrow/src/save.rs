@@ -30,11 +30,12 @@ struct State {
 }
 
 /// Writes batches as Parquet (snappy, as HF `to_parquet`), in row groups of at most
-/// 10,000 rows, under a temp name renamed into place when complete.
+/// 10,000 rows, under a temp name renamed into place when complete. An `Err` from
+/// `batches` stops the write and removes the temp file.
 pub(crate) fn write_parquet<B: std::borrow::Borrow<RecordBatch>>(
     path: &Path,
     schema: SchemaRef,
-    batches: impl IntoIterator<Item = B>,
+    batches: impl IntoIterator<Item = Result<B>>,
 ) -> Result<()> {
     let (atomic, file) = AtomicFile::create(path)?;
     // Bounded row groups: the writer buffers a whole group, so this keeps memory
@@ -51,7 +52,7 @@ pub(crate) fn write_parquet<B: std::borrow::Borrow<RecordBatch>>(
     let mut writer =
         ArrowWriter::try_new(BufWriter::new(file), schema, Some(props)).map_err(perr)?;
     for b in batches {
-        writer.write(b.borrow()).map_err(perr)?;
+        writer.write(b?.borrow()).map_err(perr)?;
     }
     writer.close().map_err(perr)?;
     atomic.commit()
@@ -60,7 +61,7 @@ pub(crate) fn write_parquet<B: std::borrow::Borrow<RecordBatch>>(
 /// Writes batches as JSON Lines, one object per row (nulls written as `null`).
 pub(crate) fn write_jsonl<B: std::borrow::Borrow<RecordBatch>>(
     path: &Path,
-    batches: impl IntoIterator<Item = B>,
+    batches: impl IntoIterator<Item = Result<B>>,
 ) -> Result<()> {
     let (atomic, file) = AtomicFile::create(path)?;
     let mut out = BufWriter::new(file);
@@ -70,7 +71,7 @@ pub(crate) fn write_jsonl<B: std::borrow::Borrow<RecordBatch>>(
             .with_explicit_nulls(true)
             .build::<_, arrow::json::writer::LineDelimited>(&mut out);
         for b in batches {
-            writer.write(b.borrow()).map_err(aerr)?;
+            writer.write(b?.borrow()).map_err(aerr)?;
         }
         writer.finish().map_err(aerr)?;
     }
@@ -99,12 +100,12 @@ pub(crate) fn is_jsonl_output(path: &Path) -> Result<bool> {
 impl Dataset {
     /// Writes Parquet (snappy, as HF `to_parquet`), in row groups of at most 10,000 rows.
     pub fn to_parquet(&self, path: &Path) -> Result<()> {
-        write_parquet(path, self.schema(), self.batches())
+        write_parquet(path, self.schema(), self.batches().iter().map(Ok))
     }
 
     /// Writes JSON Lines, one object per row (nulls written as `null`).
     pub fn to_jsonl(&self, path: &Path) -> Result<()> {
-        write_jsonl(path, self.batches())
+        write_jsonl(path, self.batches().iter().map(Ok))
     }
 
     /// Writes `.parquet` or `.jsonl`/`.json`/`.ndjson`, by the path's extension.

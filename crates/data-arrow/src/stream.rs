@@ -38,7 +38,7 @@ pub fn stream_parquet(
     std::thread::scope(|scope| {
         // Two batches in flight between stages: enough to overlap, little memory.
         let (read_tx, read_rx) = sync_channel::<Result<RecordBatch>>(2);
-        let (write_tx, write_rx) = sync_channel::<RecordBatch>(2);
+        let (write_tx, write_rx) = sync_channel::<Option<RecordBatch>>(2);
         let reader = scope.spawn(move || -> Result<()> {
             for file in &files {
                 let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
@@ -83,7 +83,7 @@ pub fn stream_parquet(
 
 fn process(
     batches: Receiver<Result<RecordBatch>>,
-    out: &std::sync::mpsc::SyncSender<RecordBatch>,
+    out: &std::sync::mpsc::SyncSender<Option<RecordBatch>>,
     ops: &[&dyn BatchOp],
     drop_columns: &[&str],
     source: &str,
@@ -109,22 +109,45 @@ fn process(
             .project(&keep)
             .map_err(|e| DataError::arrow("dropping columns", e))?;
         stats.rows_out += batch.num_rows();
-        if out.send(batch).is_err() {
-            break; // the writer failed; its error is reported
+        if out.send(Some(batch)).is_err() {
+            return Ok(stats); // the writer failed; its error is reported
         }
     }
+    // The end marker: without it the writer discards what it wrote.
+    let _ = out.send(None);
     Ok(stats)
 }
 
-fn write_all(batches: Receiver<RecordBatch>, path: &Path, jsonl: bool) -> Result<()> {
-    let mut batches = batches.into_iter().peekable();
-    let Some(first) = batches.peek() else {
-        return Ok(()); // processing failed before the first batch
+/// Writes batches until the end marker (`None`); a channel closed before it means
+/// processing failed, and the temp file is removed instead of renamed into place.
+fn write_all(batches: Receiver<Option<RecordBatch>>, path: &Path, jsonl: bool) -> Result<()> {
+    let Ok(Some(first)) = batches.recv() else {
+        return Ok(()); // processing failed (or gave nothing) before the first batch
     };
     let schema = first.schema();
+    let mut done = false;
+    let rest = std::iter::from_fn(|| {
+        if done {
+            return None;
+        }
+        match batches.recv() {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => {
+                done = true;
+                None
+            }
+            Err(_) => {
+                done = true;
+                Some(Err(DataError::InvalidArgument(
+                    "stream stopped before its end".into(),
+                )))
+            }
+        }
+    });
+    let all = std::iter::once(Ok(first)).chain(rest);
     if jsonl {
-        write_jsonl(path, batches)
+        write_jsonl(path, all)
     } else {
-        write_parquet(path, schema, batches)
+        write_parquet(path, schema, all)
     }
 }
