@@ -1,11 +1,13 @@
-//! The tokenize map over IMDB reviews beside the raw `tokenizers` batch encoders on
-//! the same texts, in tokens/s. `BERTH_BENCH_IMDB` names the parquet file (default
+//! Tokenization of IMDB reviews in tokens/s: berth-wordpiece beside the raw
+//! `tokenizers` batch encoders on the same texts, on one thread and on all of them, and
+//! the tokenize map op. `BERTH_BENCH_IMDB` names the parquet file (default
 //! `$BERTH_DATA_DIR/imdb/train.parquet`), `BERTH_BENCH_ROWS` how many reviews (2000).
 
 use std::sync::Arc;
 
 use berth_data::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
+use berth_wordpiece::{EncodeOptions, WordPiece};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn setup() -> (berth_data::tokenizers::Tokenizer, Dataset, Vec<String>) {
@@ -20,22 +22,39 @@ fn bench(c: &mut Criterion) {
     let (tok, ds, texts) = setup();
     let op = Arc::new(TokenizeOp::new(&tok, TokenizeConfig::new("text")).expect("op"));
     let raw = op.tokenizer().clone();
+    let wp = WordPiece::from_json(&raw.to_string(false).expect("json")).expect("wordpiece");
     let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokens: usize = raw
-        .encode_batch_fast(strs.clone(), true)
-        .expect("encode")
-        .iter()
-        .map(|e| e.get_ids().len())
-        .sum();
+    let opts = EncodeOptions::default();
+    let ours = wp.encode_batch(&strs, None, &opts).expect("encode");
+    let theirs = raw.encode_batch_fast(strs.clone(), true).expect("encode");
+    let tokens: usize = theirs.iter().map(|e| e.get_ids().len()).sum();
+    assert_eq!(
+        ours.ids.len(),
+        tokens,
+        "berth-wordpiece and tokenizers disagree"
+    );
     println!("tokenize bench: {} reviews, {tokens} tokens", texts.len());
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
     let mut g = c.benchmark_group("tokenize_imdb");
     g.sample_size(10);
     g.throughput(Throughput::Elements(tokens as u64));
-    g.bench_function("raw_encode_batch", |b| {
-        b.iter(|| raw.encode_batch(strs.clone(), true).expect("encode"))
+    g.bench_function("wordpiece_encode_batch_1_thread", |b| {
+        b.iter(|| one.install(|| wp.encode_batch(&strs, None, &opts).expect("encode")))
     });
-    g.bench_function("raw_encode_batch_fast", |b| {
+    g.bench_function("tokenizers_encode_batch_fast_1_thread", |b| {
+        b.iter(|| one.install(|| raw.encode_batch_fast(strs.clone(), true).expect("encode")))
+    });
+    g.bench_function("wordpiece_encode_batch", |b| {
+        b.iter(|| wp.encode_batch(&strs, None, &opts).expect("encode"))
+    });
+    g.bench_function("tokenizers_encode_batch_fast", |b| {
         b.iter(|| raw.encode_batch_fast(strs.clone(), true).expect("encode"))
+    });
+    g.bench_function("tokenizers_encode_batch", |b| {
+        b.iter(|| raw.encode_batch(strs.clone(), true).expect("encode"))
     });
     g.bench_function("map_tokenize_op", |b| {
         b.iter(|| {

@@ -342,10 +342,12 @@ fn hub_has(repo: &str) -> bool {
 /// `--torch` the PyTorch reference (`benches/torch_reference.py`) in the same
 /// invocation, so the two are measured side by side on the same machine.
 fn bench(args: &[String]) -> Result<()> {
-    if args.first().map(String::as_str) != Some("train") {
-        bail!(
-            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]"
-        );
+    match args.first().map(String::as_str) {
+        Some("train") => {}
+        Some("chunk") => return bench_chunk(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]\n       cargo xtask bench chunk [--python PYTHON] [--repeat N]"
+        ),
     }
     let mut passed: Vec<String> = Vec::new();
     let mut torch: Option<String> = None;
@@ -385,5 +387,119 @@ fn bench(args: &[String]) -> Result<()> {
             .arg(workspace_root().join("benches/torch_reference.py"))
             .args(&passed))?;
     }
+    Ok(())
+}
+
+/// Wall seconds and peak RSS (MiB) of a command, by `/usr/bin/time` (Debian's `time`).
+fn timed(cmd: &mut Command) -> Result<(f64, f64)> {
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "BENCH_TIME %e %M"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let out = timed
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .context("running /usr/bin/time (apt-get install time)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut measured = None;
+    for line in stderr.lines() {
+        match line.strip_prefix("BENCH_TIME ") {
+            Some(rest) => {
+                let mut f = rest.split(' ').map(str::parse::<f64>);
+                if let (Some(Ok(wall)), Some(Ok(kb))) = (f.next(), f.next()) {
+                    measured = Some((wall, kb / 1024.0));
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    measured.context("no timing from /usr/bin/time")
+}
+
+/// `cargo xtask bench chunk [--python PYTHON] [--repeat N]`: `berth chunk` on all of
+/// IMDB train (parquet in, belt chunks 510/510/1, parquet out), then HF `datasets`
+/// doing the same (`benches/hf_chunk_reference.py`), in one invocation, and the ratio.
+/// `--repeat N` reads the file N times (N shards of it), for the memory goal.
+fn bench_chunk(args: &[String]) -> Result<()> {
+    let mut python: Option<String> = None;
+    let mut repeat = 1usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--python" => python = Some(it.next().cloned().context("--python needs a value")?),
+            "--repeat" => repeat = it.next().context("--repeat needs a value")?.parse()?,
+            other => bail!("unknown bench chunk option '{other}'"),
+        }
+    }
+    let model = fixtures()?;
+    let data = std::env::var_os("BERTH_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/data"));
+    let train = data
+        .join("imdb/train.parquet")
+        .canonicalize()
+        .with_context(|| format!("no IMDB train in {}", data.display()))?;
+    run(cargo().args(["build", "--release", "--quiet", "-p", "berth-cli"]))?;
+    let berth = workspace_root().join("target/release/berth");
+    let work = std::env::temp_dir().join(format!("berth-bench-chunk-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    // N shards of the same file: both sides read them as one dataset.
+    let input = if repeat > 1 {
+        let dir = work.join("shards");
+        std::fs::create_dir_all(&dir)?;
+        for i in 0..repeat {
+            std::os::unix::fs::symlink(&train, dir.join(format!("shard-{i:03}.parquet")))?;
+        }
+        dir
+    } else {
+        train.clone()
+    };
+    println!("bench chunk: IMDB train x{repeat}, MiniLM tokenizer, chunks 510/510/1");
+    let (b_wall, b_rss) = timed(
+        Command::new(&berth)
+            .args(["chunk", "--tokenizer"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(work.join("berth.parquet")),
+    )?;
+    let mut rows = vec![("berth chunk", b_wall, b_rss)];
+    if let Some(python) = &python {
+        let mut cmd = Command::new(python);
+        cmd.arg(workspace_root().join("benches/hf_chunk_reference.py"))
+            .arg("--input")
+            .arg(&train)
+            .arg("--tokenizer")
+            .arg(&model)
+            .arg("--repeat")
+            .arg(repeat.to_string())
+            .arg("--output")
+            .arg(work.join("hf.parquet"));
+        let (h_wall, h_rss) = timed(&mut cmd)?;
+        rows.push(("HF datasets map", h_wall, h_rss));
+    }
+    println!("\n| what | wall s | peak RSS MiB |\n| --- | --- | --- |");
+    for (what, wall, rss) in &rows {
+        println!("| {what} | {wall:.2} | {rss:.0} |");
+    }
+    for (what, wall, rss) in &rows {
+        println!(
+            "{{\"bench\":\"chunk\",\"impl\":{what:?},\"repeat\":{repeat},\"wall_s\":{wall},\"peak_rss_mib\":{rss:.1}}}"
+        );
+    }
+    if let [(_, b, _), (_, h, _)] = rows[..] {
+        println!("berth / HF speed: {:.2}x", h / b);
+    }
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -262,8 +262,9 @@ fn streamed_bad_row_is_named_and_writes_nothing() {
         .to_parquet(&input)
         .unwrap();
     let out = tmp.path().join("out.parquet");
-    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
+    let cache = tempfile::tempdir().unwrap();
+    let o = common::berth_output(
+        &[
             "chunk",
             "--tokenizer",
             model.to_str().unwrap(),
@@ -271,10 +272,9 @@ fn streamed_bad_row_is_named_and_writes_nothing() {
             input.to_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
-        ])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+        ],
+        cache.path(),
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -202,19 +202,12 @@ pub(crate) fn list_of<T: ArrowPrimitiveType>(
     rows: impl Iterator<Item = impl AsRef<[T::Native]>>,
 ) -> ArrayRef {
     let mut flat: Vec<T::Native> = Vec::new();
-    let mut offsets = vec![0i32];
+    let mut offsets = vec![0usize];
     for r in rows {
         flat.extend_from_slice(r.as_ref());
-        offsets.push(flat.len() as i32);
+        offsets.push(flat.len());
     }
-    let values = PrimitiveArray::<T>::new(flat.into(), None);
-    let field = Arc::new(Field::new("item", T::DATA_TYPE, false));
-    Arc::new(ListArray::new(
-        field,
-        OffsetBuffer::new(offsets.into()),
-        Arc::new(values),
-        None,
-    ))
+    list_from_flat::<T>(flat, &offsets)
 }
 
 /// A `List<T>` array from flat values and row offsets (`offsets[i]..offsets[i + 1]`).
