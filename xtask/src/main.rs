@@ -346,7 +346,7 @@ fn bench(args: &[String]) -> Result<()> {
         Some("train") => {}
         Some("chunk") => return bench_chunk(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]\n       cargo xtask bench chunk [--python PYTHON] [--repeat N]"
+            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]\n       cargo xtask bench chunk [--python PYTHON] [--repeat N] [--num-proc N]"
         ),
     }
     let mut passed: Vec<String> = Vec::new();
@@ -424,17 +424,22 @@ fn timed(cmd: &mut Command) -> Result<(f64, f64)> {
     measured.context("no timing from /usr/bin/time")
 }
 
-/// `cargo xtask bench chunk [--python PYTHON] [--repeat N]`: `berth chunk` on all of
+/// `cargo xtask bench chunk [--python PYTHON] [--repeat N] [--num-proc N]`: `berth chunk` on all of
 /// IMDB train (parquet in, belt chunks 510/510/1, parquet out), then HF `datasets`
 /// doing the same (`benches/hf_chunk_reference.py`), in one invocation, and the ratio.
-/// `--repeat N` reads the file N times (N shards of it), for the memory goal.
+/// `--repeat N` reads the file N times (N shards of it), for the memory goal;
+/// `--num-proc N` is passed to `datasets.map` (default: one process, as a user writes it).
 fn bench_chunk(args: &[String]) -> Result<()> {
     let mut python: Option<String> = None;
     let mut repeat = 1usize;
+    let mut num_proc: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--python" => python = Some(it.next().cloned().context("--python needs a value")?),
+            "--num-proc" => {
+                num_proc = Some(it.next().cloned().context("--num-proc needs a value")?)
+            }
             "--repeat" => repeat = it.next().context("--repeat needs a value")?.parse()?,
             other => bail!("unknown bench chunk option '{other}'"),
         }
@@ -485,6 +490,9 @@ fn bench_chunk(args: &[String]) -> Result<()> {
             .arg(repeat.to_string())
             .arg("--output")
             .arg(work.join("hf.parquet"));
+        if let Some(n) = &num_proc {
+            cmd.args(["--num-proc", n]);
+        }
         let (h_wall, h_rss) = timed(&mut cmd)?;
         rows.push(("HF datasets map", h_wall, h_rss));
     }

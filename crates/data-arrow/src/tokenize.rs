@@ -392,6 +392,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tokenizer_wordpiece_cannot_reproduce_falls_back_with_the_same_ids() {
+        let Some(tok) = minilm() else { return };
+        let fast = TokenizeOp::new(&tok, TokenizeConfig::new("a")).unwrap();
+        assert_eq!(fast.backend(), crate::Backend::WordPiece);
+        // An added token with lstrip set: berth-wordpiece refuses, tokenizers encodes.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&tok.to_string(false).unwrap()).unwrap();
+        json["added_tokens"][4]["lstrip"] = true.into();
+        let other: Tokenizer = json.to_string().parse().unwrap();
+        let slow = TokenizeOp::new(&other, TokenizeConfig::new("a")).unwrap();
+        assert_eq!(slow.backend(), crate::Backend::Tokenizers);
+        let a = pairs().map_batched(&fast, &MapOptions::default()).unwrap();
+        let b = pairs().map_batched(&slow, &MapOptions::default()).unwrap();
+        assert_eq!(ids(&a, "input_ids", 0), ids(&b, "input_ids", 0));
+        assert_eq!(ids(&a, "input_ids", 1), ids(&b, "input_ids", 1));
+    }
+
+    #[test]
     fn non_string_and_null_text_are_named() {
         let Some(tok) = minilm() else { return };
         let op = TokenizeOp::new(&tok, TokenizeConfig::new("label")).unwrap();
