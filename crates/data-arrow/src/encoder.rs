@@ -62,6 +62,16 @@ impl TextEncoder {
                 message: e.to_string(),
             })?;
             match WordPiece::from_json(&json) {
+                // State the serialized form does not carry: special tokens encoded as
+                // text, and vocabulary entries sharing an id (one is not written out).
+                Ok(_) if hf.get_encode_special_tokens() => {
+                    log_fallback("special tokens are encoded as text (encode_special_tokens)");
+                    None
+                }
+                Ok(wp) if wp.spec().vocab.len() != hf.get_vocab_size(false) => {
+                    log_fallback("the vocabulary has tokens sharing an id");
+                    None
+                }
                 Ok(wp) => Some(wp),
                 Err(e) => {
                     log_fallback(&e.to_string());

@@ -6,6 +6,9 @@
 //! JSON Lines, plain text and the hub; [`Dataset::map_batched`] and friends derive new
 //! datasets, each cached under a fingerprint of (parent, op, version, parameters) so a
 //! pipeline run twice reuses its work.
+//! Tokenizing ops encode with `berth-wordpiece` where it reproduces the tokenizer
+//! exactly ([`TextEncoder`]), and [`stream_parquet`] runs ops over a Parquet input
+//! straight into an output file without the cache.
 //!
 //! ```no_run
 //! use berth_data::{load, load_tokenizer, HubOptions, LoadOptions, MapOptions, TokenizeConfig, TokenizeOp};

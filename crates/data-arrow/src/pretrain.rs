@@ -136,13 +136,29 @@ impl Dataset {
                 let texts = text_values(&batch, text_column, first_row, self.source_name())?;
                 for (i, text) in texts.into_iter().enumerate() {
                     let sentences = split_sentences(text);
-                    let enc = encoder.encode(
-                        &sentences,
-                        None,
-                        first_row + i,
-                        self.source_name(),
-                        text_column,
-                    )?;
+                    // Errors name the document's row, not the sentence's index.
+                    let enc = encoder
+                        .encode(
+                            &sentences,
+                            None,
+                            first_row + i,
+                            self.source_name(),
+                            text_column,
+                        )
+                        .map_err(|e| match e {
+                            DataError::Value {
+                                source_name,
+                                column,
+                                message,
+                                ..
+                            } => DataError::Value {
+                                source_name,
+                                row: first_row + i,
+                                column,
+                                message,
+                            },
+                            other => other,
+                        })?;
                     documents.push(
                         (0..enc.len())
                             .map(|s| enc.row(s).to_vec())

@@ -37,37 +37,22 @@ pub fn stream_parquet(
     let jsonl = is_jsonl_output(output)?;
     std::thread::scope(|scope| {
         // Two batches in flight between stages: enough to overlap, little memory.
-        let (read_tx, read_rx) = sync_channel::<Result<RecordBatch>>(2);
+        // `None` marks the end of the input: a channel closed without it is a failure.
+        let (read_tx, read_rx) = sync_channel::<Option<Result<RecordBatch>>>(2);
         let (write_tx, write_rx) = sync_channel::<Option<RecordBatch>>(2);
-        let reader = scope.spawn(move || -> Result<()> {
-            for file in &files {
-                let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
-                    .map_err(|e| parquet_err(file, e))?
-                    .with_batch_size(batch_size.max(1));
-                let schema = builder.schema().clone();
-                let mut sent = false;
-                for batch in builder.build().map_err(|e| parquet_err(file, e))? {
-                    let batch = batch.map_err(|e| DataError::arrow(file.display().to_string(), e));
-                    if read_tx.send(batch).is_err() {
-                        return Ok(()); // the consumer stopped on an error of its own
-                    }
-                    sent = true;
-                }
-                // An empty input still gives the output its schema.
-                if !sent && read_tx.send(Ok(RecordBatch::new_empty(schema))).is_err() {
-                    return Ok(());
-                }
-            }
-            Ok(())
+        let reader = scope.spawn(move || {
+            let end = match read_files(&files, batch_size, &read_tx) {
+                Ok(()) => None,
+                Err(e) => Some(Err(e)),
+            };
+            let _ = read_tx.send(end);
         });
         let writer = scope.spawn(move || write_all(write_rx, output, jsonl));
         let processed = process(read_rx, &write_tx, ops, drop_columns, input);
         drop(write_tx);
-        let read = reader.join().unwrap_or_else(|_| {
-            Err(DataError::InvalidArgument(
-                "the reader thread panicked".into(),
-            ))
-        });
+        let read = reader
+            .join()
+            .map_err(|_| DataError::InvalidArgument("the reader thread panicked".into()));
         let written = writer.join().unwrap_or_else(|_| {
             Err(DataError::InvalidArgument(
                 "the writer thread panicked".into(),
@@ -81,8 +66,48 @@ pub fn stream_parquet(
     })
 }
 
+/// Sends every batch of `files` (then returns; the caller sends the end marker).
+fn read_files(
+    files: &[std::path::PathBuf],
+    batch_size: usize,
+    out: &std::sync::mpsc::SyncSender<Option<Result<RecordBatch>>>,
+) -> Result<()> {
+    let mut first_schema: Option<arrow::datatypes::SchemaRef> = None;
+    for file in files {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
+            .map_err(|e| parquet_err(file, e))?
+            .with_batch_size(batch_size.max(1));
+        let schema = builder.schema().clone();
+        match &first_schema {
+            None => first_schema = Some(schema.clone()),
+            Some(s) if s.fields() != schema.fields() => {
+                return Err(DataError::InvalidArgument(format!(
+                    "{}: schema {:?} differs from the first shard's {:?}",
+                    file.display(),
+                    schema,
+                    s
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut sent = false;
+        for batch in builder.build().map_err(|e| parquet_err(file, e))? {
+            let batch = batch.map_err(|e| DataError::arrow(file.display().to_string(), e))?;
+            if out.send(Some(Ok(batch))).is_err() {
+                return Ok(()); // the consumer stopped on an error of its own
+            }
+            sent = true;
+        }
+        // An empty input still gives the output its schema.
+        if !sent && out.send(Some(Ok(RecordBatch::new_empty(schema)))).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 fn process(
-    batches: Receiver<Result<RecordBatch>>,
+    batches: Receiver<Option<Result<RecordBatch>>>,
     out: &std::sync::mpsc::SyncSender<Option<RecordBatch>>,
     ops: &[&dyn BatchOp],
     drop_columns: &[&str],
@@ -94,8 +119,16 @@ fn process(
     };
     // Each op's output rows are numbered on their own, as `map_batched` numbers them.
     let mut first_rows = vec![0usize; ops.len()];
-    for batch in batches {
-        let mut batch = batch?;
+    loop {
+        let mut batch = match batches.recv() {
+            Ok(Some(batch)) => batch?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(DataError::InvalidArgument(
+                    "the reader stopped before the end of the input".into(),
+                ));
+            }
+        };
         stats.rows_in += batch.num_rows();
         for (op, first) in ops.iter().zip(first_rows.iter_mut()) {
             let rows = batch.num_rows();
@@ -149,5 +182,85 @@ fn write_all(batches: Receiver<Option<RecordBatch>>, path: &Path, jsonl: bool) -
         write_jsonl(path, all)
     } else {
         write_parquet(path, schema, all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Dataset;
+    use crate::load::{LoadOptions, load_parquet};
+    use crate::ops::FnOp;
+    use arrow::array::{ArrayRef, Int64Array};
+    use std::sync::Arc;
+
+    fn shard(path: &Path, values: Vec<i64>) {
+        let batch =
+            RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(values)) as ArrayRef)])
+                .unwrap();
+        Dataset::from_batch(batch, "shard")
+            .unwrap()
+            .to_parquet(path)
+            .unwrap();
+    }
+
+    fn doubled() -> impl BatchOp {
+        FnOp::new("double", "", |b: &RecordBatch| {
+            let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let d: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                n.values().iter().map(|v| v * 2),
+            ));
+            Ok(RecordBatch::try_from_iter([("n", b.column(0).clone()), ("d", d)]).unwrap())
+        })
+    }
+
+    #[test]
+    fn streams_every_shard_through_the_ops_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        shard(&dir.path().join("a.parquet"), (0..2500).collect());
+        shard(&dir.path().join("b.parquet"), (2500..3000).collect());
+        let out = dir.path().join("out/result.parquet");
+        let op = doubled();
+        let stats =
+            stream_parquet(dir.path().to_str().unwrap(), &[&op], &["n"], &out, 1000).unwrap();
+        assert_eq!(
+            stats,
+            StreamStats {
+                rows_in: 3000,
+                rows_out: 3000
+            }
+        );
+        let ds = load_parquet(out.to_str().unwrap(), &LoadOptions::in_memory()).unwrap();
+        assert_eq!(ds.column_names(), vec!["d"]);
+        let d = ds.column("d").unwrap();
+        let d = d.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(
+            d.values().to_vec(),
+            (0..3000).map(|v| v * 2).collect::<Vec<_>>()
+        );
+    }
+
+    /// A shard that fails to read, after a good one, must not replace the output with
+    /// the good shard's rows, nor leave a temp file.
+    #[test]
+    fn a_bad_shard_keeps_the_old_output_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("shards");
+        std::fs::create_dir_all(&shards).unwrap();
+        shard(&shards.join("a.parquet"), (0..2500).collect());
+        std::fs::write(shards.join("b.parquet"), b"not parquet at all").unwrap();
+        let out = dir.path().join("out.parquet");
+        std::fs::write(&out, b"the previous output").unwrap();
+        let op = doubled();
+        let err = stream_parquet(shards.to_str().unwrap(), &[&op], &[], &out, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("b.parquet"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"the previous output");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "temp files left: {names:?}");
     }
 }

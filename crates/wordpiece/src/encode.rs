@@ -402,6 +402,9 @@ impl WordPiece {
                 }
                 Ok((enc, lens))
             })
+            // All results in order, then the first error: the lowest bad row, every run.
+            .collect::<Vec<Result<_>>>()
+            .into_iter()
             .collect::<Result<_>>()?;
         let total: usize = parts.iter().map(|(e, _)| e.ids.len()).sum();
         let mut out = BatchEncoding {
@@ -468,7 +471,7 @@ fn truncated_lengths(
             };
             if target <= to_remove {
                 return Err(WordPieceError::Truncation(format!(
-                    "the {} text has {target} ids, fewer than the {to_remove} to remove",
+                    "the {} text has {target} ids, not more than the {to_remove} to remove",
                     if second { "second" } else { "first" }
                 )));
             }

@@ -296,6 +296,9 @@ impl Spec {
         };
 
         let mut added_tokens = Vec::new();
+        let vocab_ids: std::collections::HashMap<&str, u32> =
+            vocab.iter().map(|(k, id)| (k.as_str(), *id)).collect();
+        let mut next_id = vocab_ids.len() as u32;
         if let Some(list) = root.get("added_tokens") {
             let list = list
                 .as_array()
@@ -312,11 +315,21 @@ impl Spec {
                 if content.is_empty() {
                     return unsupported(format!("{what} is empty"));
                 }
-                let id = u32_of(
-                    t.get("id")
-                        .ok_or_else(|| invalid(format!("{what} has no id")))?,
-                    &format!("{what}.id"),
-                )?;
+                // `tokenizers` ignores the file's id: a token in the vocabulary gets its
+                // vocabulary id, any other the next id after the vocabulary, in file order.
+                if added_tokens
+                    .iter()
+                    .any(|t: &AddedToken| t.content == content)
+                {
+                    continue;
+                }
+                let id = match vocab_ids.get(content) {
+                    Some(&id) => id,
+                    None => {
+                        next_id += 1;
+                        next_id - 1
+                    }
+                };
                 added_tokens.push(AddedToken {
                     content: content.to_string(),
                     id,

@@ -426,3 +426,53 @@ fn batch_equals_one_at_a_time() {
         assert_eq!(batch.type_row(i), &one.type_ids[..], "row {i}");
     }
 }
+
+#[test]
+fn a_batch_error_names_its_row() {
+    let Some(base) = minilm_json() else { return };
+    let (wp, hf) = both(&base);
+    let t = Truncation {
+        max_length: 6,
+        strategy: TruncationStrategy::OnlyFirst,
+        side: TruncationSide::Right,
+    };
+    let opts = EncodeOptions {
+        add_special_tokens: true,
+        truncation: Some(t),
+    };
+    let first = ["fine", "a", "also fine"];
+    let second = ["b", "a long second text here", "c"];
+    let err = wp.encode_batch(&first, Some(&second), &opts).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "row 1 (0-based): truncation: the first text has 1 ids, not more than the 3 to remove"
+    );
+    // tokenizers refuses the same row.
+    let hf_t = with_truncation(&hf, Some(t));
+    assert!(hf_encode(&hf_t, first[1], Some(second[1]), true).is_err());
+    assert!(hf_encode(&hf_t, first[0], Some(second[0]), true).is_ok());
+}
+
+/// `tokenizers` gives an added token its vocabulary id, or the next id after the
+/// vocabulary, whatever id the file writes; so does berth-wordpiece.
+#[test]
+fn added_token_ids_are_assigned_as_tokenizers_assigns_them() {
+    let json = r###"{
+      "added_tokens": [
+        {"id": 7, "content": "<x>", "special": true, "normalized": false, "single_word": false, "lstrip": false, "rstrip": false},
+        {"id": 9, "content": "[CLS]", "special": true, "normalized": false, "single_word": false, "lstrip": false, "rstrip": false},
+        {"id": 3, "content": "<y>", "special": false, "normalized": false, "single_word": false, "lstrip": false, "rstrip": false}
+      ],
+      "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+      "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "post_processor": null,
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100, "vocab": {"[UNK]": 0, "a": 1, "[CLS]": 2}}
+    }"###;
+    let wp = WordPiece::from_json(json).unwrap();
+    let hf = Tokenizer::from_bytes(json.as_bytes()).unwrap();
+    let text = "a<x>a [CLS]<y> b";
+    let want = hf.encode_fast(text, true).unwrap().get_ids().to_vec();
+    assert_eq!(want, vec![1, 3, 1, 2, 4, 0]);
+    assert_eq!(ours(&wp, text, None, true, None).unwrap().0, want);
+}
