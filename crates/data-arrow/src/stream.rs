@@ -8,10 +8,9 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::array::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{DataError, Result};
-use crate::load::{open, parquet_err, resolve_files};
+use crate::load::{read_shards, resolve_files};
 use crate::ops::BatchOp;
 use crate::save::{is_jsonl_output, write_jsonl, write_parquet};
 
@@ -72,38 +71,11 @@ fn read_files(
     batch_size: usize,
     out: &std::sync::mpsc::SyncSender<Option<Result<RecordBatch>>>,
 ) -> Result<()> {
-    let mut first_schema: Option<arrow::datatypes::SchemaRef> = None;
-    for file in files {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
-            .map_err(|e| parquet_err(file, e))?
-            .with_batch_size(batch_size.max(1));
-        let schema = builder.schema().clone();
-        match &first_schema {
-            None => first_schema = Some(schema.clone()),
-            Some(s) if s.fields() != schema.fields() => {
-                return Err(DataError::InvalidArgument(format!(
-                    "{}: schema {:?} differs from the first shard's {:?}",
-                    file.display(),
-                    schema,
-                    s
-                )));
-            }
-            Some(_) => {}
-        }
-        let mut sent = false;
-        for batch in builder.build().map_err(|e| parquet_err(file, e))? {
-            let batch = batch.map_err(|e| DataError::arrow(file.display().to_string(), e))?;
-            if out.send(Some(Ok(batch))).is_err() {
-                return Ok(()); // the consumer stopped on an error of its own
-            }
-            sent = true;
-        }
-        // An empty input still gives the output its schema.
-        if !sent && out.send(Some(Ok(RecordBatch::new_empty(schema)))).is_err() {
-            return Ok(());
-        }
-    }
-    Ok(())
+    read_shards(files, batch_size, |batch| {
+        // A closed channel: the consumer stopped on an error of its own, reported there.
+        out.send(Some(Ok(batch)))
+            .map_err(|_| DataError::InvalidArgument("the stream stopped".into()))
+    })
 }
 
 fn process(

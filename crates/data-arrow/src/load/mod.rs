@@ -14,7 +14,7 @@ pub use self::csv::{CsvOptions, load_csv};
 pub use self::hub::{HubOptions, hub_files, hub_model_file, load_hub, load_hub_split};
 pub use self::json::load_jsonl;
 pub use self::parquet::load_parquet;
-pub(crate) use self::parquet::{parquet_err, resolve_files};
+pub(crate) use self::parquet::{read_shards, resolve_files};
 pub use self::text::{SampleBy, load_text};
 
 use crate::dataset::{CacheMode, Dataset};

@@ -22,43 +22,53 @@ pub(crate) fn load_parquet_files(
 ) -> Result<Dataset> {
     let fp = source_fingerprint("parquet", files, &format!("batch_size={}", opts.batch_size))?;
     Dataset::materialize(&opts.cache, fp, name.into(), |emit| {
-        let mut first_schema = None;
-        for file in files {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
-                .map_err(|e| parquet_err(file, e))?
-                .with_batch_size(opts.batch_size);
-            let schema = builder.schema().clone();
-            match &first_schema {
-                None => first_schema = Some(schema.clone()),
-                Some(s) if s.fields() != schema.fields() => {
-                    return Err(DataError::InvalidArgument(format!(
-                        "{}: schema {:?} differs from the first shard's {:?}",
-                        file.display(),
-                        schema,
-                        s
-                    )));
-                }
-                Some(_) => {}
-            }
-            let mut emitted = false;
-            for batch in builder.build().map_err(|e| parquet_err(file, e))? {
-                let batch = batch.map_err(|e| DataError::arrow(file.display().to_string(), e))?;
-                // Keep the first shard's schema (and its metadata, e.g. class names).
-                let batch = match &first_schema {
-                    Some(s) => batch
-                        .with_schema(s.clone())
-                        .map_err(|e| DataError::arrow(file.display().to_string(), e))?,
-                    None => batch,
-                };
-                emit(batch)?;
-                emitted = true;
-            }
-            if !emitted {
-                emit(arrow::array::RecordBatch::new_empty(schema))?;
-            }
-        }
-        Ok(())
+        read_shards(files, opts.batch_size, emit)
     })
+}
+
+/// Every batch of `files` in order, in batches of `batch_size` rows, each with the first
+/// shard's schema (and its metadata, e.g. class names); an empty shard gives one empty
+/// batch, so the output has a schema; shards must share one schema.
+pub(crate) fn read_shards(
+    files: &[PathBuf],
+    batch_size: usize,
+    mut emit: impl FnMut(arrow::array::RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let mut first_schema = None;
+    for file in files {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
+            .map_err(|e| parquet_err(file, e))?
+            .with_batch_size(batch_size.max(1));
+        let schema = builder.schema().clone();
+        match &first_schema {
+            None => first_schema = Some(schema.clone()),
+            Some(s) if s.fields() != schema.fields() => {
+                return Err(DataError::InvalidArgument(format!(
+                    "{}: schema {:?} differs from the first shard's {:?}",
+                    file.display(),
+                    schema,
+                    s
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut emitted = false;
+        for batch in builder.build().map_err(|e| parquet_err(file, e))? {
+            let batch = batch.map_err(|e| DataError::arrow(file.display().to_string(), e))?;
+            let batch = match &first_schema {
+                Some(s) => batch
+                    .with_schema(s.clone())
+                    .map_err(|e| DataError::arrow(file.display().to_string(), e))?,
+                None => batch,
+            };
+            emit(batch)?;
+            emitted = true;
+        }
+        if !emitted {
+            emit(arrow::array::RecordBatch::new_empty(schema))?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn parquet_err(path: &Path, source: parquet::errors::ParquetError) -> DataError {
