@@ -65,14 +65,7 @@ impl InputArgs {
     fn is_parquet(&self) -> Result<bool> {
         let format = match self.format.as_deref() {
             Some(f) => Some(Format::from_name(f)?),
-            None => {
-                let p = Path::new(&self.input);
-                if p.is_dir() || self.input.contains(['*', '?', '[']) {
-                    Some(Format::Parquet)
-                } else {
-                    Format::from_path(p)
-                }
-            }
+            None => Format::of_input(&self.input),
         };
         Ok(format == Some(Format::Parquet))
     }

@@ -12,7 +12,7 @@ use tokenizers::{
 };
 
 use crate::error::{DataError, Result};
-use crate::tokenize::unpadded;
+use crate::tokenize::{digest_of_json, tokenizer_json, unpadded};
 
 /// Which implementation encodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct TextEncoder {
     fast: Option<WordPiece>,
     hf: Tokenizer,
     opts: EncodeOptions,
+    /// Hash of the configured tokenizer's serialized form, for fingerprints.
+    digest: String,
 }
 
 /// Logs once per process why the fast tokenizer is not used.
@@ -53,14 +55,13 @@ impl TextEncoder {
             what: "truncation".into(),
             message: e.to_string(),
         })?;
+        // One serialization: the fast tokenizer is built from it, the digest hashes it.
+        let json = tokenizer_json(&hf)?;
+        let digest = digest_of_json(&json);
         let forced = std::env::var("BERTH_TOKENIZER").is_ok_and(|v| v == "tokenizers");
         let fast = if forced {
             None
         } else {
-            let json = hf.to_string(false).map_err(|e| DataError::Tokenizer {
-                what: "serialization".into(),
-                message: e.to_string(),
-            })?;
             match WordPiece::from_json(&json) {
                 // State the serialized form does not carry: special tokens encoded as
                 // text, and vocabulary entries sharing an id (one is not written out).
@@ -83,7 +84,12 @@ impl TextEncoder {
             add_special_tokens,
             truncation: max_length.map(Truncation::longest_first),
         };
-        Ok(TextEncoder { fast, hf, opts })
+        Ok(TextEncoder {
+            fast,
+            hf,
+            opts,
+            digest,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -92,6 +98,11 @@ impl TextEncoder {
         } else {
             Backend::Tokenizers
         }
+    }
+
+    /// Hash of the configured tokenizer's serialized form (part of op fingerprints).
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The tokenizer as configured (padding off, truncation set).

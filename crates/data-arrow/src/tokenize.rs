@@ -84,7 +84,7 @@ pub struct TokenizeOp {
 impl TokenizeOp {
     pub fn new(tokenizer: &Tokenizer, config: TokenizeConfig) -> Result<Self> {
         let encoder = TextEncoder::new(tokenizer, config.max_length, config.add_special_tokens)?;
-        let tokenizer_digest = tokenizer_digest(encoder.tokenizer())?;
+        let tokenizer_digest = encoder.digest().to_string();
         Ok(TokenizeOp {
             encoder,
             config,
@@ -106,14 +106,23 @@ impl TokenizeOp {
 /// A hash of the tokenizer's serialized form (vocabulary, normalizer, truncation...),
 /// part of the fingerprint of every op that tokenizes.
 pub(crate) fn tokenizer_digest(tokenizer: &Tokenizer) -> Result<String> {
-    use sha2::Digest;
-    let json = tokenizer
+    Ok(digest_of_json(&tokenizer_json(tokenizer)?))
+}
+
+/// The tokenizer's serialized form (a tokenizer.json).
+pub(crate) fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String> {
+    tokenizer
         .to_string(false)
         .map_err(|e| DataError::Tokenizer {
             what: "serialization".into(),
             message: e.to_string(),
-        })?;
-    Ok(hex::encode(&sha2::Sha256::digest(json.as_bytes())[..16]))
+        })
+}
+
+/// [`tokenizer_digest`] of an already serialized tokenizer.
+pub(crate) fn digest_of_json(json: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(json.as_bytes())[..16])
 }
 
 /// A copy of `tokenizer` with the padding and truncation baked into its file turned off.

@@ -206,11 +206,11 @@ impl WordPiece {
                         self.read_run(&text[s..i], &mut w, ids, norm);
                     }
                     match class {
-                        Ascii::Word(c) => self.push_byte(&mut w, c, ids),
+                        Ascii::Word(c) => self.push_bytes(&mut w, &[c], ids),
                         Ascii::Space => self.end_word(&mut w, ids),
                         Ascii::Punct(c) => {
                             self.end_word(&mut w, ids);
-                            self.push_byte(&mut w, c, ids);
+                            self.push_bytes(&mut w, &[c], ids);
                             self.end_word(&mut w, ids);
                         }
                         Ascii::Drop => {}
@@ -249,18 +249,9 @@ impl WordPiece {
         }
     }
 
+    /// One character of the word, given as its UTF-8 bytes.
     #[inline]
-    fn push_byte(&self, w: &mut Word, b: u8, ids: &mut Vec<u32>) {
-        w.chars += 1;
-        if !w.failed {
-            w.node = self.trie.step(w.node, b, ids);
-            w.failed = w.node == NONE || w.chars > self.spec.max_input_chars_per_word;
-        }
-    }
-
-    fn push_char(&self, w: &mut Word, c: char, ids: &mut Vec<u32>) {
-        let mut buf = [0u8; 4];
-        let bytes = c.encode_utf8(&mut buf).as_bytes();
+    fn push_bytes(&self, w: &mut Word, bytes: &[u8], ids: &mut Vec<u32>) {
         w.chars += 1;
         for &b in bytes {
             if !w.failed {
@@ -268,6 +259,11 @@ impl WordPiece {
                 w.failed = w.node == NONE || w.chars > self.spec.max_input_chars_per_word;
             }
         }
+    }
+
+    fn push_char(&self, w: &mut Word, c: char, ids: &mut Vec<u32>) {
+        let mut buf = [0u8; 4];
+        self.push_bytes(w, c.encode_utf8(&mut buf).as_bytes(), ids);
     }
 
     #[inline]

@@ -73,6 +73,17 @@ impl Format {
         })
     }
 
+    /// The format of an input as [`load`] reads it when none is given: a directory or
+    /// glob of shards is Parquet, else the extension decides.
+    pub fn of_input(path: &str) -> Option<Format> {
+        let p = Path::new(path);
+        if p.is_dir() || path.contains(['*', '?', '[']) {
+            Some(Format::Parquet)
+        } else {
+            Format::from_path(p)
+        }
+    }
+
     /// Parses a `--format` name: parquet, csv, tsv, jsonl (or json), text.
     pub fn from_name(name: &str) -> Result<Format> {
         Ok(match name.to_ascii_lowercase().as_str() {
@@ -94,20 +105,12 @@ impl Format {
 pub fn load(path: &str, format: Option<Format>, opts: &LoadOptions) -> Result<Dataset> {
     let format = match format {
         Some(f) => f,
-        None => {
-            // A directory or glob of shards is Parquet unless said otherwise.
-            let p = Path::new(path);
-            if p.is_dir() || path.contains(['*', '?', '[']) {
-                Format::Parquet
-            } else {
-                Format::from_path(p).ok_or_else(|| {
-                    DataError::InvalidArgument(format!(
-                        "{path}: cannot tell the format from the extension; pass a format \
-                         (parquet, csv, tsv, jsonl, text)"
-                    ))
-                })?
-            }
-        }
+        None => Format::of_input(path).ok_or_else(|| {
+            DataError::InvalidArgument(format!(
+                "{path}: cannot tell the format from the extension; pass a format \
+                 (parquet, csv, tsv, jsonl, text)"
+            ))
+        })?,
     };
     match format {
         Format::Parquet => load_parquet(path, opts),
