@@ -81,6 +81,112 @@ impl Slot {
     }
 }
 
+/// The sum of squares of a CPU f32 tensor's values in one parallel pass (f64 per
+/// chunk, chunks added in order); `None` for any other tensor.
+fn host_sum_sq(g: &Tensor) -> Option<f64> {
+    let (storage, layout) = g.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
+        return None;
+    };
+    const CHUNK: usize = 1 << 14;
+    let partials: Vec<f64> = v[start..end]
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&x| x as f64 * x as f64).sum())
+        .collect();
+    Some(partials.into_iter().sum())
+}
+
+/// torch's single-tensor AdamW for one CPU parameter, fused: one pass, f32 like torch.
+struct HostUpdate<'a> {
+    b2: f32,
+    w1: f32,
+    w2: f32,
+    keep: f32,
+    scale: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    /// The parameter's first and second moments (a lock only because candle hands
+    /// in-place ops `&self`).
+    moments: std::sync::Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+}
+
+impl HostUpdate<'_> {
+    fn apply(&self, p: &mut [f32], g: &[f32]) -> candle_core::Result<()> {
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("AdamW moments lock poisoned".into()))?;
+        let (m, v) = &mut *guard;
+        if p.len() != g.len() || p.len() != m.len() || p.len() != v.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "AdamW: parameter of {} values, gradient {}, moments {}",
+                p.len(),
+                g.len(),
+                m.len()
+            )));
+        }
+        let HostUpdate {
+            b2,
+            w1,
+            w2,
+            keep,
+            scale,
+            step_size,
+            bc2_sqrt,
+            eps,
+            ..
+        } = *self;
+        // Element-wise, so splitting it over rayon's threads changes no bit.
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let gi = g[i] * scale;
+                    p[i] *= keep;
+                    m[i] += (gi - m[i]) * w1;
+                    v[i] = v[i] * b2 + gi * gi * w2;
+                    let denom = v[i].sqrt() / bc2_sqrt + eps;
+                    p[i] -= step_size * m[i] / denom;
+                }
+            });
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp2 for HostUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "berth-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ps: &mut candle_core::CpuStorage,
+        pl: &candle_core::Layout,
+        gs: &candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets())
+        else {
+            return Err(candle_core::Error::Msg(
+                "AdamW: parameter and gradient must be contiguous".into(),
+            ));
+        };
+        match (ps, gs) {
+            (candle_core::CpuStorage::F32(p), candle_core::CpuStorage::F32(g)) => {
+                self.apply(&mut p[p0..p1], &g[g0..g1])
+            }
+            _ => Err(candle_core::Error::Msg(
+                "AdamW: in-place update needs f32 parameter and gradient".into(),
+            )),
+        }
+    }
+}
+
 /// The optimizer over every variable of a `VarMap` (ordered by name).
 pub struct AdamW {
     slots: Vec<Slot>,
@@ -161,11 +267,17 @@ impl AdamW {
         Ok(())
     }
 
-    /// The global L2 norm of `grads` (as `torch.nn.utils.clip_grad_norm_`).
+    /// The global L2 norm of `grads` (as `torch.nn.utils.clip_grad_norm_`). On the CPU
+    /// one parallel pass over each gradient's storage, summed in f64 per chunk and the
+    /// chunks added in order (the same bits whatever rayon's scheduling); elsewhere
+    /// candle's reductions.
     pub fn grad_norm(&self, grads: &Grads) -> Result<f64> {
         let mut total = 0f64;
         for g in grads.0.iter().flatten() {
-            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            total += match host_sum_sq(g) {
+                Some(s) => s,
+                None => g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+            };
         }
         Ok(total.sqrt())
     }
@@ -191,37 +303,30 @@ impl AdamW {
             let decay = if slot.decay { lr * c.weight_decay } else { 0.0 };
             match &mut slot.moments {
                 Moments::Host { m, v } => {
-                    // torch's single-tensor AdamW, fused: one pass, f32 like torch.
-                    let mut p = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                    let g = g.flatten_all()?.to_vec1::<f32>()?;
                     // 1 - beta in f64 first: 1.0 - 0.9f32 is 0.09999996, not 0.1.
-                    let (b2, w1, w2) = (
-                        c.beta2 as f32,
-                        (1.0 - c.beta1) as f32,
-                        (1.0 - c.beta2) as f32,
-                    );
-                    let (keep, scale) = ((1.0 - decay) as f32, scale as f32);
-                    let (step_size, bc2_sqrt, eps) =
-                        (step_size as f32, bc2_sqrt as f32, c.eps as f32);
-                    // Element-wise, so splitting it over rayon's threads changes no bit.
-                    const CHUNK: usize = 1 << 14;
-                    p.par_chunks_mut(CHUNK)
-                        .zip(m.par_chunks_mut(CHUNK))
-                        .zip(v.par_chunks_mut(CHUNK))
-                        .zip(g.par_chunks(CHUNK))
-                        .for_each(|(((p, m), v), g)| {
-                            for i in 0..p.len() {
-                                let gi = g[i] * scale;
-                                p[i] *= keep;
-                                m[i] += (gi - m[i]) * w1;
-                                v[i] = v[i] * b2 + gi * gi * w2;
-                                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                                p[i] -= step_size * m[i] / denom;
-                            }
-                        });
-                    let shape = slot.var.shape().clone();
-                    slot.var
-                        .set(&Tensor::from_vec(p, shape, slot.var.device())?)?;
+                    let update = HostUpdate {
+                        b2: c.beta2 as f32,
+                        w1: (1.0 - c.beta1) as f32,
+                        w2: (1.0 - c.beta2) as f32,
+                        keep: (1.0 - decay) as f32,
+                        scale: scale as f32,
+                        step_size: step_size as f32,
+                        bc2_sqrt: bc2_sqrt as f32,
+                        eps: c.eps as f32,
+                        moments: std::sync::Mutex::new((m, v)),
+                    };
+                    let g = g.contiguous()?;
+                    if slot.var.dtype() == DType::F32 && g.dtype() == DType::F32 {
+                        // In the parameter's own storage: no copy out and back in.
+                        slot.var.as_tensor().inplace_op2(&g, &update)?;
+                    } else {
+                        let mut p = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                        let g = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                        update.apply(&mut p, &g)?;
+                        let shape = slot.var.shape().clone();
+                        let t = Tensor::from_vec(p, shape, slot.var.device())?;
+                        slot.var.set(&t.to_dtype(slot.var.dtype())?)?;
+                    }
                 }
                 Moments::Device { m, v } => {
                     let g = if scale < 1.0 { (g * scale)? } else { g.clone() };

@@ -11,7 +11,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{
-    DropoutKey, Mat, SendPtr, err, f32_view, sgemm, sgemm_ptr, storage_of, tensor_like, with_f32s,
+    DropoutKey, Mat, SendPtr, dot_lanes, err, f32_view, max_lanes, sgemm, sgemm_ptr, simd,
+    storage_of, sum_lanes, tensor_like, with_f32s,
 };
 
 struct Attention {
@@ -68,6 +69,7 @@ impl Attention {
     }
 
     /// Scores of (batch `b`, head `h`) into `s` (`L x L`): scale * Q K^T + mask.
+    #[inline(always)]
     fn scores(&self, q: &[f32], k: &[f32], dm: &Dims, b: usize, h: usize, s: &mut [f32]) {
         let off = b * dm.l * dm.hd + h * dm.d;
         let scale = 1.0 / (dm.d as f32).sqrt();
@@ -98,6 +100,7 @@ impl Attention {
     }
 
     /// Multiplies the probabilities of (b, h) by their dropout mask.
+    #[inline(always)]
     fn drop(&self, dm: &Dims, b: usize, h: usize, p: &mut [f32], buf: &mut Vec<f32>) {
         if let Some(key) = &self.dropout {
             buf.resize(dm.l * dm.l, 0.0);
@@ -115,6 +118,7 @@ impl Attention {
     /// `dst` must point at `[B, L, heads * d]` buffers whose (b, h) blocks no other
     /// thread touches meanwhile.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     unsafe fn backward_head(
         &self,
         dm: &Dims,
@@ -190,7 +194,7 @@ impl Attention {
         };
         // dS = P o (dP - rowsum(dP o P)), into dp.
         for (drow, prow) in dp.chunks_mut(dm.l).zip(p.chunks(dm.l)) {
-            let di: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+            let di = dot_lanes(drow, prow);
             for (d, &pv) in drow.iter_mut().zip(prow) {
                 *d = pv * (*d - di);
             }
@@ -270,47 +274,52 @@ impl CustomOp3 for Attention {
         (0..dm.b * self.heads).into_par_iter().for_each_init(
             || (vec![0f32; dm.l * dm.l], Vec::new()),
             |(p, buf), bh| {
-                let (b, h) = (bh / self.heads, bh % self.heads);
-                self.scores(&q, &k, &dm, b, h, p);
-                // SAFETY: task bh alone owns lse[bh * L..(bh + 1) * L].
-                let lse =
-                    unsafe { std::slice::from_raw_parts_mut(lptr.get().add(bh * dm.l), dm.l) };
-                for (row, lse) in p.chunks_mut(dm.l).zip(lse) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    if max == f32::NEG_INFINITY {
-                        row.fill(0.0);
-                        *lse = (0.0, 0.0);
-                        continue;
-                    }
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = super::exp(*x - max);
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    for x in row.iter_mut() {
-                        *x *= inv;
-                    }
-                    *lse = (max, inv);
-                }
-                self.drop(&dm, b, h, p, buf);
-                let off = b * dm.l * dm.hd + h * dm.d;
-                // SAFETY: (b, h) writes columns h*d..(h+1)*d of rows b*L..(b+1)*L, which
-                // no other task touches; the views fit their slices.
-                unsafe {
-                    sgemm_ptr(
-                        dm.l,
-                        dm.d,
-                        dm.l,
-                        optr.get().add(off),
-                        dm.hd,
-                        false,
-                        Mat::rows(p, dm.l),
-                        Mat::strided(&v[off..], dm.hd),
-                        1.0,
-                        false,
-                    )
-                };
+                simd(
+                    #[inline(always)]
+                    || {
+                        let (b, h) = (bh / self.heads, bh % self.heads);
+                        self.scores(&q, &k, &dm, b, h, p);
+                        // SAFETY: task bh alone owns lse[bh * L..(bh + 1) * L].
+                        let lse = unsafe {
+                            std::slice::from_raw_parts_mut(lptr.get().add(bh * dm.l), dm.l)
+                        };
+                        for (row, lse) in p.chunks_mut(dm.l).zip(lse) {
+                            let max = max_lanes(row);
+                            if max == f32::NEG_INFINITY {
+                                row.fill(0.0);
+                                *lse = (0.0, 0.0);
+                                continue;
+                            }
+                            // Apart from the sum, so that the exponentials vectorise.
+                            for x in row.iter_mut() {
+                                *x = super::exp(*x - max);
+                            }
+                            let inv = 1.0 / sum_lanes(row);
+                            for x in row.iter_mut() {
+                                *x *= inv;
+                            }
+                            *lse = (max, inv);
+                        }
+                        self.drop(&dm, b, h, p, buf);
+                        let off = b * dm.l * dm.hd + h * dm.d;
+                        // SAFETY: (b, h) writes columns h*d..(h+1)*d of rows b*L..(b+1)*L, which
+                        // no other task touches; the views fit their slices.
+                        unsafe {
+                            sgemm_ptr(
+                                dm.l,
+                                dm.d,
+                                dm.l,
+                                optr.get().add(off),
+                                dm.hd,
+                                false,
+                                Mat::rows(p, dm.l),
+                                Mat::strided(&v[off..], dm.hd),
+                                1.0,
+                                false,
+                            )
+                        };
+                    },
+                )
             },
         );
         let _ = self.stats.set(lse);
@@ -349,18 +358,21 @@ impl CustomOp3 for Attention {
                 || (vec![0f32; dm.l * dm.l], vec![0f32; dm.l * dm.l], Vec::new()),
                 |(p, dp, buf), bh| {
                     // SAFETY: task bh writes only its own (batch, head) blocks of dst.
-                    unsafe {
-                        self.backward_head(
-                            &dm,
-                            [q, k, v, dout],
-                            &stats[bh * dm.l..],
-                            bh,
-                            p,
-                            dp,
-                            buf,
-                            dst,
-                        )
-                    }
+                    simd(
+                        #[inline(always)]
+                        || unsafe {
+                            self.backward_head(
+                                &dm,
+                                [q, k, v, dout],
+                                &stats[bh * dm.l..],
+                                bh,
+                                p,
+                                dp,
+                                buf,
+                                dst,
+                            )
+                        },
+                    )
                 },
             );
             Ok(())

@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like, with_f32s};
+use super::{err, f32_view, rows_per_task, simd, storage_of, sum_in_order, tensor_like, with_f32s};
 use crate::layers::Activation;
 
 /// erf for f32: the odd rational approximation of Eigen's `generic_fast_erf_float`
@@ -40,36 +40,56 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 #[inline(always)]
 fn tanh_fast(u: f32) -> f32 {
     // tanh(u) = 1 - 2 / (exp(2u) + 1); exact enough in f32, saturates cleanly.
-    let e = (2.0 * u.clamp(-15.0, 15.0)).exp();
+    let e = super::exp(2.0 * u.clamp(-15.0, 15.0));
     1.0 - 2.0 / (e + 1.0)
 }
 
-/// act(v) and act'(v).
+/// gelu(v) and gelu'(v).
 #[inline(always)]
-fn act(a: Activation, v: f32) -> (f32, f32) {
-    match a {
-        Activation::Gelu => {
-            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-            let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
-            (v * cdf, cdf + v * pdf)
-        }
-        Activation::GeluTanh => {
-            let u = SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v);
-            let t = tanh_fast(u);
-            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * v * v);
-            (
-                0.5 * v * (1.0 + t),
-                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du,
-            )
-        }
-        Activation::Relu => {
-            if v > 0.0 {
-                (v, 1.0)
-            } else {
-                (0.0, 0.0)
+fn gelu(v: f32) -> (f32, f32) {
+    let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+    let pdf = INV_SQRT_2PI * super::exp(-0.5 * v * v);
+    (v * cdf, cdf + v * pdf)
+}
+
+/// gelu_tanh(v) and its derivative.
+#[inline(always)]
+fn gelu_tanh(v: f32) -> (f32, f32) {
+    let u = SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v);
+    let t = tanh_fast(u);
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * v * v);
+    (
+        0.5 * v * (1.0 + t),
+        0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du,
+    )
+}
+
+/// relu(v) and its derivative.
+#[inline(always)]
+fn relu(v: f32) -> (f32, f32) {
+    if v > 0.0 { (v, 1.0) } else { (0.0, 0.0) }
+}
+
+/// Runs `$body` with `$f` bound to the activation's `fn(f32) -> (act, act')`, the
+/// `match` outside the loops so that each loop is one straight-line body that
+/// vectorises.
+macro_rules! with_act {
+    ($a:expr, $f:ident => $body:expr) => {
+        match $a {
+            Activation::Gelu => {
+                let $f = gelu;
+                $body
+            }
+            Activation::GeluTanh => {
+                let $f = gelu_tanh;
+                $body
+            }
+            Activation::Relu => {
+                let $f = relu;
+                $body
             }
         }
-    }
+    };
 }
 
 struct BiasAct(Activation);
@@ -104,11 +124,18 @@ impl CustomOp2 for BiasAct {
         y.par_chunks_mut(per)
             .zip(z.par_chunks(per))
             .for_each(|(ys, zs)| {
-                for (yr, zr) in ys.chunks_mut(w).zip(zs.chunks(w)) {
-                    for ((y, &z), &b) in yr.iter_mut().zip(zr).zip(b.iter()) {
-                        *y = act(a, z + b).0;
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        with_act!(a, act => {
+                            for (yr, zr) in ys.chunks_mut(w).zip(zs.chunks(w)) {
+                                for ((y, &z), &b) in yr.iter_mut().zip(zr).zip(b.iter()) {
+                                    *y = act(z + b).0;
+                                }
+                            }
+                        })
+                    },
+                )
             });
         Ok((storage_of(y, zs.dtype())?, zl.shape().clone()))
     }
@@ -134,15 +161,28 @@ impl CustomOp2 for BiasAct {
                 .zip(zs.par_chunks(per))
                 .zip(dy.par_chunks(per))
                 .map(|((dzs, zs), dys)| {
-                    let mut acc = vec![0f32; w];
-                    for ((dr, zr), gr) in dzs.chunks_mut(w).zip(zs.chunks(w)).zip(dys.chunks(w)) {
-                        for j in 0..w {
-                            let d = gr[j] * act(a, zr[j] + bs[j]).1;
-                            dr[j] = d;
-                            acc[j] += d;
-                        }
-                    }
-                    acc
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let mut acc = vec![0f32; w];
+                            with_act!(a, act => {
+                                for ((dr, zr), gr) in
+                                    dzs.chunks_mut(w).zip(zs.chunks(w)).zip(dys.chunks(w))
+                                {
+                                    for (((d, &z), &g), (&b, acc)) in dr
+                                        .iter_mut()
+                                        .zip(zr)
+                                        .zip(gr)
+                                        .zip(bs.iter().zip(acc.iter_mut()))
+                                    {
+                                        *d = g * act(z + b).1;
+                                        *acc += *d;
+                                    }
+                                }
+                            });
+                            acc
+                        },
+                    )
                 })
                 .collect::<Vec<_>>();
             Ok((dz, sum_in_order(partials, w)))

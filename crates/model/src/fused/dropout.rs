@@ -4,15 +4,20 @@
 //! operations only. Masks are regenerated in the backward and never stored, and the
 //! same function can run in a CUDA kernel to draw identical masks on CPU and GPU.
 //!
-//! Element `i` reads lane `i % 4` of Philox4x32-10 at counter
-//! `[i/4 (low 32 bits), i/4 (high 32 bits), site (low), site (high)]` under key
-//! `[seed (low), seed (high)]`; it is kept when that u32 is `>= round(p * 2^32)`.
+//! Elements come in groups of 64: element `i` is `t = i % 64` of group `g = i / 64`,
+//! and reads output word `t / 16` of Philox4x32-10 at counter block
+//! `b = 16 g + t % 16`, i.e. counter `[b (low 32 bits), b (high 32 bits), site (low),
+//! site (high)]` under key `[seed (low), seed (high)]`; it is kept when that u32 is
+//! `>= round(p * 2^32)`. Every output of every block is used once. The grouping lets
+//! 16 blocks be computed in the lanes of one vector register and each output word
+//! stored as 16 contiguous elements (a CUDA kernel maps a thread to a block the same
+//! way).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{err, f32_view, storage_of, tensor_like, with_f32s};
+use super::{err, f32_view, simd, storage_of, tensor_like, with_f32s};
 
 const M0: u64 = 0xD251_1F53;
 const M1: u64 = 0xCD9E_8D57;
@@ -58,23 +63,17 @@ impl DropoutKey {
     }
 
     /// Writes `scale` or 0 for elements `start..start + out.len()` of this site.
+    /// Compiled for the CPU's widest vectors ([`super::simd`]); integer operations
+    /// only, so the same bits on every ISA.
     pub fn fill(&self, start: u64, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2. Integer operations only: the same bits as the
-            // portable kernel.
-            return self.fill_with(start, out, |c, k| unsafe { philox_lanes_avx2(c, k) });
-        }
-        self.fill_with(start, out, philox_lanes)
+        simd(
+            #[inline(always)]
+            || self.fill_with(start, out),
+        )
     }
 
     #[inline(always)]
-    fn fill_with(
-        &self,
-        start: u64,
-        out: &mut [f32],
-        lanes: impl Fn([[u32; LANES]; 4], [u32; 2]) -> [[u32; LANES]; 4],
-    ) {
+    fn fill_with(&self, start: u64, out: &mut [f32]) {
         let key = [self.seed as u32, (self.seed >> 32) as u32];
         let (s0, s1) = (self.site as u32, (self.site >> 32) as u32);
         let th = self.threshold();
@@ -83,52 +82,54 @@ impl DropoutKey {
         let end = start + out.len() as u64;
         let (mut idx, mut o) = (start, 0usize);
         while idx < end {
-            let lane0 = (idx % 4) as usize;
-            if lane0 == 0 && end - idx >= (4 * LANES) as u64 {
-                // LANES whole blocks at once, laid out so the multiplies vectorise.
-                let block = idx / 4;
-                let mut c = [[0u32; LANES]; 4];
-                for (j, b) in (block..block + LANES as u64).enumerate() {
-                    c[0][j] = b as u32;
-                    c[1][j] = (b >> 32) as u32;
-                    c[2][j] = s0;
-                    c[3][j] = s1;
-                }
-                let r = lanes(c, key);
-                for j in 0..LANES {
-                    for (lane, rl) in r.iter().enumerate() {
-                        out[o + 4 * j + lane] = pick(rl[j]);
+            let t = (idx % GROUP) as usize;
+            if t == 0 && end - idx >= GROUP {
+                // A whole group: LANES counters at once, each lane's outputs stored
+                // contiguously, so both the multiplies and the stores vectorise.
+                let c = counters(idx / GROUP, s0, s1);
+                let r = philox_lanes(c, key);
+                for (lane, rl) in r.iter().enumerate() {
+                    for (d, &v) in out[o + lane * LANES..o + (lane + 1) * LANES]
+                        .iter_mut()
+                        .zip(rl)
+                    {
+                        *d = pick(v);
                     }
                 }
-                o += 4 * LANES;
-                idx += (4 * LANES) as u64;
+                o += GROUP as usize;
+                idx += GROUP;
                 continue;
             }
-            let block = idx / 4;
+            // Part of a group: one Philox call per element, as the mapping defines.
+            let block = (idx / GROUP) * LANES as u64 + (t % LANES) as u64;
             let r = philox4x32_10([block as u32, (block >> 32) as u32, s0, s1], key);
-            let take = (4 - lane0).min((end - idx) as usize);
-            for j in 0..take {
-                out[o + j] = pick(r[lane0 + j]);
-            }
-            o += take;
-            idx += take as u64;
+            out[o] = pick(r[t / LANES]);
+            o += 1;
+            idx += 1;
         }
     }
 }
 
-const LANES: usize = 8;
-
-/// [`philox_lanes`] compiled for AVX2: eight 32x32->64 multiplies per instruction
-/// pair (a separate function, so the vectoriser sees the loop alone).
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline(never)]
-unsafe fn philox_lanes_avx2(c: [[u32; LANES]; 4], key: [u32; 2]) -> [[u32; LANES]; 4] {
-    philox_lanes(c, key)
+/// The counters of group `g`: blocks `g * LANES + j`, word `w` of counter `j` at
+/// `c[w][j]`.
+#[inline(always)]
+fn counters(g: u64, s0: u32, s1: u32) -> [[u32; LANES]; 4] {
+    let mut c = [[0u32; LANES]; 4];
+    for j in 0..LANES {
+        let b = g * LANES as u64 + j as u64;
+        c[0][j] = b as u32;
+        c[1][j] = (b >> 32) as u32;
+        c[2][j] = s0;
+        c[3][j] = s1;
+    }
+    c
 }
+
+/// Elements per group of `LANES` Philox blocks (4 outputs each).
+const GROUP: u64 = 4 * LANES as u64;
+
+/// Philox blocks generated at once: 16 lanes of 32 bits fill one AVX-512 register.
+const LANES: usize = 16;
 
 /// Philox4x32-10 of `LANES` counters at once, word `w` of counter `j` at `c[w][j]`.
 #[inline(always)]
@@ -171,9 +172,14 @@ pub(crate) fn apply_mask(key: &DropoutKey, x: &mut [f32]) {
     x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
         let mut m = [0f32; CHUNK];
         key.fill((c * CHUNK) as u64, &mut m[..out.len()]);
-        for (o, k) in out.iter_mut().zip(&m) {
-            *o *= k;
-        }
+        simd(
+            #[inline(always)]
+            || {
+                for (o, k) in out.iter_mut().zip(&m) {
+                    *o *= k;
+                }
+            },
+        )
     });
 }
 

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use super::dropout::apply_mask;
 use super::{
-    DropoutKey, err, f32_view, rows_per_task, storage_of, sum_in_order, tensor_like, with_f32s,
+    DropoutKey, dot_lanes, err, f32_view, rows_per_task, simd, storage_of, sum_in_order, sum_lanes,
+    sum_sq_dev_lanes, tensor_like, with_f32s,
 };
 
 struct AddLayerNorm {
@@ -33,7 +34,12 @@ impl AddLayerNorm {
             const CHUNK: usize = 16 * 1024;
             s.par_chunks_mut(CHUNK)
                 .zip(r.par_chunks(CHUNK))
-                .for_each(|(s, r)| s.iter_mut().zip(r).for_each(|(s, r)| *s += r));
+                .for_each(|(s, r)| {
+                    simd(
+                        #[inline(always)]
+                        || s.iter_mut().zip(r).for_each(|(s, r)| *s += r),
+                    )
+                });
         }
         s
     }
@@ -74,16 +80,21 @@ impl AddLayerNorm {
         y.par_chunks_mut(per * h)
             .zip(stats.par_chunks_mut(per * 2))
             .for_each(|(ys, st)| {
-                for (row, st) in ys.chunks_mut(h).zip(st.chunks_mut(2)) {
-                    let mean = row.iter().sum::<f32>() / h as f32;
-                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-                    let rstd = 1.0 / (var + self.eps).sqrt();
-                    for ((v, wi), bi) in row.iter_mut().zip(w).zip(b) {
-                        *v = (*v - mean) * rstd * wi + bi;
-                    }
-                    st[0] = mean;
-                    st[1] = rstd;
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (row, st) in ys.chunks_mut(h).zip(st.chunks_mut(2)) {
+                            let mean = sum_lanes(row) / h as f32;
+                            let var = sum_sq_dev_lanes(row, mean) / h as f32;
+                            let rstd = 1.0 / (var + self.eps).sqrt();
+                            for ((v, wi), bi) in row.iter_mut().zip(w).zip(b) {
+                                *v = (*v - mean) * rstd * wi + bi;
+                            }
+                            st[0] = mean;
+                            st[1] = rstd;
+                        }
+                    },
+                )
             });
         let _ = self.stats.set(stats);
         Ok((storage_of(y, xs.dtype())?, xl.shape().clone()))
@@ -116,32 +127,35 @@ impl AddLayerNorm {
                 .zip(dy.par_chunks(per * h))
                 .zip(stats.par_chunks(per * 2))
                 .map(|(((ds, s), dy), st)| {
-                    let mut acc = vec![0f32; 2 * h];
-                    let (dw, db) = acc.split_at_mut(h);
-                    for (((ds, s), dy), st) in ds
-                        .chunks_mut(h)
-                        .zip(s.chunks(h))
-                        .zip(dy.chunks(h))
-                        .zip(st.chunks(2))
-                    {
-                        let (mean, rstd) = (st[0], st[1]);
-                        let (mut mg, mut mgx) = (0f32, 0f32);
-                        for j in 0..h {
-                            let xhat = (s[j] - mean) * rstd;
-                            let g = dy[j] * w[j];
-                            mg += g;
-                            mgx += g * xhat;
-                            dw[j] += dy[j] * xhat;
-                            db[j] += dy[j];
-                        }
-                        mg /= h as f32;
-                        mgx /= h as f32;
-                        for j in 0..h {
-                            let xhat = (s[j] - mean) * rstd;
-                            ds[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
-                        }
-                    }
-                    acc
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let mut acc = vec![0f32; 2 * h];
+                            let (dw, db) = acc.split_at_mut(h);
+                            // x-hat and dy * w of the row, so that the row sums vectorise.
+                            let (mut xh, mut g) = (vec![0f32; h], vec![0f32; h]);
+                            for (((ds, s), dy), st) in ds
+                                .chunks_mut(h)
+                                .zip(s.chunks(h))
+                                .zip(dy.chunks(h))
+                                .zip(st.chunks(2))
+                            {
+                                let (mean, rstd) = (st[0], st[1]);
+                                for j in 0..h {
+                                    xh[j] = (s[j] - mean) * rstd;
+                                    g[j] = dy[j] * w[j];
+                                    dw[j] += dy[j] * xh[j];
+                                    db[j] += dy[j];
+                                }
+                                let mg = sum_lanes(&g) / h as f32;
+                                let mgx = dot_lanes(&g, &xh) / h as f32;
+                                for j in 0..h {
+                                    ds[j] = rstd * (g[j] - mg - xh[j] * mgx);
+                                }
+                            }
+                            acc
+                        },
+                    )
                 })
                 .collect::<Vec<_>>();
             Ok((dsum, sum_in_order(partials, 2 * h)))

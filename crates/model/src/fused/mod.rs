@@ -159,6 +159,179 @@ pub(crate) fn rows_per_task(cols: usize) -> usize {
     MIN_TASK_ELEMS.div_ceil(cols.max(1)).max(1)
 }
 
+/// Runs `f` compiled for the widest x86 vector extension this CPU has (AVX-512, else
+/// AVX2 + FMA, else the build's baseline, SSE2). A release build targets baseline
+/// x86-64 so that one binary runs anywhere; without this the fused ops' loops ran 4
+/// lanes wide on a 16-lane machine. `f` is inlined into a `#[target_feature]`
+/// function (callers mark the closure `#[inline(always)]`: it has three call sites
+/// here, and without the mark it stays a baseline function), so its loops, and the
+/// `#[inline(always)]` helpers they call, are
+/// vectorised for that extension.
+///
+/// The result has the same bits whichever version runs: the loops are element-wise
+/// (the compiler never reassociates float sums or contracts a multiply and an add
+/// into an FMA on its own), and the reductions that vectorise ([`sum_lanes`],
+/// [`dot_lanes`]) fix their lane order in the source.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    if FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        match Isa::detect() {
+            // SAFETY: the CPU reported these features.
+            Isa::Avx512 => return unsafe { with_avx512(f) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { with_avx2(f) },
+            Isa::Baseline => {}
+        }
+    }
+    f()
+}
+
+/// Tests set this to run the baseline versions in the same process (every thread
+/// at once: the bits are the same either way, so concurrent tests are unaffected).
+#[cfg(test)]
+pub(crate) static FORCE_BASELINE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Isa {
+    /// Detected once per process. `BERTH_SIMD=baseline|avx2` caps it, to compare the
+    /// versions on one machine.
+    fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            use std::arch::is_x86_feature_detected as has;
+            let cap = std::env::var("BERTH_SIMD").unwrap_or_default();
+            let avx2 = has!("avx2") && has!("fma");
+            if cap != "baseline" && cap != "avx2" && avx2 && has!("avx512f") {
+                Isa::Avx512
+            } else if cap != "baseline" && avx2 {
+                Isa::Avx2
+            } else {
+                Isa::Baseline
+            }
+        })
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Lanes of the fixed-order reductions: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// Adds `LANES` partial sums pairwise, in a fixed tree.
+#[inline(always)]
+fn reduce_lanes(mut acc: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// The sum of `x` with `LANES` interleaved partial sums (element `i` into partial
+/// `i % LANES`, the tail in order after them): vectorisable, and the same bits on
+/// every ISA.
+#[inline(always)]
+pub(crate) fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] += c[j];
+        }
+    }
+    let mut s = reduce_lanes(acc);
+    for &v in chunks.remainder() {
+        s += v;
+    }
+    s
+}
+
+/// The dot product of `a` and `b`, summed as [`sum_lanes`] sums.
+#[inline(always)]
+pub(crate) fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = reduce_lanes(acc);
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+/// The sum of `(x - mean)^2`, summed as [`sum_lanes`] sums.
+#[inline(always)]
+pub(crate) fn sum_sq_dev_lanes(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            let d = c[j] - mean;
+            acc[j] += d * d;
+        }
+    }
+    let mut s = reduce_lanes(acc);
+    for &v in chunks.remainder() {
+        s += (v - mean) * (v - mean);
+    }
+    s
+}
+
+/// The maximum of `x` (`-inf` when empty), in `LANES` lanes.
+#[inline(always)]
+pub(crate) fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for v in acc.into_iter().chain(chunks.remainder().iter().copied()) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -175,7 +348,8 @@ pub fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.336_54, 88.3);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -184,7 +358,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n sits in the low mantissa bits of t (|n| < 2^22): 2^n without a float-to-int
+    // conversion, whose saturating semantics cost several instructions per lane.
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(ni.wrapping_add(127) << 23);
     if x < -87.336_54 { 0.0 } else { e * scale }
 }
 

@@ -534,3 +534,124 @@ fn layer_norm_without_residual_matches() {
     agree(&inputs, f, 1e-5, 1e-4);
     finite_differences(&inputs, |t| f(t, Ops::Fused));
 }
+
+#[test]
+fn dropout_mask_follows_its_documented_mapping() {
+    let key = DropoutKey {
+        seed: 0x1234_5678_9abc,
+        site: (3 << 32) | 5,
+        p: 0.3,
+    };
+    let n = 64 * 40 + 17;
+    let mask = keep_mask(&key, n);
+    let th = (0.3f64 * 4_294_967_296.0).round() as u64;
+    for i in 0..n {
+        // Element i: word (i % 64) / 16 of the block 16 (i / 64) + i % 16.
+        let (g, t) = (i / 64, i % 64);
+        let b = (16 * g + t % 16) as u64;
+        let r = philox4x32_10(
+            [
+                b as u32,
+                (b >> 32) as u32,
+                key.site as u32,
+                (key.site >> 32) as u32,
+            ],
+            [key.seed as u32, (key.seed >> 32) as u32],
+        )[t / 16];
+        let want = if (r as u64) < th { 0.0 } else { key.scale() };
+        assert_eq!(mask[i], want, "element {i}");
+    }
+}
+
+/// Runs `f` with the fused ops' loops compiled for this CPU's widest vectors and
+/// again for baseline x86-64, and asserts that every value has the same bits.
+fn same_bits_on_every_isa(what: &str, f: impl Fn() -> Vec<Vec<f32>>) {
+    use std::sync::atomic::Ordering;
+    let wide = f();
+    FORCE_BASELINE.store(true, Ordering::SeqCst);
+    let base = f();
+    FORCE_BASELINE.store(false, Ordering::SeqCst);
+    assert_eq!(wide.len(), base.len());
+    for (k, (w, b)) in wide.iter().zip(&base).enumerate() {
+        let (w, b): (Vec<u32>, Vec<u32>) = (
+            w.iter().map(|v| v.to_bits()).collect(),
+            b.iter().map(|v| v.to_bits()).collect(),
+        );
+        assert!(w == b, "{what}: output {k} differs between ISAs");
+    }
+}
+
+/// The op's output and the gradient of every input, as f32 values.
+fn outputs_and_grads(inputs: &[Var], f: impl Fn(&[Tensor]) -> Tensor) -> Vec<Vec<f32>> {
+    let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let grads = probe(&y, 99).backward().unwrap();
+    let mut out = vec![vals(&y)];
+    for t in &ts {
+        out.push(vals(grads.get(t).expect("a gradient for every input")));
+    }
+    out
+}
+
+#[test]
+fn vectorised_ops_give_the_same_bits_as_baseline_x86() {
+    let key = |site| {
+        Some(DropoutKey {
+            seed: 5,
+            site,
+            p: 0.1,
+        })
+    };
+    // Odd widths, so that the lane loops' tails run too.
+    let (x, r, wb) = (
+        rand_var(&[7, 389], 1, 1.0),
+        rand_var(&[7, 389], 2, 1.0),
+        rand_var(&[2, 389], 3, 1.0),
+    );
+    same_bits_on_every_isa("layer norm", || {
+        outputs_and_grads(&[x.clone(), r.clone(), wb.clone()], |t| {
+            let (w, b) = (t[2].get(0).unwrap(), t[2].get(1).unwrap());
+            add_layer_norm(&t[0], Some(&t[1]), &w, &b, 1e-12, key(1)).unwrap()
+        })
+    });
+    let (z, b) = (rand_var(&[9, 1029], 4, 3.0), rand_var(&[1029], 5, 1.0));
+    for act in [Activation::Gelu, Activation::GeluTanh, Activation::Relu] {
+        same_bits_on_every_isa(&format!("{act:?}"), || {
+            outputs_and_grads(&[z.clone(), b.clone()], |t| {
+                bias_act(&t[0], &t[1], act).unwrap()
+            })
+        });
+    }
+    let (q, k, v) = (
+        rand_var(&[2, 37, 4 * 9], 6, 1.0),
+        rand_var(&[2, 37, 4 * 9], 7, 1.0),
+        rand_var(&[2, 37, 4 * 9], 8, 1.0),
+    );
+    let mut mask = vec![0f32; 2 * 37];
+    for m in &mut mask[37 + 30..] {
+        *m = f32::MIN;
+    }
+    same_bits_on_every_isa("attention", || {
+        outputs_and_grads(&[q.clone(), k.clone(), v.clone()], |t| {
+            attention(&t[0], &t[1], &t[2], 4, Some(mask.clone()), key(2)).unwrap()
+        })
+    });
+    same_bits_on_every_isa("dropout", || {
+        outputs_and_grads(&[z.clone()], |t| dropout(&t[0], key(3).unwrap()).unwrap())
+    });
+}
+
+#[test]
+fn linear_with_many_inputs_takes_the_transposed_weight_and_matches() {
+    // From 1024 inputs the forward multiplies by a transposed copy of W.
+    linear_case(300, 1031, 45, true, 11);
+    linear_case(256, 1024, 8, false, 12);
+    let (rows, cols) = (67, 1029);
+    let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+    let t = linear::transpose(&w, rows, cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            assert_eq!(t[c * rows + r], w[r * cols + c]);
+        }
+    }
+}
