@@ -3,7 +3,7 @@
 //! (forward, cross-entropy, backward, clipping, AdamW), warm-up excluded, the device
 //! synchronized before the clock is read. Prints a table and one JSON line per
 //! config. Run through `cargo xtask bench train [--device cpu|cuda] [--precision
-//! f32|bf16] [--steps N] [--warmup N] [--config NAME]`.
+//! f32|bf16] [--steps N] [--warmup N] [--config NAME] [--seq N]`.
 
 use std::time::Instant;
 
@@ -107,6 +107,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device_name = opt("--device").unwrap_or_else(|| "cpu".into());
     let precision = opt("--precision").unwrap_or_else(|| "f32".into());
     let only = opt("--config");
+    // `--seq N` keeps only the configs of that sequence length (to profile one).
+    let only_seq: Option<usize> = opt("--seq").map(|s| s.parse()).transpose()?;
     let device = parse_device(&device_name)?;
     let gpu = !device.is_cpu();
     let steps: usize = opt("--steps")
@@ -128,7 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut lines = Vec::new();
     for s in shapes(gpu) {
-        if only.as_deref().is_some_and(|o| o != s.name) {
+        if only.as_deref().is_some_and(|o| o != s.name) || only_seq.is_some_and(|q| q != s.seq) {
             continue;
         }
         let cfg: BertConfig = serde_json::from_value(serde_json::json!({
@@ -181,7 +183,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &device,
             )?
         };
-        let mut step = |i: usize| -> Result<(), Box<dyn std::error::Error>> {
+        // Seconds in forward (with the loss), backward and the optimizer, summed over
+        // the timed steps (CPU only: on a GPU the phases run asynchronously).
+        let mut phases = [0f64; 3];
+        let mut step = |i: usize, phases: &mut [f64; 3]| -> Result<(), Box<dyn std::error::Error>> {
+            let t = Instant::now();
             let mode = Mode::train(i as u64);
             let loss = match &model {
                 Model::Cls(m) => {
@@ -194,20 +200,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     m.loss(&logits.to_dtype(DType::F32)?, &kept)?
                 }
             };
+            let t_fwd = Instant::now();
+            phases[0] += (t_fwd - t).as_secs_f64();
             let grads = loss.backward()?;
+            let t_bwd = Instant::now();
+            phases[1] += (t_bwd - t_fwd).as_secs_f64();
             let mut acc = opt.zero_grads();
             opt.accumulate(&mut acc, &grads)?;
             drop(grads);
             opt.step(&acc, 1e-5, 1.0)?;
+            phases[2] += t_bwd.elapsed().as_secs_f64();
             Ok(())
         };
         for i in 0..warmup {
-            step(i)?;
+            step(i, &mut [0f64; 3])?;
         }
         device.synchronize()?;
         let t0 = Instant::now();
         for i in 0..steps {
-            step(warmup + i)?;
+            step(warmup + i, &mut phases)?;
         }
         device.synchronize()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
@@ -228,7 +239,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "impl": "berth", "model": s.name, "seq": s.seq, "batch": s.batch,
             "precision": precision, "device": device_name, "ms_per_step": ms,
             "tokens_per_s": tokens / (ms / 1e3), "model_tflops": tflops,
-            "peak_rss_mib": mem, "steps": steps, "warmup": warmup
+            "peak_rss_mib": mem, "steps": steps, "warmup": warmup,
+            "phase_ms": (!gpu).then(|| serde_json::json!({
+                "forward": phases[0] * 1e3 / steps as f64,
+                "backward": phases[1] * 1e3 / steps as f64,
+                "optimizer": phases[2] * 1e3 / steps as f64,
+            })),
         }));
     }
     for l in lines {

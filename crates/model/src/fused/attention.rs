@@ -263,7 +263,7 @@ impl CustomOp3 for Attention {
         let q = f32_view(qs, ql, "query")?;
         let k = f32_view(ks, kl, "key")?;
         let v = f32_view(vs, vl, "value")?;
-        let mut out = vec![0f32; dm.b * dm.l * dm.hd];
+        let mut out = super::zeros(dm.b * dm.l * dm.hd);
         if out.is_empty() {
             let _ = self.stats.set(Vec::new());
             return Ok((storage_of(out, qs.dtype())?, ql.shape().clone()));
@@ -340,7 +340,7 @@ impl CustomOp3 for Attention {
             .ok_or_else(|| err("attention: backward before forward"))?;
         let dm = self.dims(qt.shape())?;
         let n = dm.b * dm.l * dm.hd;
-        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (mut dq, mut dk, mut dv) = (super::zeros(n), super::zeros(n), super::zeros(n));
         if n == 0 {
             return Ok((
                 Some(qt.zeros_like()?),

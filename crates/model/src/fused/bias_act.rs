@@ -119,7 +119,7 @@ impl CustomOp2 for BiasAct {
         let z = f32_view(zs, zl, "activation input")?;
         let b = f32_view(bs, bl, "activation bias")?;
         let a = self.0;
-        let mut y = vec![0f32; z.len()];
+        let mut y = super::zeros(z.len());
         let per = rows_per_task(w) * w;
         y.par_chunks_mut(per)
             .zip(z.par_chunks(per))
@@ -153,7 +153,7 @@ impl CustomOp2 for BiasAct {
         }
         let a = self.0;
         let (dz, db) = with_f32s([z, b, grad], |[zs, bs, dy]| {
-            let mut dz = vec![0f32; zs.len()];
+            let mut dz = super::zeros(zs.len());
             let per = rows_per_task(w) * w;
             // Partials added in chunk order: deterministic bits.
             let partials = dz

@@ -92,7 +92,7 @@ impl CustomOp1 for CrossEntropy {
         let g =
             grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / self.kept().max(1) as f32;
         let dx = with_f32s([arg], |[x]| {
-            let mut dx = vec![0f32; x.len()];
+            let mut dx = super::zeros(x.len());
             let per = rows_per_task(c);
             dx.par_chunks_mut(per * c)
                 .zip(x.par_chunks(per * c))

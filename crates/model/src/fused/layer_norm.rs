@@ -117,7 +117,7 @@ impl AddLayerNorm {
         let (dsum, dwb) = with_f32s([x, r.unwrap_or(x), wb, grad], |[xs, rs, wbs, dy]| {
             let s = self.sum(xs, r.map(|_| rs));
             let w = &wbs[..h];
-            let mut dsum = vec![0f32; s.len()];
+            let mut dsum = super::zeros(s.len());
             let per = rows_per_task(h);
             // Per-chunk partial sums added in chunk order: the same bits whatever
             // rayon's work stealing did.

@@ -143,6 +143,37 @@ impl SendPtr {
 /// scheduling costs more than the work.
 pub(crate) const MIN_TASK_ELEMS: usize = 16 * 1024;
 
+/// `n` zeros, written by rayon's threads: a fresh `vec![0.0; n]` from reused heap
+/// memory is one serial memset, and the fused ops allocate hundreds of megabytes of
+/// outputs and gradients per step.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    if n < 4 * MIN_TASK_ELEMS {
+        return vec![0f32; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut()
+        .par_chunks_mut(MIN_TASK_ELEMS)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: all n elements were initialised above.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// A buffer of `n` values that `write` fills completely through a raw pointer (a
+/// gemm that does not read its destination), so it is never zeroed first.
+///
+/// # Safety
+/// `write` must write every one of the `n` elements behind the pointer, and read none
+/// before writing it.
+pub(crate) unsafe fn written_by(n: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    write(v.as_mut_ptr());
+    // SAFETY: the caller's promise: all n elements are initialised.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Adds per-chunk partial vectors of length `n` in chunk order, so a parallel
 /// reduction gives the same bits whatever rayon's scheduling (resume is bit-exact).
 pub(crate) fn sum_in_order(partials: Vec<Vec<f32>>, n: usize) -> Vec<f32> {
