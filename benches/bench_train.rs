@@ -186,32 +186,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Seconds in forward (with the loss), backward and the optimizer, summed over
         // the timed steps (CPU only: on a GPU the phases run asynchronously).
         let mut phases = [0f64; 3];
-        let mut step = |i: usize, phases: &mut [f64; 3]| -> Result<(), Box<dyn std::error::Error>> {
-            let t = Instant::now();
-            let mode = Mode::train(i as u64);
-            let loss = match &model {
-                Model::Cls(m) => {
-                    let logits = m.forward(&ids, Some(&types), Some(&mask), &mode)?;
-                    m.loss(&logits.to_dtype(DType::F32)?, &labels)?
-                }
-                Model::Mlm(m) => {
-                    let (logits, kept) =
-                        m.forward_labelled(&ids, Some(&types), Some(&mask), &labels, &mode)?;
-                    m.loss(&logits.to_dtype(DType::F32)?, &kept)?
-                }
+        let mut step =
+            |i: usize, phases: &mut [f64; 3]| -> Result<(), Box<dyn std::error::Error>> {
+                let t = Instant::now();
+                let mode = Mode::train(i as u64);
+                let loss = match &model {
+                    Model::Cls(m) => {
+                        let logits = m.forward(&ids, Some(&types), Some(&mask), &mode)?;
+                        m.loss(&logits.to_dtype(DType::F32)?, &labels)?
+                    }
+                    Model::Mlm(m) => {
+                        let (logits, kept) =
+                            m.forward_labelled(&ids, Some(&types), Some(&mask), &labels, &mode)?;
+                        m.loss(&logits.to_dtype(DType::F32)?, &kept)?
+                    }
+                };
+                let t_fwd = Instant::now();
+                phases[0] += (t_fwd - t).as_secs_f64();
+                let grads = loss.backward()?;
+                let t_bwd = Instant::now();
+                phases[1] += (t_bwd - t_fwd).as_secs_f64();
+                let mut acc = opt.zero_grads();
+                opt.accumulate(&mut acc, &grads)?;
+                drop(grads);
+                opt.step(&acc, 1e-5, 1.0)?;
+                phases[2] += t_bwd.elapsed().as_secs_f64();
+                Ok(())
             };
-            let t_fwd = Instant::now();
-            phases[0] += (t_fwd - t).as_secs_f64();
-            let grads = loss.backward()?;
-            let t_bwd = Instant::now();
-            phases[1] += (t_bwd - t_fwd).as_secs_f64();
-            let mut acc = opt.zero_grads();
-            opt.accumulate(&mut acc, &grads)?;
-            drop(grads);
-            opt.step(&acc, 1e-5, 1.0)?;
-            phases[2] += t_bwd.elapsed().as_secs_f64();
-            Ok(())
-        };
         for i in 0..warmup {
             step(i, &mut [0f64; 3])?;
         }

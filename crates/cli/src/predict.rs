@@ -109,14 +109,9 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         }
     }
 
-    let labels: Vec<i64> = logits
-        .iter()
-        .map(|l| {
-            (0..l.len())
-                .max_by(|&x, &y| l[x].total_cmp(&l[y]))
-                .unwrap_or(0) as i64
-        })
-        .collect();
+    // The evaluation's argmax (first maximum on ties, as numpy), so `predict` and
+    // `eval` agree on every row.
+    let labels: Vec<i64> = logits.iter().map(|l| berth_trainer::argmax(l)).collect();
     let mut builder = ListBuilder::new(Float32Builder::new());
     for l in &logits {
         builder.values().append_slice(l);

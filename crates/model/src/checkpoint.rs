@@ -70,8 +70,12 @@ pub fn save_into(
     Ok(())
 }
 
-/// Fills a fresh temp sibling of `dir` with `write`, then renames it over `dir`: a
+/// Fills a fresh temp sibling of `dir` with `write`, then moves it into place: a
 /// reader never sees a half-written directory, and a failed write leaves the old one.
+/// A directory cannot be renamed over a non-empty one, so the old `dir` is first
+/// renamed aside and removed only once the new one is in place: at no moment is there
+/// no complete copy on disk (a crash between the two renames leaves the old copy as
+/// `.{name}.old-{pid}` beside it).
 pub fn write_dir_atomically<E: From<ModelError>>(
     dir: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
@@ -92,9 +96,78 @@ pub fn write_dir_atomically<E: From<ModelError>>(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    if !dir.exists() {
+        return std::fs::rename(&tmp, dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            ModelError::io(dir, e).into()
+        });
     }
-    std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&old);
+    if let Err(e) = std::fs::rename(dir, &old) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(ModelError::io(dir, e).into());
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        // Put the old copy back; the new one is dropped.
+        let _ = std::fs::rename(&old, dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(ModelError::io(dir, e).into());
+    }
+    std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+        std::fs::write(dir.join(name), text).map_err(|e| ModelError::io(dir.join(name), e))
+    }
+
+    /// Every entry of `dir`'s parent, so that a leftover temp or old copy shows.
+    fn siblings(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn replaces_a_directory_and_leaves_no_temp_or_old_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("checkpoint-1");
+        write_dir_atomically(&dir, |t| write_file(t, "a.txt", "one")).unwrap();
+        write_dir_atomically(&dir, |t| {
+            // The old copy is still complete while the new one is written.
+            assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "one");
+            write_file(t, "b.txt", "two")
+        })
+        .unwrap();
+        assert!(
+            !dir.join("a.txt").exists(),
+            "the old directory's files are gone"
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("b.txt")).unwrap(), "two");
+        assert_eq!(siblings(&dir), vec!["checkpoint-1".to_string()]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("final");
+        write_dir_atomically(&dir, |t| write_file(t, "a.txt", "one")).unwrap();
+        let err = write_dir_atomically(&dir, |t| {
+            write_file(t, "half.txt", "x")?;
+            Err(ModelError::Checkpoint("disk full".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "one");
+        assert!(!dir.join("half.txt").exists());
+        assert_eq!(siblings(&dir), vec!["final".to_string()]);
+    }
 }

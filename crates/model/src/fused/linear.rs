@@ -4,9 +4,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{
-    Mat, err, f32_view, sgemm, sgemm_ptr, storage_of, tensor_like, with_f32s, written_by,
-};
+use super::{Mat, err, f32_view, sgemm, sgemm_ptr, storage_of, tensor_like, with_f32s, written_by};
 
 struct Linear;
 
