@@ -113,6 +113,7 @@ impl DropoutKey {
 /// The counters of group `g`: blocks `g * LANES + j`, word `w` of counter `j` at
 /// `c[w][j]`.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // j indexes four arrays: the words of counter j.
 fn counters(g: u64, s0: u32, s1: u32) -> [[u32; LANES]; 4] {
     let mut c = [[0u32; LANES]; 4];
     for j in 0..LANES {

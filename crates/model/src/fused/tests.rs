@@ -545,7 +545,7 @@ fn dropout_mask_follows_its_documented_mapping() {
     let n = 64 * 40 + 17;
     let mask = keep_mask(&key, n);
     let th = (0.3f64 * 4_294_967_296.0).round() as u64;
-    for i in 0..n {
+    for (i, &got) in mask.iter().enumerate() {
         // Element i: word (i % 64) / 16 of the block 16 (i / 64) + i % 16.
         let (g, t) = (i / 64, i % 64);
         let b = (16 * g + t % 16) as u64;
@@ -559,7 +559,7 @@ fn dropout_mask_follows_its_documented_mapping() {
             [key.seed as u32, (key.seed >> 32) as u32],
         )[t / 16];
         let want = if (r as u64) < th { 0.0 } else { key.scale() };
-        assert_eq!(mask[i], want, "element {i}");
+        assert_eq!(got, want, "element {i}");
     }
 }
 
@@ -637,7 +637,9 @@ fn vectorised_ops_give_the_same_bits_as_baseline_x86() {
         })
     });
     same_bits_on_every_isa("dropout", || {
-        outputs_and_grads(&[z.clone()], |t| dropout(&t[0], key(3).unwrap()).unwrap())
+        outputs_and_grads(std::slice::from_ref(&z), |t| {
+            dropout(&t[0], key(3).unwrap()).unwrap()
+        })
     });
 }
 
