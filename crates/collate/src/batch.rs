@@ -198,7 +198,7 @@ fn labels_tensor(rows: &[Example], len: usize, device: &Device) -> Result<Option
             Ok(Some(Tensor::from_vec(v, b, device)?))
         }
         Some(Label::Tokens(_)) => {
-            let mut v = vec![-100i64; b * len];
+            let mut v = vec![berth_masking::IGNORE_INDEX; b * len];
             for (r, x) in rows.iter().enumerate() {
                 match &x.label {
                     Some(Label::Tokens(l)) => v[r * len..r * len + l.len()].copy_from_slice(l),

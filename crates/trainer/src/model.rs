@@ -202,7 +202,7 @@ fn bert_mut(head: &mut Head) -> &mut BertModel {
 /// Masked-token accuracy counts: (correct, scored) over labels != -100.
 pub fn mlm_hits(logits: &Tensor, labels: &Tensor) -> Result<(u64, u64)> {
     let pred = logits.argmax(D::Minus1)?.to_dtype(DType::I64)?;
-    let scored = labels.ne(-100i64)?;
+    let scored = labels.ne(berth_model::IGNORE_INDEX)?;
     let correct = pred.eq(labels)?.mul(&scored)?;
     let n = scored.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as u64;
     let c = correct
