@@ -56,8 +56,8 @@ pub use tokenize::{TokenizeConfig, TokenizeOp, load_tokenizer};
 pub use arrow;
 /// Re-exported: the chunker and masker whose ops this crate runs.
 pub use berth_chunking;
-pub use berth_masking;
 /// Re-exported so callers name repo types with the same hf-hub version.
-pub use hf_hub;
+pub use berth_hub::hf_hub;
+pub use berth_masking;
 /// Re-exported so users hand `TokenizeOp` the same `Tokenizer` type.
 pub use tokenizers;

@@ -12,13 +12,13 @@ use crate::params::Params;
 
 /// A checkpoint directory: given as a path, or fetched from the hub (through the
 /// hf-hub cache, offline when `HF_HUB_OFFLINE` is set).
-pub fn resolve_model_dir(spec: &str, hub: &berth_data::HubOptions) -> Result<PathBuf> {
+pub fn resolve_model_dir(spec: &str, hub: &berth_hub::HubOptions) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
     if spec.split('/').count() == 2 && !spec.starts_with(['/', '.']) {
-        let files = berth_data::hub_files(spec, berth_data::hf_hub::RepoType::Model, hub, &|f| {
+        let files = berth_hub::hub_files(spec, berth_hub::hf_hub::RepoType::Model, hub, &|f| {
             matches!(
                 f,
                 "config.json" | "model.safetensors" | "tokenizer.json" | "vocab.txt"

@@ -24,7 +24,7 @@ pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
-    Data(#[from] berth_data::DataError),
+    Hub(#[from] berth_hub::HubError),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

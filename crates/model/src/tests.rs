@@ -306,7 +306,7 @@ fn a_hub_id_resolves_offline_from_an_hf_hub_cache() {
         // hf-hub's snapshots hold symlinks into blobs/; a link to the fixture is the same shape.
         std::os::unix::fs::symlink(minilm.join(f), snap.join(f)).unwrap();
     }
-    let opts = berth_data::HubOptions::offline(hub.path());
+    let opts = berth_hub::HubOptions::offline(hub.path());
     let dir = resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2", &opts).unwrap();
     assert_eq!(dir, snap);
     let (cfg, _) = open_dir(&dir, &Device::Cpu, 0).unwrap();

@@ -1,89 +1,15 @@
-//! The Hugging Face hub through `hf-hub`: a dataset repo's parquet files, split by
-//! their paths, and single files of model repos (tokenizers, weights). Honours
-//! `HF_HOME`, `HF_HUB_CACHE` and `HF_HUB_OFFLINE`; offline, or when the hub cannot be
-//! reached, files come from the cache laid out as `huggingface_hub` and hf-hub lay it
-//! out (`<kind>s--owner--name/{refs,snapshots}`).
+//! Dataset repos of the Hugging Face hub: a repo's parquet files, split by their paths,
+//! like `load_dataset("owner/name")`. Fetching and the offline cache are berth-hub's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use hf_hub::{Cache, Repo, RepoType};
+use berth_hub::hf_hub::RepoType;
+pub use berth_hub::{HubError, HubOptions, hub_files, hub_model_file};
 
 use super::LoadOptions;
 use super::parquet::load_parquet_files;
 use crate::dataset::{Dataset, DatasetDict};
 use crate::error::{DataError, Result};
-
-/// Where hub files come from.
-#[derive(Clone, Debug)]
-pub struct HubOptions {
-    /// The hub cache directory (the `hub/` folder of `HF_HOME`).
-    pub cache_dir: PathBuf,
-    /// Use only the cache, never the network.
-    pub offline: bool,
-    /// A branch, tag or commit sha.
-    pub revision: String,
-}
-
-impl HubOptions {
-    /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; offline when
-    /// `HF_HUB_OFFLINE` is 1/true/yes/on; revision `main`.
-    pub fn from_env() -> Self {
-        let cache_dir = match std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-            Some(d) => PathBuf::from(d),
-            None => Cache::from_env().path().clone(),
-        };
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
-        HubOptions {
-            cache_dir,
-            offline,
-            revision: "main".into(),
-        }
-    }
-
-    /// Offline, reading `cache_dir` only.
-    pub fn offline(cache_dir: impl Into<PathBuf>) -> Self {
-        HubOptions {
-            cache_dir: cache_dir.into(),
-            offline: true,
-            revision: "main".into(),
-        }
-    }
-}
-
-/// A repo's snapshot directory in the cache and the files in it (relative paths).
-fn cached_snapshot(repo: &Repo, opts: &HubOptions) -> Option<(PathBuf, Vec<String>)> {
-    let root = opts.cache_dir.join(repo.folder_name());
-    let rev = repo.revision();
-    let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
-        rev.to_string()
-    } else {
-        std::fs::read_to_string(root.join("refs").join(rev))
-            .ok()?
-            .trim()
-            .to_string()
-    };
-    let snap = root.join("snapshots").join(commit);
-    let mut files = Vec::new();
-    collect_files(&snap, &snap, &mut files);
-    files.sort();
-    Some((snap, files))
-}
-
-fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            collect_files(base, &p, out);
-        } else if let Ok(rel) = p.strip_prefix(base) {
-            out.push(rel.to_string_lossy().replace('\\', "/"));
-        }
-    }
-}
 
 fn hub_err(repo: &str, message: impl Into<String>) -> DataError {
     DataError::Hub {
@@ -92,70 +18,13 @@ fn hub_err(repo: &str, message: impl Into<String>) -> DataError {
     }
 }
 
-/// Fetches the files of `repo_id` that `want` selects (all of them downloaded into
-/// the cache when online), returning their local paths keyed by repo path.
-pub fn hub_files(
-    repo_id: &str,
-    repo_type: RepoType,
-    opts: &HubOptions,
-    want: &dyn Fn(&str) -> bool,
-) -> Result<Vec<(String, PathBuf)>> {
-    let repo = Repo::with_revision(repo_id.to_string(), repo_type, opts.revision.clone());
-    let from_cache = || -> Result<Vec<(String, PathBuf)>> {
-        let (snap, files) = cached_snapshot(&repo, opts).ok_or_else(|| {
-            hub_err(
-                repo_id,
-                format!(
-                    "revision '{}' is not in the cache {}{}",
-                    opts.revision,
-                    opts.cache_dir.display(),
-                    if opts.offline {
-                        " (offline: HF_HUB_OFFLINE is set)"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-        })?;
-        Ok(files
-            .into_iter()
-            .filter(|f| want(f))
-            .map(|f| (f.clone(), snap.join(&f)))
-            .collect())
-    };
-    if opts.offline {
-        return from_cache();
-    }
-    let online = || -> std::result::Result<Vec<(String, PathBuf)>, String> {
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-            .with_progress(false)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let api_repo = api.repo(repo.clone());
-        let info = api_repo.info().map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for s in info.siblings.iter().filter(|s| want(&s.rfilename)) {
-            let local = api_repo.get(&s.rfilename).map_err(|e| e.to_string())?;
-            out.push((s.rfilename.clone(), local));
-        }
-        Ok(out)
-    };
-    match online() {
-        Ok(files) => Ok(files),
-        Err(net) => {
-            tracing::warn!("hub repo '{repo_id}' unreachable ({net}); using the local cache");
-            from_cache().map_err(|e| hub_err(repo_id, format!("{e}; online: {net}")))
+impl From<HubError> for DataError {
+    fn from(e: HubError) -> Self {
+        DataError::Hub {
+            repo: e.repo,
+            message: e.message,
         }
     }
-}
-
-/// One file of a model repo (e.g. `tokenizer.json`), from the cache or the hub.
-pub fn hub_model_file(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf> {
-    hub_files(repo_id, RepoType::Model, opts, &|f| f == filename)?
-        .into_iter()
-        .next()
-        .map(|(_, p)| p)
-        .ok_or_else(|| hub_err(repo_id, format!("has no file '{filename}'")))
 }
 
 /// Loads a dataset repo's parquet files as splits, like `load_dataset("owner/name")`:

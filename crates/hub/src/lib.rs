@@ -1,0 +1,234 @@
+//! The Hugging Face hub through `hf-hub`: the files of a model or dataset repo, from
+//! the network or from the cache laid out as `huggingface_hub` and hf-hub lay it out
+//! (`<kind>s--owner--name/{refs,snapshots}`). Honours `HF_HOME`, `HF_HUB_CACHE` and
+//! `HF_HUB_OFFLINE`; offline, or when the hub cannot be reached, files come from the
+//! cache. Used by berth-data (datasets, tokenizers) and berth-model (weights), so the
+//! model crate needs no Arrow or Parquet to resolve a hub id.
+
+use std::path::{Path, PathBuf};
+
+pub use hf_hub;
+use hf_hub::{Cache, Repo, RepoType};
+
+/// A hub repo that could not be read, with why.
+#[derive(Debug, thiserror::Error)]
+#[error("hub repo '{repo}': {message}")]
+pub struct HubError {
+    pub repo: String,
+    pub message: String,
+}
+
+/// Where hub files come from.
+#[derive(Clone, Debug)]
+pub struct HubOptions {
+    /// The hub cache directory (the `hub/` folder of `HF_HOME`).
+    pub cache_dir: PathBuf,
+    /// Use only the cache, never the network.
+    pub offline: bool,
+    /// A branch, tag or commit sha.
+    pub revision: String,
+}
+
+impl HubOptions {
+    /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; offline when
+    /// `HF_HUB_OFFLINE` is 1/true/yes/on; revision `main`.
+    pub fn from_env() -> Self {
+        let cache_dir = match std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+            Some(d) => PathBuf::from(d),
+            None => Cache::from_env().path().clone(),
+        };
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        HubOptions {
+            cache_dir,
+            offline,
+            revision: "main".into(),
+        }
+    }
+
+    /// Offline, reading `cache_dir` only.
+    pub fn offline(cache_dir: impl Into<PathBuf>) -> Self {
+        HubOptions {
+            cache_dir: cache_dir.into(),
+            offline: true,
+            revision: "main".into(),
+        }
+    }
+}
+
+/// A repo's snapshot directory in the cache and the files in it (relative paths).
+fn cached_snapshot(repo: &Repo, opts: &HubOptions) -> Option<(PathBuf, Vec<String>)> {
+    let root = opts.cache_dir.join(repo.folder_name());
+    let rev = repo.revision();
+    let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
+        rev.to_string()
+    } else {
+        std::fs::read_to_string(root.join("refs").join(rev))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    let snap = root.join("snapshots").join(commit);
+    let mut files = Vec::new();
+    collect_files(&snap, &snap, &mut files);
+    files.sort();
+    Some((snap, files))
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_files(base, &p, out);
+        } else if let Ok(rel) = p.strip_prefix(base) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+fn hub_err(repo: &str, message: impl Into<String>) -> HubError {
+    HubError {
+        repo: repo.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Fetches the files of `repo_id` that `want` selects (all of them downloaded into
+/// the cache when online), returning their local paths keyed by repo path.
+pub fn hub_files(
+    repo_id: &str,
+    repo_type: RepoType,
+    opts: &HubOptions,
+    want: &dyn Fn(&str) -> bool,
+) -> Result<Vec<(String, PathBuf)>, HubError> {
+    let repo = Repo::with_revision(repo_id.to_string(), repo_type, opts.revision.clone());
+    let from_cache = || -> Result<Vec<(String, PathBuf)>, HubError> {
+        let (snap, files) = cached_snapshot(&repo, opts).ok_or_else(|| {
+            hub_err(
+                repo_id,
+                format!(
+                    "revision '{}' is not in the cache {}{}",
+                    opts.revision,
+                    opts.cache_dir.display(),
+                    if opts.offline {
+                        " (offline: HF_HUB_OFFLINE is set)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        })?;
+        Ok(files
+            .into_iter()
+            .filter(|f| want(f))
+            .map(|f| (f.clone(), snap.join(&f)))
+            .collect())
+    };
+    if opts.offline {
+        return from_cache();
+    }
+    let online = || -> std::result::Result<Vec<(String, PathBuf)>, String> {
+        let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+            .with_progress(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let api_repo = api.repo(repo.clone());
+        let info = api_repo.info().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for s in info.siblings.iter().filter(|s| want(&s.rfilename)) {
+            let local = api_repo.get(&s.rfilename).map_err(|e| e.to_string())?;
+            out.push((s.rfilename.clone(), local));
+        }
+        Ok(out)
+    };
+    match online() {
+        Ok(files) => Ok(files),
+        Err(net) => {
+            tracing::warn!("hub repo '{repo_id}' unreachable ({net}); using the local cache");
+            from_cache().map_err(|e| hub_err(repo_id, format!("{e}; online: {net}")))
+        }
+    }
+}
+
+/// One file of a model repo (e.g. `tokenizer.json`), from the cache or the hub.
+pub fn hub_model_file(
+    repo_id: &str,
+    filename: &str,
+    opts: &HubOptions,
+) -> Result<PathBuf, HubError> {
+    hub_files(repo_id, RepoType::Model, opts, &|f| f == filename)?
+        .into_iter()
+        .next()
+        .map(|(_, p)| p)
+        .ok_or_else(|| hub_err(repo_id, format!("has no file '{filename}'")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache with `models--owner--name`, its `main` ref and one snapshot.
+    fn fake_cache(root: &Path) {
+        let repo = root.join("models--owner--name");
+        let sha = "a".repeat(40);
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), &sha).unwrap();
+        let snap = repo.join("snapshots").join(&sha);
+        std::fs::create_dir_all(snap.join("sub")).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        std::fs::write(snap.join("sub/tokenizer.json"), "{}").unwrap();
+    }
+
+    #[test]
+    fn offline_files_come_from_the_cache_layout() {
+        let dir = tempfile_dir();
+        fake_cache(&dir);
+        let opts = HubOptions::offline(&dir);
+        let files = hub_files("owner/name", RepoType::Model, &opts, &|_| true).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["config.json", "sub/tokenizer.json"]);
+        assert!(files.iter().all(|(_, p)| p.is_file()));
+        let p = hub_model_file("owner/name", "config.json", &opts).unwrap();
+        assert!(p.ends_with("config.json"));
+        let missing = hub_model_file("owner/name", "model.safetensors", &opts).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("has no file 'model.safetensors'"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_uncached_repo_offline_names_the_repo_revision_and_cache() {
+        let dir = tempfile_dir();
+        let opts = HubOptions::offline(&dir);
+        let e = hub_files("owner/absent", RepoType::Model, &opts, &|_| true).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("owner/absent") && msg.contains("'main'"),
+            "{msg}"
+        );
+        assert!(msg.contains("offline"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh directory under the system temp dir (no tempfile dependency here).
+    fn tempfile_dir() -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "berth-hub-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
