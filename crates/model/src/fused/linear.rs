@@ -76,24 +76,20 @@ fn cpu_forward(
 /// `n` copies of `row`, written on rayon's threads (1.5 M values for BERT's
 /// feed-forward layer at 512 tokens: serial, it left the other core idle).
 fn repeat_rows(row: &[f32], n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
     let w = row.len();
     if w == 0 || n == 0 {
         return Vec::new();
     }
-    let mut v = Vec::with_capacity(n * w);
-    v.spare_capacity_mut()
-        .par_chunks_mut(super::rows_per_task(w) * w)
-        .for_each(|block| {
+    // SAFETY: a block is whole rows of w, and each row is written from `row`.
+    unsafe {
+        super::par_init(n * w, super::rows_per_task(w) * w, |_, block| {
             for dst in block.chunks_mut(w) {
                 for (d, &x) in dst.iter_mut().zip(row) {
                     d.write(x);
                 }
             }
-        });
-    // SAFETY: the chunks cover all n * w elements, each written above.
-    unsafe { v.set_len(n * w) };
-    v
+        })
+    }
 }
 
 /// Inputs from which the forward multiplies by a transposed copy of W.
@@ -103,18 +99,18 @@ const TRANSPOSE_FROM: usize = 1024;
 /// 32 x 32 tiles so that reads and writes both stay in cache, rows of tiles in
 /// parallel.
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    use rayon::prelude::*;
     const T: usize = 32;
-    let mut dst = super::zeros(rows * cols);
-    if dst.is_empty() {
-        return dst;
+    if rows == 0 || cols == 0 {
+        return Vec::new();
     }
-    // Task tc writes dst rows tc*T.., i.e. columns tc*T.. of src. Each tile reads src
-    // a row at a time: its rows are `cols` apart, and at 3072 columns (12 KiB, a
-    // multiple of 4 KiB) reading down a column hit one L1 set 32 times over.
-    dst.par_chunks_mut(T * rows)
-        .enumerate()
-        .for_each(|(tc, block)| {
+    // Task tc writes dst rows tc*T.., i.e. columns tc*T.. of src, every element once.
+    // Each tile reads src a row at a time: its rows are `cols` apart, and at 3072
+    // columns (12 KiB, a multiple of 4 KiB) reading down a column hit one L1 set 32
+    // times over.
+    // SAFETY: block tc is dst rows c0..c0 + cn (cn * rows elements), and the loops write
+    // (c, r) for every c < cn and r < rows.
+    unsafe {
+        super::par_init(rows * cols, T * rows, |tc, block| {
             let c0 = tc * T;
             let cn = (cols - c0).min(T);
             for r0 in (0..rows).step_by(T) {
@@ -122,12 +118,12 @@ pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
                 for r in r0..r0 + rn {
                     let srow = &src[r * cols + c0..r * cols + c0 + cn];
                     for (c, &v) in srow.iter().enumerate() {
-                        block[c * rows + r] = v;
+                        block[c * rows + r].write(v);
                     }
                 }
             }
-        });
-    dst
+        })
+    }
 }
 
 /// (dx, dw, db) from dy; db in `bias`'s dtype when there is a bias.

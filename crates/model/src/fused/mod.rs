@@ -147,15 +147,34 @@ pub(crate) const MIN_TASK_ELEMS: usize = 16 * 1024;
 /// memory is one serial memset, and the fused ops allocate hundreds of megabytes of
 /// outputs and gradients per step.
 pub(crate) fn zeros(n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
     if n < 4 * MIN_TASK_ELEMS {
         return vec![0f32; n];
     }
+    // SAFETY: each chunk is filled whole.
+    unsafe {
+        par_init(n, MIN_TASK_ELEMS, |_, c| {
+            c.fill(std::mem::MaybeUninit::new(0.0))
+        })
+    }
+}
+
+/// A buffer of `n` values built on rayon's threads without zeroing it first: `init`
+/// gets each chunk of `chunk` elements (the last may be shorter) with its index.
+///
+/// # Safety
+/// `init` must write every element of the chunk it is given.
+pub(crate) unsafe fn par_init(
+    n: usize,
+    chunk: usize,
+    init: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut v = Vec::with_capacity(n);
     v.spare_capacity_mut()
-        .par_chunks_mut(MIN_TASK_ELEMS)
-        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: all n elements were initialised above.
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| init(i, c));
+    // SAFETY: the chunks cover all n elements, and the caller's `init` wrote each.
     unsafe { v.set_len(n) };
     v
 }
