@@ -38,7 +38,8 @@ impl SequenceClassifier {
         self.num_labels
     }
 
-    /// Logits `[B, num_labels]`.
+    /// Logits `[B, num_labels]`. The pooler reads only `[CLS]`, so the last layer
+    /// computes nothing else after its attention ([`BertModel::forward_first_token`]).
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -48,7 +49,7 @@ impl SequenceClassifier {
     ) -> Result<Tensor> {
         let out = self
             .bert
-            .forward(input_ids, token_type_ids, attention_mask, mode)?;
+            .forward_first_token(input_ids, token_type_ids, attention_mask, mode)?;
         let pooled = out
             .pooled
             .ok_or_else(|| ModelError::Checkpoint("classifier needs a pooler".into()))?;

@@ -68,6 +68,7 @@ impl Mode {
             seed: self.seed,
             site,
             p: p as f32,
+            rows: None,
         })
     }
 

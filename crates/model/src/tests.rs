@@ -594,3 +594,105 @@ fn mlm_loss_on_labelled_positions_equals_the_full_projection() {
         }
     }
 }
+
+#[test]
+fn the_first_token_forward_equals_the_full_forward_with_dropout() {
+    // The classifier's shortcut: the last layer computes only [CLS] after its attention.
+    // Its pooled output, its [CLS] row and every parameter's gradient must be the full
+    // forward's, dropout on (the mapped masks are the full tensor's), on both paths.
+    let dev = Device::Cpu;
+    let cfg = BertConfig::tiny();
+    let (ids, types, mask) = batch(&dev);
+    for ops in [Ops::Fused, Ops::Composed] {
+        let run = |first: bool| {
+            let mut p = Params::random(&dev, 0, cfg.initializer_range);
+            let bert = BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+            let (vm, _) = p.finish();
+            let mode = Mode::train(11).with_ops(ops);
+            let out = if first {
+                bert.forward_first_token(&ids, Some(&types), Some(&mask), &mode)
+            } else {
+                bert.forward(&ids, Some(&types), Some(&mask), &mode)
+            }
+            .unwrap();
+            let pooled = out.pooled.unwrap();
+            let cls = out.sequence.narrow(1, 0, 1).unwrap();
+            // A loss that weighs every pooled value and every [CLS] value differently.
+            let w = Tensor::arange(0f32, pooled.elem_count() as f32, &dev)
+                .unwrap()
+                .reshape(pooled.shape())
+                .unwrap();
+            let loss = ((pooled * &w).unwrap().sum_all().unwrap()
+                + cls.sqr().unwrap().sum_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<(String, Tensor)> = vars(&vm)
+                .into_iter()
+                .map(|(n, v)| {
+                    let g = grads.get(v.as_tensor()).cloned();
+                    (n.clone(), g.unwrap_or_else(|| panic!("{n}: no gradient")))
+                })
+                .collect();
+            (out.sequence.dims().to_vec(), cls, loss, g)
+        };
+        let (dims_first, cls_first, loss_first, g_first) = run(true);
+        let (dims_full, cls_full, loss_full, g_full) = run(false);
+        assert_eq!(dims_first, vec![2, 1, cfg.hidden_size]);
+        assert_eq!(dims_full, vec![2, 6, cfg.hidden_size]);
+        assert!(scaled_diff(&cls_first, &cls_full) < 1e-6, "{ops:?}: [CLS]");
+        assert!(scaled_diff(&loss_first, &loss_full) < 1e-6, "{ops:?}: loss");
+        for ((n, a), (_, b)) in g_first.iter().zip(&g_full) {
+            let d = scaled_diff(a, b);
+            assert!(d < 1e-5, "{ops:?} {n}: gradient differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn candle_stores_the_first_gradient_without_a_copy() {
+    // vendor/candle-core's one change: autograd keeps a tensor's first gradient as the
+    // op's backward returned it (upstream adds it to a fresh zero tensor, a copy of
+    // every gradient of every step). Fails if the patch is lost in a candle upgrade.
+    use candle_core::{CpuStorage, CustomOp1, Layout, Shape, TensorId};
+    use std::sync::{Arc, Mutex};
+
+    struct Doubles(Arc<Mutex<Option<TensorId>>>);
+    impl CustomOp1 for Doubles {
+        fn name(&self) -> &'static str {
+            "doubles-in-backward"
+        }
+        fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            assert_eq!(l.contiguous_offsets(), Some((0, l.shape().elem_count())));
+            Ok((s.clone(), l.shape().clone()))
+        }
+        fn bwd(
+            &self,
+            _arg: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<Option<Tensor>> {
+            let g = (grad * 2.0)?;
+            *self.0.lock().unwrap() = Some(g.id());
+            Ok(Some(g))
+        }
+    }
+
+    let x = Var::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let y = x.as_tensor().apply_op1(Doubles(seen.clone())).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let g = grads.get(x.as_tensor()).unwrap();
+    assert_eq!(
+        Some(g.id()),
+        *seen.lock().unwrap(),
+        "the gradient was copied"
+    );
+    assert_eq!(g.to_vec1::<f32>().unwrap(), vec![2., 2., 2.]);
+
+    // A second contribution to the same tensor is still added.
+    let y = x.as_tensor().apply_op1(Doubles(seen.clone())).unwrap();
+    let loss = (y.sum_all().unwrap() + x.as_tensor().sum_all().unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    let g = grads.get(x.as_tensor()).unwrap();
+    assert_eq!(g.to_vec1::<f32>().unwrap(), vec![3., 3., 3.]);
+}

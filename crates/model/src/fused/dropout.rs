@@ -50,6 +50,12 @@ pub struct DropoutKey {
     pub site: u64,
     /// Drop probability, in [0, 1).
     pub p: f32,
+    /// `None`: element `i` of the tensor is element `i` of the site. `Some((width,
+    /// step))`: the tensor holds rows `0, step, 2 step, ...` (each `width` elements)
+    /// of the site's full tensor, and row `r`, column `c` draws the site's element
+    /// `r step width + c`. The first tokens `[B, 1, H]` of a `[B, L, H]` site are
+    /// `(H, L)`: the slice is dropped exactly as the full tensor's first tokens.
+    pub rows: Option<(u64, u64)>,
 }
 
 impl DropoutKey {
@@ -68,8 +74,31 @@ impl DropoutKey {
     pub fn fill(&self, start: u64, out: &mut [f32]) {
         simd(
             #[inline(always)]
-            || self.fill_with(start, out),
+            || match self.rows {
+                Some((width, step)) if width > 0 && step != 1 => {
+                    // Row by row, each piece at its place in the full tensor.
+                    let (mut idx, mut o) = (start, 0usize);
+                    while o < out.len() {
+                        let (r, c) = (idx / width, idx % width);
+                        let n = ((width - c) as usize).min(out.len() - o);
+                        self.fill_with(r * step * width + c, &mut out[o..o + n]);
+                        o += n;
+                        idx += n as u64;
+                    }
+                }
+                _ => self.fill_with(start, out),
+            },
         )
+    }
+
+    /// The same site, applied to rows `0, step, 2 step, ...` of `width` elements of
+    /// its full tensor (see [`DropoutKey::rows`]).
+    pub fn every_nth_row(self, width: usize, step: usize) -> Self {
+        debug_assert!(self.rows.is_none(), "row maps do not compose");
+        DropoutKey {
+            rows: Some((width as u64, step as u64)),
+            ..self
+        }
     }
 
     #[inline(always)]

@@ -122,7 +122,12 @@ fn layer_norm_case(rows: usize, h: usize, p: f32, seed: u64) {
     let r = rand_var(&[rows, h], seed + 1, 2.0);
     let w = rand_var(&[h], seed + 2, 1.0);
     let b = rand_var(&[h], seed + 3, 1.0);
-    let key = (p > 0.0).then_some(DropoutKey { seed, site: 3, p });
+    let key = (p > 0.0).then_some(DropoutKey {
+        seed,
+        site: 3,
+        p,
+        rows: None,
+    });
     let f = |t: &[Tensor], ops: Ops| {
         let ln = LayerNorm {
             weight: t[2].clone(),
@@ -202,7 +207,12 @@ fn attention_case(b: usize, l: usize, heads: usize, d: usize, masked: &[usize], 
             (0..l).map(move |j| if j >= l - m { f32::MIN } else { 0.0 })
         })
         .collect();
-    let key = (p > 0.0).then_some(DropoutKey { seed, site: 1, p });
+    let key = (p > 0.0).then_some(DropoutKey {
+        seed,
+        site: 1,
+        p,
+        rows: None,
+    });
     let f = |t: &[Tensor], ops: Ops| match ops {
         Ops::Fused => attention(&t[0], &t[1], &t[2], heads, Some(mask.clone()), key).unwrap(),
         Ops::Composed => attention_ref(&t[0], &t[1], &t[2], heads, Some(&mask), key),
@@ -348,6 +358,7 @@ fn dropout_masks_are_keyed_and_keep_one_minus_p() {
         seed: 42,
         site: 7,
         p: 0.1,
+        rows: None,
     };
     let a = keep_mask(&key, 1_000_000);
     assert_eq!(a, keep_mask(&key, 1_000_000), "same key, same mask");
@@ -386,6 +397,41 @@ fn dropout_masks_are_keyed_and_keep_one_minus_p() {
     let f = dropout(x.as_tensor(), key).unwrap();
     let c = apply_dropout(x.as_tensor(), key, Ops::Composed).unwrap();
     assert_eq!(vals(&f), vals(&c));
+}
+
+#[test]
+fn a_row_slice_draws_the_full_tensors_mask_for_its_rows() {
+    // [B, L, H] = [3, 5, 70]: width 70 so that rows start inside Philox's 64-element
+    // groups; the slice is the first token of each sequence.
+    let (b, l, h) = (3usize, 5usize, 70usize);
+    let key = DropoutKey {
+        seed: 9,
+        site: 4,
+        p: 0.3,
+        rows: None,
+    };
+    let full = keep_mask(&key, b * l * h);
+    let first = keep_mask(&key.every_nth_row(h, l), b * h);
+    for r in 0..b {
+        assert_eq!(
+            first[r * h..(r + 1) * h],
+            full[r * l * h..r * l * h + h],
+            "row {r}"
+        );
+    }
+    // From any offset, in pieces that straddle rows.
+    let mut part = vec![0f32; 100];
+    key.every_nth_row(h, l).fill(33, &mut part);
+    assert_eq!(part, first[33..133]);
+    // The fused op and the composed path agree on the mapped mask too.
+    let x = rand_var(&[b, 1, h], 2, 1.0);
+    let mapped = key.every_nth_row(h, l);
+    let f = dropout(x.as_tensor(), mapped).unwrap();
+    let c = apply_dropout(x.as_tensor(), mapped, Ops::Composed).unwrap();
+    assert_eq!(vals(&f), vals(&c));
+    let x: Vec<f32> = vals(x.as_tensor());
+    let want: Vec<f32> = x.iter().zip(&first).map(|(v, m)| v * m).collect();
+    assert_eq!(vals(&f), want);
 }
 
 #[test]
@@ -541,6 +587,7 @@ fn dropout_mask_follows_its_documented_mapping() {
         seed: 0x1234_5678_9abc,
         site: (3 << 32) | 5,
         p: 0.3,
+        rows: None,
     };
     let n = 64 * 40 + 17;
     let mask = keep_mask(&key, n);
@@ -600,6 +647,7 @@ fn vectorised_ops_give_the_same_bits_as_baseline_x86() {
             seed: 5,
             site,
             p: 0.1,
+            rows: None,
         })
     };
     // Odd widths, so that the lane loops' tails run too.
