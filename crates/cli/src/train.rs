@@ -80,9 +80,7 @@ pub(crate) fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(path) = a.output {
         let json = serde_json::to_string_pretty(&all)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        berth_fs::write_file(&path, json.as_bytes())?;
     }
     Ok(())
 }

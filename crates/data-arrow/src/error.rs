@@ -75,6 +75,15 @@ pub enum DataError {
 /// Shorthand used across the crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
+impl From<berth_fs::Error> for DataError {
+    fn from(e: berth_fs::Error) -> Self {
+        DataError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {

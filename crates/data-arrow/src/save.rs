@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{CacheMode, Dataset, DatasetDict};
 use crate::error::{DataError, Result};
 use crate::fingerprint::Fingerprint;
-use crate::storage::{AtomicFile, IpcSink, read_ipc_mmap, temp_sibling};
+use berth_fs::AtomicFile;
+
+use crate::storage::{IpcSink, read_ipc_mmap};
 
 const DATA_FILE: &str = "data.arrow";
 const STATE_FILE: &str = "state.json";
@@ -55,7 +57,7 @@ pub(crate) fn write_parquet<B: std::borrow::Borrow<RecordBatch>>(
         writer.write(b?.borrow()).map_err(perr)?;
     }
     writer.close().map_err(perr)?;
-    atomic.commit()
+    Ok(atomic.commit()?)
 }
 
 /// Writes batches as JSON Lines, one object per row (nulls written as `null`).
@@ -77,7 +79,7 @@ pub(crate) fn write_jsonl<B: std::borrow::Borrow<RecordBatch>>(
     }
     out.flush().map_err(|e| DataError::io(path, e))?;
     drop(out);
-    atomic.commit()
+    Ok(atomic.commit()?)
 }
 
 /// Whether `path` names a JSON Lines output (else Parquet); an error for anything else.
@@ -192,33 +194,17 @@ impl DatasetDict {
     }
 }
 
-/// Builds a directory under a temp name, then swaps it in for `dir`.
+/// Builds a directory under a temp name, then swaps it in for `dir`
+/// ([`berth_fs::replace_dir`]: the old copy is removed only once the new one is in).
 fn replace_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = temp_sibling(dir);
-    let result = build(&tmp);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let old: Option<PathBuf> = if dir.exists() {
-        let old = temp_sibling(&dir.with_extension("old"));
-        std::fs::rename(dir, &old).map_err(|e| DataError::io(dir, e))?;
-        Some(old)
-    } else {
-        None
-    };
-    std::fs::rename(&tmp, dir).map_err(|e| DataError::io(dir, e))?;
-    if let Some(old) = old {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    Ok(())
+    berth_fs::replace_dir(dir, build)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let (atomic, file) = AtomicFile::create(path)?;
     serde_json::to_writer_pretty(BufWriter::new(file), value)
         .map_err(|e| DataError::io(path, std::io::Error::other(e)))?;
-    atomic.commit()
+    Ok(atomic.commit()?)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

@@ -1,10 +1,10 @@
-//! Files written atomically (temp name, then rename) and Arrow IPC files read through
+//! Arrow IPC files written atomically (`berth_fs`: temp name, then rename) and read through
 //! a memory map, so cached datasets are shared with the page cache, never copied whole
 //! into RAM, and a crash never leaves a half file that a later run would trust.
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -17,61 +17,9 @@ use arrow::ipc::root_as_footer;
 use arrow::ipc::writer::FileWriter;
 use memmap2::Mmap;
 
+use berth_fs::AtomicFile;
+
 use crate::error::{DataError, Result};
-
-/// A file that only appears at its final path once [`AtomicFile::commit`] is called;
-/// dropped uncommitted, its temp file is removed.
-pub(crate) struct AtomicFile {
-    tmp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl AtomicFile {
-    pub(crate) fn create(target: &Path) -> Result<(Self, File)> {
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        }
-        let tmp = temp_sibling(target);
-        let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        Ok((
-            AtomicFile {
-                tmp,
-                target: target.to_path_buf(),
-                committed: false,
-            },
-            file,
-        ))
-    }
-
-    pub(crate) fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| DataError::io(&self.target, e))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// `dir/.name.tmp-<pid>-<nanos>`: unique per writer, hidden, in the same directory so
-/// the rename is atomic.
-pub(crate) fn temp_sibling(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    target.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
-}
 
 /// Streams record batches into an Arrow IPC file written atomically.
 pub(crate) struct IpcSink {
@@ -90,11 +38,11 @@ impl IpcSink {
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.writer
             .write(batch)
-            .map_err(|e| DataError::arrow(format!("writing {}", self.atomic.target.display()), e))
+            .map_err(|e| DataError::arrow(format!("writing {}", self.atomic.target().display()), e))
     }
 
     pub(crate) fn finish(mut self) -> Result<()> {
-        let target = self.atomic.target.clone();
+        let target = self.atomic.target().to_path_buf();
         self.writer
             .finish()
             .map_err(|e| DataError::arrow(format!("writing {}", target.display()), e))?;
@@ -105,7 +53,7 @@ impl IpcSink {
             .into_inner()
             .map_err(|e| DataError::io(&target, e.into_error()))?;
         file.sync_all().map_err(|e| DataError::io(&target, e))?;
-        self.atomic.commit()
+        Ok(self.atomic.commit()?)
     }
 }
 

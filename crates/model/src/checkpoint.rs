@@ -71,51 +71,14 @@ pub fn save_into(
 }
 
 /// Fills a fresh temp sibling of `dir` with `write`, then moves it into place: a
-/// reader never sees a half-written directory, and a failed write leaves the old one.
-/// A directory cannot be renamed over a non-empty one, so the old `dir` is first
-/// renamed aside and removed only once the new one is in place: at no moment is there
-/// no complete copy on disk (a crash between the two renames leaves the old copy as
-/// `.{name}.old-{pid}` beside it).
-pub fn write_dir_atomically<E: From<ModelError>>(
+/// reader never sees a half-written directory, and a failed write leaves the old one
+/// (the old copy is renamed aside and removed only once the new one is in place;
+/// [`berth_fs::replace_dir`]).
+pub fn write_dir_atomically<E: From<berth_fs::Error>>(
     dir: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if !dir.exists() {
-        return std::fs::rename(&tmp, dir).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&tmp);
-            ModelError::io(dir, e).into()
-        });
-    }
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&old);
-    if let Err(e) = std::fs::rename(dir, &old) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(ModelError::io(dir, e).into());
-    }
-    if let Err(e) = std::fs::rename(&tmp, dir) {
-        // Put the old copy back; the new one is dropped.
-        let _ = std::fs::rename(&old, dir);
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(ModelError::io(dir, e).into());
-    }
-    std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-    Ok(())
+    berth_fs::replace_dir(dir, write)
 }
 
 #[cfg(test)]

@@ -29,6 +29,15 @@ pub enum ModelError {
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+impl From<berth_fs::Error> for ModelError {
+    fn from(e: berth_fs::Error) -> Self {
+        ModelError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {

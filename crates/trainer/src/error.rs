@@ -53,3 +53,12 @@ impl TrainError {
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl From<berth_fs::Error> for TrainError {
+    fn from(e: berth_fs::Error) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

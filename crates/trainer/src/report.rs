@@ -111,8 +111,10 @@ pub fn loss_curve(history: &[Map<String, Value>], path: &Path) -> Result<()> {
     let all = train.iter().chain(&eval);
     let max_x = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let max_y = all.map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.05;
-    // Written under a temp name (keeping the .png the encoder needs), then renamed.
-    let tmp = path.with_file_name(format!(".loss_curve.tmp-{}.png", std::process::id()));
+    // Drawn into a temp sibling (it keeps the .png the encoder needs), then renamed.
+    let (guard, file) = berth_fs::AtomicFile::create(path)?;
+    drop(file);
+    let tmp = guard.temp_path().to_path_buf();
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(&tmp, (960, 540)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -164,13 +166,12 @@ pub fn loss_curve(history: &[Map<String, Value>], path: &Path) -> Result<()> {
         Ok(())
     };
     if let Err(e) = draw() {
-        let _ = std::fs::remove_file(&tmp);
         return Err(TrainError::checkpoint(
             path,
             format!("drawing the loss curve: {e}"),
         ));
     }
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    Ok(guard.commit()?)
 }
 
 /// The end-of-run table printed on stdout.

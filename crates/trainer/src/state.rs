@@ -61,13 +61,7 @@ impl TrainerState {
 
 /// Writes `bytes` to a temp sibling, then renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    Ok(berth_fs::write_file(path, bytes)?)
 }
 
 /// `checkpoint-<step>` directories of `output_dir`, oldest first.

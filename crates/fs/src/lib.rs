@@ -1,0 +1,252 @@
+//! Atomic writes, the one implementation every Berth crate uses: a file or directory
+//! is built under a hidden temp name beside its target, then renamed into place, so a
+//! reader (or a run resumed after a crash) sees the old copy or the new one, never a
+//! half-written one, and nothing already written is lost when a write fails.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("state.json");
+//! berth_fs::write_file(&path, b"{}").unwrap();
+//! berth_fs::replace_dir(&dir.path().join("checkpoint-1"), |tmp| {
+//!     berth_fs::write_file(&tmp.join("config.json"), b"{}")
+//! })
+//! .unwrap();
+//! assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An I/O error with the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct Error {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Error {
+    pub fn new(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `dir/.name.<what>-<pid>-<n>[.ext]`: hidden, unique within and across processes,
+/// in the target's own directory so that the rename is atomic (same filesystem), and
+/// ending in the target's extension for writers that pick a format by it (an image
+/// encoder).
+pub fn temp_sibling(target: &Path, what: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let ext = target
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.{what}-{}-{n}{ext}", std::process::id()))
+}
+
+/// The directory that will hold `path`, created if missing.
+fn ensure_parent(path: &Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| Error::new(dir, e)),
+        None => Ok(()),
+    }
+}
+
+/// A file that appears at its target only on [`AtomicFile::commit`]; dropped
+/// uncommitted (an error, a panic), its temp file is removed.
+pub struct AtomicFile {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// The guard and the temp file to write into.
+    pub fn create(target: &Path) -> Result<(Self, File)> {
+        ensure_parent(target)?;
+        let tmp = temp_sibling(target, "tmp");
+        let file = File::create(&tmp).map_err(|e| Error::new(&tmp, e))?;
+        let guard = AtomicFile {
+            tmp,
+            target: target.to_path_buf(),
+            committed: false,
+        };
+        Ok((guard, file))
+    }
+
+    /// Where the data goes once committed.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Where the data goes until the commit.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the temp file over the target (the writer must be flushed and closed).
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::new(&self.target, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (the parent directory is created if missing).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (guard, mut file) = AtomicFile::create(path)?;
+    use std::io::Write;
+    file.write_all(bytes)
+        .and_then(|()| file.flush())
+        .map_err(|e| Error::new(guard.temp_path(), e))?;
+    drop(file);
+    guard.commit()
+}
+
+/// Builds a directory with `build` under a temp name beside `dir`, then puts it in
+/// `dir`'s place. A directory cannot be renamed over a non-empty one, so an existing
+/// `dir` is first renamed aside and removed only once the new one is in place: at no
+/// moment is there no complete copy (a crash between the two renames leaves the old
+/// one as `.{name}.old-*` beside it). When `build` fails, or the swap does, the temp
+/// directory is removed and `dir` is as it was. `build` fills an existing empty
+/// directory.
+pub fn replace_dir<E: From<Error>>(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    ensure_parent(dir)?;
+    let tmp = temp_sibling(dir, "tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::new(&tmp, e))?;
+    if let Err(e) = build(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if !dir.exists() {
+        return std::fs::rename(&tmp, dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Error::new(dir, e).into()
+        });
+    }
+    let old = temp_sibling(dir, "old");
+    if let Err(e) = std::fs::rename(dir, &old) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::new(dir, e).into());
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        // Put the old copy back; the new one is dropped.
+        let _ = std::fs::rename(&old, dir);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::new(dir, e).into());
+    }
+    // The new copy is in place: a failure to remove the old one (a file held open
+    // elsewhere) leaves a hidden `.{name}.old-*` beside it, not a failed write.
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry of `dir`, so that a leftover temp or old copy shows.
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_file_write_replaces_the_old_one_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/state.json");
+        write_file(&p, b"one").unwrap();
+        write_file(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(entries(&d.path().join("sub")), vec!["state.json"]);
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_the_old_one_and_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.bin");
+        write_file(&p, b"old").unwrap();
+        {
+            let (guard, mut f) = AtomicFile::create(&p).unwrap();
+            use std::io::Write;
+            f.write_all(b"half").unwrap();
+            assert!(guard.temp_path().exists());
+            // Dropped without a commit, as on an error.
+        }
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(entries(d.path()), vec!["a.bin"]);
+    }
+
+    #[test]
+    fn a_failed_file_write_names_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        // The parent is a file, so nothing can be created under it.
+        let blocker = d.path().join("blocker");
+        std::fs::write(&blocker, b"x").unwrap();
+        let e = write_file(&blocker.join("f.json"), b"{}").unwrap_err();
+        assert!(e.to_string().contains("blocker"), "{e}");
+        assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_directory_is_replaced_whole_and_no_copy_is_left() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("checkpoint-1");
+        replace_dir::<Error>(&dir, |t| write_file(&t.join("a"), b"1")).unwrap();
+        replace_dir::<Error>(&dir, |t| write_file(&t.join("b"), b"2")).unwrap();
+        assert_eq!(entries(&dir), vec!["b"], "the new directory, not a merge");
+        assert_eq!(entries(d.path()), vec!["checkpoint-1"]);
+    }
+
+    #[test]
+    fn a_failed_build_keeps_the_old_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("run");
+        replace_dir::<Error>(&dir, |t| write_file(&t.join("model"), b"good")).unwrap();
+        let r = replace_dir::<Error>(&dir, |t| {
+            write_file(&t.join("model"), b"partial")?;
+            Err(Error::new(t, std::io::Error::other("disk full")))
+        });
+        assert!(r.unwrap_err().to_string().contains("disk full"));
+        assert_eq!(std::fs::read(dir.join("model")).unwrap(), b"good");
+        assert_eq!(entries(d.path()), vec!["run"]);
+    }
+
+    #[test]
+    fn temp_names_are_unique_and_hidden_beside_the_target() {
+        let t = Path::new("/x/y/model.safetensors");
+        let (a, b) = (temp_sibling(t, "tmp"), temp_sibling(t, "tmp"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), t.parent());
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".model.safetensors.tmp-"), "{name}");
+        assert!(name.ends_with(".safetensors"), "{name}");
+    }
+}
