@@ -354,6 +354,22 @@ impl PreTraining {
         labels: &Tensor,
         next_sentence_label: &Tensor,
     ) -> Result<Tensor> {
-        Ok((mlm_loss(mlm_logits, labels)? + cross_entropy(nsp_logits, next_sentence_label)?)?)
+        let (mlm, nsp) = self.loss_parts(mlm_logits, nsp_logits, labels, next_sentence_label)?;
+        Ok((mlm + nsp)?)
+    }
+
+    /// The two means whose sum is [`PreTraining::loss`]: MLM over the scored tokens,
+    /// NSP over the pairs (a trainer weighs them apart across accumulated batches).
+    pub fn loss_parts(
+        &self,
+        mlm_logits: &Tensor,
+        nsp_logits: &Tensor,
+        labels: &Tensor,
+        next_sentence_label: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok((
+            mlm_loss(mlm_logits, labels)?,
+            cross_entropy(nsp_logits, next_sentence_label)?,
+        ))
     }
 }

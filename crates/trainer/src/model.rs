@@ -49,10 +49,34 @@ pub struct TaskBatch {
     pub real_tokens: usize,
 }
 
+impl TaskBatch {
+    /// What each part of the loss averages over, in [`Output::parts`]' order: the
+    /// texts for classification, the scored (non -100) tokens for masked LM, both for
+    /// pre-training (MLM tokens, then NSP pairs). Known before the forward, so that a
+    /// window of accumulated micro-batches can be normalised as one batch.
+    pub fn loss_items(&self) -> Result<Vec<usize>> {
+        if self.labels.rank() < 2 {
+            return Ok(vec![self.items]);
+        }
+        let scored = self
+            .labels
+            .ne(berth_model::IGNORE_INDEX)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        Ok(match self.next_sentence_label {
+            Some(_) => vec![scored, self.items],
+            None => vec![scored],
+        })
+    }
+}
+
 /// What a forward pass gives.
 pub struct Output {
     /// Mean loss of the batch (scalar, f32).
     pub loss: Tensor,
+    /// The means that `loss` sums, one per entry of [`TaskBatch::loss_items`].
+    pub parts: Vec<Tensor>,
     /// Classification logits `[B, C]`; MLM logits `[M, V]` of the M labelled
     /// positions only (see `MaskedLm::forward_labelled`).
     pub logits: Tensor,
@@ -139,6 +163,7 @@ impl TaskModel {
                 let logits = m.forward(ids, types, mask, mode)?.to_dtype(DType::F32)?;
                 let loss = m.loss(&logits, &b.labels)?;
                 Output {
+                    parts: vec![loss.clone()],
                     loss,
                     logits,
                     mlm_labels: None,
@@ -154,6 +179,7 @@ impl TaskModel {
                     .to_dtype(DType::F32)?;
                 let loss = m.loss(&logits, &b.labels)?;
                 Output {
+                    parts: vec![loss.clone()],
                     loss,
                     logits,
                     mlm_labels: None,
@@ -165,6 +191,7 @@ impl TaskModel {
                 let logits = logits.to_dtype(DType::F32)?;
                 let loss = m.loss(&logits, &labels)?;
                 Output {
+                    parts: vec![loss.clone()],
                     loss,
                     logits,
                     mlm_labels: Some(labels),
@@ -178,9 +205,10 @@ impl TaskModel {
                 let next = b.next_sentence_label.as_ref().ok_or_else(|| {
                     TrainError::Config("pre-training batches need next_sentence_label".into())
                 })?;
-                let loss = m.loss(&logits, &nsp, &labels, next)?;
+                let (mlm, nsp_loss) = m.loss_parts(&logits, &nsp, &labels, next)?;
                 Output {
-                    loss,
+                    loss: (&mlm + &nsp_loss)?,
+                    parts: vec![mlm, nsp_loss],
                     logits,
                     mlm_labels: Some(labels),
                     nsp_logits: Some(nsp),

@@ -211,7 +211,7 @@ pub struct AdamW {
 }
 
 /// Summed gradients of the micro-batches of one optimizer step, per parameter.
-pub struct Grads(Vec<Option<Tensor>>);
+pub struct Grads(pub(crate) Vec<Option<Tensor>>);
 
 impl AdamW {
     pub fn new(varmap: &VarMap, config: AdamWConfig) -> Result<Self> {

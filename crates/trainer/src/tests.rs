@@ -360,3 +360,73 @@ fn mlm_and_nsp_rows_train_and_report_their_metrics() {
         assert_eq!(cfg["architectures"][0], arch);
     }
 }
+
+/// One window's gradients, named, with the loss the step logs.
+fn window_gradients(t: &Trainer, group: &[Vec<usize>]) -> (Vec<(String, Vec<f32>)>, f64) {
+    let opt = AdamW::new(&t.model.varmap, AdamWConfig::default()).unwrap();
+    let w = t.window_step(&opt, group, 0, 0).unwrap();
+    assert!(w.non_finite.is_none());
+    let names: Vec<String> = opt
+        .decay_table()
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let grads = names
+        .into_iter()
+        .zip(w.grads.0)
+        .map(|(n, g)| {
+            let g = g.unwrap_or_else(|| panic!("{n}: no gradient"));
+            (n, g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect();
+    (grads, w.loss)
+}
+
+#[test]
+fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
+    // transformers' num_items_in_batch: the loss of an accumulation window is the
+    // mean over all its items, so 4 x 4 (masked LM: micro-batches with different
+    // numbers of masked tokens) and 4 + 4 + 4 + 2 (classification: a short last
+    // batch) train as one batch. Dropout off, so both batchings draw nothing.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("tiny-bert-no-dropout");
+    let mut cfg = BertConfig::tiny();
+    cfg.hidden_dropout_prob = 0.0;
+    cfg.attention_probs_dropout_prob = 0.0;
+    let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
+    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    let (varmap, _) = p.finish();
+    berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
+
+    let Rows::Sequences { ids, .. } = separable_rows(16) else {
+        unreachable!()
+    };
+    for (task, n) in [(Task::Classification, 14usize), (Task::Mlm, 16)] {
+        let out = root.path().join(format!("{task:?}"));
+        let mut run = config(&out, &["per_device_train_batch_size=4"]);
+        run.task = task;
+        let rows = match task {
+            Task::Mlm => Rows::Texts { ids: ids.clone() },
+            _ => separable_rows(n),
+        };
+        let t = trainer(run, &dir, rows);
+        let micro: Vec<Vec<usize>> = (0..n)
+            .collect::<Vec<_>>()
+            .chunks(4)
+            .map(|c| c.to_vec())
+            .collect();
+        let whole = vec![(0..n).collect::<Vec<usize>>()];
+        let (acc, acc_loss) = window_gradients(&t, &micro);
+        let (one, one_loss) = window_gradients(&t, &whole);
+        assert!(
+            (acc_loss - one_loss).abs() < 1e-6 * one_loss.abs().max(1.0),
+            "{task:?}: loss {acc_loss} vs {one_loss}"
+        );
+        assert_eq!(acc.len(), one.len());
+        for ((name, a), (_, b)) in acc.iter().zip(&one) {
+            let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+            assert!(d < 1e-5, "{task:?} {name}: gradients differ by {d}");
+        }
+    }
+}

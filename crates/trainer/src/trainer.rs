@@ -14,15 +14,15 @@ use berth_data::HubOptions;
 use berth_data::berth_masking::{DynamicMasker, MlmConfig as MaskConfig};
 use berth_data::tokenizers::Tokenizer;
 use berth_model::{Mode, Pool};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde_json::{Map, Value, json};
 
 use crate::config::{RunConfig, Strategy, Task};
 use crate::data::{Rows, Split, TaskData};
 use crate::error::{Result, TrainError};
 use crate::metrics::{LmCounts, argmax, classification};
-use crate::model::{Batcher, TaskModel, architecture, mlm_hits};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::model::{Batcher, Output, TaskBatch, TaskModel, architecture, mlm_hits};
+use crate::optim::{AdamW, AdamWConfig, Grads};
 use crate::report;
 use crate::schedule::{Schedule, SchedulerType};
 use crate::state::{Position, TrainerState, checkpoints, resolve_checkpoint, write_atomic};
@@ -51,6 +51,39 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             "device must be cpu, cuda or cuda:N, not '{other}'"
         ))),
     }
+}
+
+/// One optimizer step's accumulated gradients, its loss (the window's mean) and its
+/// real tokens; `non_finite` holds a micro-batch's loss that was not a number.
+pub(crate) struct Window {
+    pub grads: Grads,
+    pub loss: f64,
+    pub tokens: u64,
+    pub non_finite: Option<f32>,
+}
+
+/// A micro-batch's share of its window's loss, `Σ part x weight`: the tensor to
+/// backpropagate and its value. A part with no items in the window weighs 0 and is
+/// left out (its mean is 0 / 0).
+fn window_loss(out: &Output, weights: &[f64]) -> Result<(Tensor, f64)> {
+    let mut total: Option<Tensor> = None;
+    let mut value = 0f64;
+    for (part, &w) in out.parts.iter().zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
+        value += part.to_scalar::<f32>()? as f64 * w;
+        let scaled = (part * w)?;
+        total = Some(match total {
+            Some(t) => (t + scaled)?,
+            None => scaled,
+        });
+    }
+    let total = match total {
+        Some(t) => t,
+        None => out.loss.zeros_like()?,
+    };
+    Ok((total, value))
 }
 
 /// A dropout seed per (run seed, optimizer step, micro-batch): resuming at a step
@@ -168,6 +201,86 @@ impl Trainer {
             device,
             no_bar,
         })
+    }
+
+    /// The micro-batches of one optimizer step, each with the weight of each loss
+    /// part: its items over the window's (transformers since 4.46,
+    /// `num_items_in_batch`). The weighted means add up to the mean over the whole
+    /// window, so 4 x 4 accumulation trains as one batch of 16 even when the
+    /// micro-batches hold different numbers of masked tokens or the last one is short.
+    fn window_batches(
+        &self,
+        group: &[Vec<usize>],
+        epoch: u64,
+    ) -> Result<Vec<(TaskBatch, Vec<f64>)>> {
+        let batches = group
+            .iter()
+            .map(|idx| self.batcher.batch(&self.data.train.rows, idx, epoch))
+            .collect::<Result<Vec<_>>>()?;
+        let items = batches
+            .iter()
+            .map(TaskBatch::loss_items)
+            .collect::<Result<Vec<_>>>()?;
+        let parts = items.first().map_or(0, Vec::len);
+        let totals: Vec<usize> = (0..parts)
+            .map(|k| items.iter().map(|v| v[k]).sum())
+            .collect();
+        Ok(batches
+            .into_iter()
+            .zip(items)
+            .map(|(b, n)| {
+                let w = n
+                    .iter()
+                    .zip(&totals)
+                    .map(|(&n, &t)| if t == 0 { 0.0 } else { n as f64 / t as f64 })
+                    .collect();
+                (b, w)
+            })
+            .collect())
+    }
+
+    /// Forward and backward of one optimizer step's micro-batches (dropout seeded by
+    /// `step` and the micro-batch), their gradients accumulated. Stops at the first
+    /// non-finite loss and says so in [`Window::non_finite`].
+    pub(crate) fn window_step(
+        &self,
+        opt: &AdamW,
+        group: &[Vec<usize>],
+        epoch: u64,
+        step: usize,
+    ) -> Result<Window> {
+        let mut w = Window {
+            grads: opt.zero_grads(),
+            loss: 0.0,
+            tokens: 0,
+            non_finite: None,
+        };
+        for (micro, (batch, weights)) in self.window_batches(group, epoch)?.iter().enumerate() {
+            let t0 = Instant::now();
+            let mode = Mode::train(dropout_seed(self.config.training.seed, step, micro));
+            let outp = self.model.forward(batch, &mode)?;
+            let loss = outp.loss.to_scalar::<f32>()?;
+            let t1 = Instant::now();
+            if !loss.is_finite() {
+                w.non_finite = Some(loss);
+                return Ok(w);
+            }
+            let (scaled, share) = window_loss(&outp, weights)?;
+            let g = scaled.backward()?;
+            opt.accumulate(&mut w.grads, &g)?;
+            drop(g);
+            tracing::debug!(
+                "step {} micro {micro}: {} items {} tokens, forward {:.2}s backward {:.2}s",
+                step + 1,
+                batch.items,
+                batch.real_tokens,
+                (t1 - t0).as_secs_f64(),
+                t1.elapsed().as_secs_f64()
+            );
+            w.loss += share;
+            w.tokens += batch.real_tokens as u64;
+        }
+        Ok(w)
     }
 
     fn batch_plan(&self, epoch: u64) -> Vec<Vec<usize>> {
@@ -320,44 +433,20 @@ impl Trainer {
             let groups: Vec<&[Vec<usize>]> = plan.chunks(t.gradient_accumulation_steps).collect();
             let skip = state.berth.steps_in_epoch;
             for group in groups.iter().skip(skip) {
-                let mut grads = opt.zero_grads();
-                let mut group_loss = 0f64;
-                let mut group_tokens = 0u64;
-                let n_micro = group.len();
-                for (micro, indices) in group.iter().enumerate() {
-                    let t0 = Instant::now();
-                    let batch = self.batcher.batch(&self.data.train.rows, indices, epoch)?;
-                    let mode = Mode::train(dropout_seed(t.seed, state.global_step, micro));
-                    let outp = self.model.forward(&batch, &mode)?;
-                    let loss = outp.loss.to_scalar::<f32>()?;
-                    let t1 = Instant::now();
-                    if !loss.is_finite() {
-                        progress.finish();
-                        return Err(TrainError::NonFinite {
-                            loss,
-                            step: state.global_step + 1,
-                            epoch: state.epoch,
-                            last_checkpoint: last_checkpoint
-                                .as_ref()
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_else(|| "none saved yet".into()),
-                        });
-                    }
-                    let scaled = (outp.loss / n_micro as f64)?;
-                    let g = scaled.backward()?;
-                    opt.accumulate(&mut grads, &g)?;
-                    drop(g);
-                    tracing::debug!(
-                        "step {} micro {micro}: {} items {} tokens, forward {:.2}s backward {:.2}s",
-                        state.global_step + 1,
-                        batch.items,
-                        batch.real_tokens,
-                        (t1 - t0).as_secs_f64(),
-                        t1.elapsed().as_secs_f64()
-                    );
-                    group_loss += loss as f64 / n_micro as f64;
-                    group_tokens += batch.real_tokens as u64;
+                let window = self.window_step(&opt, group, epoch, state.global_step)?;
+                if let Some(loss) = window.non_finite {
+                    progress.finish();
+                    return Err(TrainError::NonFinite {
+                        loss,
+                        step: state.global_step + 1,
+                        epoch: state.epoch,
+                        last_checkpoint: last_checkpoint
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "none saved yet".into()),
+                    });
                 }
+                let (grads, group_loss, group_tokens) = (window.grads, window.loss, window.tokens);
                 let lr = schedule.lr(state.global_step);
                 let t2 = Instant::now();
                 let grad_norm = opt.step(&grads, lr, t.max_grad_norm)?;
