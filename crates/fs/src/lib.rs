@@ -77,6 +77,7 @@ impl AtomicFile {
     pub fn create(target: &Path) -> Result<(Self, File)> {
         ensure_parent(target)?;
         let tmp = temp_sibling(target, "tmp");
+        // `create` truncates a stale file of the same name (a crashed process's).
         let file = File::create(&tmp).map_err(|e| Error::new(&tmp, e))?;
         let guard = AtomicFile {
             tmp,
@@ -136,6 +137,8 @@ pub fn replace_dir<E: From<Error>>(
 ) -> std::result::Result<(), E> {
     ensure_parent(dir)?;
     let tmp = temp_sibling(dir, "tmp");
+    // A crashed process with the same pid may have left this name: start empty.
+    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::new(&tmp, e))?;
     if let Err(e) = build(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -148,6 +151,7 @@ pub fn replace_dir<E: From<Error>>(
         });
     }
     let old = temp_sibling(dir, "old");
+    let _ = std::fs::remove_dir_all(&old);
     if let Err(e) = std::fs::rename(dir, &old) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::new(dir, e).into());

@@ -63,16 +63,18 @@ pub(crate) struct Window {
 }
 
 /// A micro-batch's share of its window's loss, `Σ part x weight`: the tensor to
-/// backpropagate and its value. A part with no items in the window weighs 0 and is
-/// left out (its mean is 0 / 0).
+/// backpropagate and its value. A part with no items weighs 0 but stays in the graph,
+/// so its parameters still get (zero) gradients and AdamW still decays them, as with
+/// a mean over nothing before; only a part whose value is not a number is left out.
 fn window_loss(out: &Output, weights: &[f64]) -> Result<(Tensor, f64)> {
     let mut total: Option<Tensor> = None;
     let mut value = 0f64;
     for (part, &w) in out.parts.iter().zip(weights) {
-        if w == 0.0 {
+        let v = part.to_scalar::<f32>()? as f64;
+        if w == 0.0 && !v.is_finite() {
             continue;
         }
-        value += part.to_scalar::<f32>()? as f64 * w;
+        value += v * w;
         let scaled = (part * w)?;
         total = Some(match total {
             Some(t) => (t + scaled)?,

@@ -741,9 +741,11 @@ impl GradStore {
             && grad.dtype() == tensor.dtype();
         if first {
             // Ops' backward passes (matmul's above all) expect the gradients they are
-            // handed to be laid out as upstream's add results are: a strided view
-            // (a transpose's or broadcast's gradient) is copied once instead.
-            let plain = grad.is_contiguous() && grad.layout().start_offset() == 0;
+            // handed to be laid out as upstream's add results are, row-major strides
+            // from offset 0: any other view (a transpose's or a broadcast's gradient,
+            // or a size-1 dimension with another stride) is copied once instead.
+            let plain = grad.layout().start_offset() == 0
+                && grad.stride() == grad.shape().stride_contiguous().as_slice();
             let grad = if plain { grad.clone() } else { grad.force_contiguous()? };
             self.0.insert(tensor.id(), grad);
         } else {
