@@ -122,7 +122,7 @@ impl Dataset {
     /// Saves the dataset as a directory (`data.arrow` + `state.json`), replacing
     /// what was there only once the new directory is complete.
     pub fn save_to_disk(&self, dir: &Path) -> Result<()> {
-        replace_dir(dir, |tmp| self.write_dir(tmp))
+        berth_fs::replace_dir(dir, |tmp| self.write_dir(tmp))
     }
 
     fn write_dir(&self, dir: &Path) -> Result<()> {
@@ -168,7 +168,7 @@ impl Dataset {
 impl DatasetDict {
     /// Saves every split in a subdirectory of `dir`, plus `dataset_dict.json`.
     pub fn save_to_disk(&self, dir: &Path) -> Result<()> {
-        replace_dir(dir, |tmp| {
+        berth_fs::replace_dir(dir, |tmp| {
             for (name, ds) in self.iter() {
                 ds.write_dir(&tmp.join(name))?;
             }
@@ -192,12 +192,6 @@ impl DatasetDict {
         }
         Ok(dict)
     }
-}
-
-/// Builds a directory under a temp name, then swaps it in for `dir`
-/// ([`berth_fs::replace_dir`]: the old copy is removed only once the new one is in).
-fn replace_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    berth_fs::replace_dir(dir, build)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

@@ -21,7 +21,7 @@ use crate::config::{RunConfig, Strategy, Task};
 use crate::data::{Rows, Split, TaskData};
 use crate::error::{Result, TrainError};
 use crate::metrics::{LmCounts, argmax, classification};
-use crate::model::{Batcher, Output, TaskBatch, TaskModel, architecture, mlm_hits};
+use crate::model::{Batcher, TaskBatch, TaskModel, architecture, mlm_hits};
 use crate::optim::{AdamW, AdamWConfig, Grads};
 use crate::report;
 use crate::schedule::{Schedule, SchedulerType};
@@ -62,30 +62,15 @@ pub(crate) struct Window {
     pub non_finite: Option<f32>,
 }
 
-/// A micro-batch's share of its window's loss, `Σ part x weight`: the tensor to
-/// backpropagate and its value. A part with no items weighs 0 but stays in the graph,
-/// so its parameters still get (zero) gradients and AdamW still decays them, as with
-/// a mean over nothing before; only a part whose value is not a number is left out.
-fn window_loss(out: &Output, weights: &[f64]) -> Result<(Tensor, f64)> {
-    let mut total: Option<Tensor> = None;
-    let mut value = 0f64;
-    for (part, &w) in out.parts.iter().zip(weights) {
-        let v = part.to_scalar::<f32>()? as f64;
-        if w == 0.0 && !v.is_finite() {
-            continue;
-        }
-        value += v * w;
-        let scaled = (part * w)?;
-        total = Some(match total {
-            Some(t) => (t + scaled)?,
-            None => scaled,
-        });
-    }
-    let total = match total {
-        Some(t) => t,
-        None => out.loss.zeros_like()?,
-    };
-    Ok((total, value))
+/// A micro-batch's share of its window's loss, `Σ part x weight`. A part with no
+/// items weighs 0 but stays in the graph, so its parameters still get (zero)
+/// gradients and AdamW still decays them.
+fn window_loss(parts: &[Tensor], weights: &[f64]) -> Result<Tensor> {
+    let mut scaled = parts.iter().zip(weights).map(|(p, &w)| p * w);
+    let first = scaled
+        .next()
+        .ok_or_else(|| TrainError::Config("a head with no loss".into()))??;
+    Ok(scaled.try_fold(first, |t, s| t + s?)?)
 }
 
 /// A dropout seed per (run seed, optimizer step, micro-batch): resuming at a step
@@ -261,14 +246,19 @@ impl Trainer {
             let t0 = Instant::now();
             let mode = Mode::train(dropout_seed(self.config.training.seed, step, micro));
             let outp = self.model.forward(batch, &mode)?;
-            let loss = outp.loss.to_scalar::<f32>()?;
+            // Each part read once (a device sync each on a GPU); their sum is the loss.
+            let values = outp
+                .parts
+                .iter()
+                .map(|p| p.to_scalar::<f32>())
+                .collect::<candle_core::Result<Vec<f32>>>()?;
+            let loss: f32 = values.iter().sum();
             let t1 = Instant::now();
             if !loss.is_finite() {
                 w.non_finite = Some(loss);
                 return Ok(w);
             }
-            let (scaled, share) = window_loss(&outp, weights)?;
-            let g = scaled.backward()?;
+            let g = window_loss(&outp.parts, weights)?.backward()?;
             opt.accumulate(&mut w.grads, &g)?;
             drop(g);
             tracing::debug!(
@@ -279,7 +269,11 @@ impl Trainer {
                 (t1 - t0).as_secs_f64(),
                 t1.elapsed().as_secs_f64()
             );
-            w.loss += share;
+            w.loss += values
+                .iter()
+                .zip(weights)
+                .map(|(&v, &wt)| v as f64 * wt)
+                .sum::<f64>();
             w.tokens += batch.real_tokens as u64;
         }
         Ok(w)
