@@ -1,7 +1,7 @@
 //! MLM masking throughput (tokens/s) over tokenized IMDB reviews, HF strategy, with and
 //! without whole-word masking. `BERTH_BENCH_ROWS` reviews (default 5,000).
 
-use berth_data::berth_masking::{MlmConfig, mask_tokens, rng_for, word_starts_from_continuations};
+use berth_data::berth_masking::{MlmConfig, mask_tokens, rng_for};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
@@ -23,11 +23,7 @@ fn bench(c: &mut Criterion) {
                 ids.iter()
                     .enumerate()
                     .map(|(i, row)| {
-                        let starts = whole_word.then(|| {
-                            word_starts_from_continuations(row, |id| {
-                                table.get(id as usize).copied().unwrap_or(false)
-                            })
-                        });
+                        let starts = whole_word.then(|| table.word_starts(row));
                         mask_tokens(
                             row,
                             starts.as_deref(),

@@ -34,8 +34,9 @@ enum Command {
     /// Build MLM (and with --nsp, MLM + NSP) pre-training examples: input_ids,
     /// token_type_ids, attention_mask, labels (and next_sentence_label).
     PretrainData(PretrainArgs),
-    /// Classify each input row (pooling chunk logits per text when chunk options are
-    /// given) and write logits, label and label_name beside the input's columns.
+    /// Predict for each input row with the checkpoint's task: logits, label and
+    /// label_name for classifiers (pooling chunk logits per text when chunk options
+    /// are given), the top-k fills of each [MASK] for masked-LM checkpoints.
     Predict(PredictArgs),
     /// Fine-tune or pre-train as HF `Trainer` does, from a TOML config with
     /// `--set key=value` overrides; writes checkpoints, trainer_state.json,
@@ -221,6 +222,9 @@ struct PredictArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Masked-LM checkpoints: fills written per [MASK] (HF fill-mask's top_k).
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -401,7 +405,7 @@ fn pretrain_data(a: PretrainArgs) -> Result<()> {
     };
     let table = a
         .whole_word_mask
-        .then(|| std::sync::Arc::new(berth_data::continuation_table(&tokenizer)));
+        .then(|| berth_data::continuation_table(&tokenizer));
     let op = MlmOp::new(mlm, berth_data::masking_tokens(&tokenizer)?, a.seed, table)?;
     let out = examples.map_batched(&op, &MapOptions::default())?;
     write_output(

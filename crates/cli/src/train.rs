@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use berth_trainer::{RunConfig, Trainer, summary_table};
+use berth_trainer::{Inference, RunConfig, Trainer, summary_table};
 use clap::Args;
 
 #[derive(Args)]
@@ -53,23 +53,29 @@ pub(crate) fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Scores a trained model on the config's eval and test splits. Nothing of training
+/// is built: the train file is not read (unless `data.validation_split` carves the
+/// eval split out of it), and class names come from the checkpoint.
 pub(crate) fn eval(a: EvalArgs) -> Result<()> {
     let mut set = a.set;
     set.push(format!("model={:?}", a.model));
     let config = RunConfig::load(&a.config, &set)?;
-    let trainer = Trainer::new(config)?;
-    let mut all = BTreeMap::new();
-    let splits = [trainer.data.eval.clone(), trainer.data.test.clone()];
-    if splits.iter().all(Option::is_none) {
+    let model = Inference::load(&config)?;
+    let splits = model.splits(&config)?;
+    if splits.is_empty() {
         anyhow::bail!(
             "{}: nothing to evaluate: set data.eval, data.test or data.validation_split",
             a.config.display()
         );
     }
-    for split in splits.into_iter().flatten() {
-        let prefix = split.name.clone();
-        let m = trainer
-            .evaluate(&split, &prefix)
+    let mut all = BTreeMap::new();
+    for split in &splits {
+        let m = model
+            .evaluate(
+                split,
+                &split.name,
+                config.training.per_device_eval_batch_size,
+            )
             .with_context(|| format!("evaluating {}", split.source))?;
         eprintln!("{}: {}", split.source, berth_trainer::fmt_metrics(&m));
         all.extend(m);

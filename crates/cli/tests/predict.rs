@@ -126,3 +126,107 @@ fn predicts_in_order_with_label_names_and_pools_chunks() {
     );
     assert_eq!(rows(&small).len(), 4);
 }
+
+#[test]
+fn a_masked_lm_checkpoint_predicts_the_top_k_fills_of_each_mask() {
+    let Some(minilm) = berth_testkit::minilm_dir() else {
+        panic!("MiniLM fixture missing: run `cargo xtask fixtures`");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("mlm");
+    let mut cfg: BertConfig = BertConfig::tiny();
+    cfg.vocab_size = 30522;
+    cfg.max_position_embeddings = 64;
+    let mut p = Params::random(&Device::Cpu, 9, 0.5);
+    berth_model::MaskedLm::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    berth_model::save(&model, &cfg, "BertForMaskedLM", &vm).unwrap();
+    std::fs::copy(minilm.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+
+    let input = tmp.path().join("in.jsonl");
+    let texts = ["The [MASK] sat on the [MASK].", "No mask here.", "[MASK]"];
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = tmp.path().join("fills.jsonl");
+    berth(
+        &[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--top-k",
+            "3",
+            "--batch-size",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let got = rows(&out);
+    assert_eq!(got.len(), 3);
+
+    // The reference: the model's own logits at each [MASK], softmaxed, top 3.
+    let mut tok =
+        berth_data::tokenizers::Tokenizer::from_file(minilm.join("tokenizer.json")).unwrap();
+    tok.with_padding(None);
+    let (config, mut params) = berth_model::open_dir(&model, &Device::Cpu, 0).unwrap();
+    let lm = berth_model::MaskedLm::new(&config, &mut params).unwrap();
+    for (text, row) in texts.iter().zip(&got) {
+        let ids = tok.encode(*text, true).unwrap().get_ids().to_vec();
+        let masks: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == 103).collect();
+        let positions: Vec<usize> = row["mask_positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(positions, masks, "{text}");
+        let input = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = lm
+            .forward(&input, None, None, &berth_model::Mode::eval())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&logits)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (k, &pos) in masks.iter().enumerate() {
+            let ids_k: Vec<usize> = row["fill_token_ids"][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let scores: Vec<f32> = row["fill_scores"][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let mut order: Vec<usize> = (0..probs[pos].len()).collect();
+            order.sort_by(|&a, &b| probs[pos][b].total_cmp(&probs[pos][a]));
+            assert_eq!(ids_k, order[..3].to_vec(), "{text} mask {k}");
+            for (s, &id) in scores.iter().zip(&ids_k) {
+                assert!(
+                    (s - probs[pos][id]).abs() < 1e-5,
+                    "{s} vs {}",
+                    probs[pos][id]
+                );
+            }
+            let tokens = &row["fill_tokens"][k];
+            assert_eq!(
+                tokens[0].as_str().unwrap(),
+                tok.id_to_token(ids_k[0] as u32).unwrap()
+            );
+        }
+    }
+}

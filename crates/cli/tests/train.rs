@@ -103,7 +103,8 @@ logging_steps = 1
     let run_config = std::fs::read_to_string(out.join("run_config.toml")).unwrap();
     assert!(run_config.contains("seed = 3"), "{run_config}");
 
-    // eval on the trained model gives the numbers the run logged for the best step.
+    // eval on the trained model gives the numbers the run logged for the best step,
+    // without the train file (class names come from the checkpoint).
     let metrics = tmp.path().join("metrics.json");
     berth_ok(
         &[
@@ -114,6 +115,8 @@ logging_steps = 1
             cfg.to_str().unwrap(),
             "--set",
             "seed=3",
+            "--set",
+            "data.train=\"no-such-train-file.tsv\"",
             "--output",
             metrics.to_str().unwrap(),
         ],

@@ -210,31 +210,51 @@ fn labels_tensor(rows: &[Example], len: usize, device: &Device) -> Result<Option
     }
 }
 
-/// Masks each row afresh for `epoch` (HF's dynamic masking: every epoch sees new
-/// masks of the same text) and pads them; `indices` are the rows' dataset indices, so
-/// a row's masks depend on (seed, epoch, index) only, not on its batch.
-pub fn collate_mlm(
-    rows: &[&[u32]],
-    indices: &[usize],
-    masker: &berth_masking::DynamicMasker,
-    epoch: u64,
-    padding: &Padding,
-    pad_id: u32,
-    device: &Device,
-) -> Result<Batch> {
-    let masked: Vec<berth_masking::Masked> = rows
-        .iter()
-        .zip(indices)
-        .map(|(ids, &i)| masker.mask(ids, None, epoch, i as u64))
-        .collect();
-    let examples: Vec<Example> = masked
-        .iter()
-        .map(|m| Example {
-            label: Some(Label::Tokens(m.labels.clone())),
-            ..Example::new(&m.input_ids)
-        })
-        .collect();
-    collate(&examples, padding, pad_id, device)
+/// HF's `DataCollatorForLanguageModeling` (with next-sentence labels on the rows, its
+/// pre-training form): masks each row afresh for an epoch (dynamic masking: every
+/// epoch sees new masks of the same text) and pads them. The one MLM collation: the
+/// trainer's masked-LM and pre-training tasks both batch through it.
+#[derive(Clone, Debug)]
+pub struct MlmCollator {
+    pub masker: berth_masking::DynamicMasker,
+    /// Whole-word masking: which ids continue a word (see
+    /// [`berth_masking::ContinuationTable`]); without it every piece is its own word.
+    pub words: Option<berth_masking::ContinuationTable>,
+    pub padding: Padding,
+    pub pad_id: u32,
+}
+
+impl MlmCollator {
+    /// `rows[i]` is dataset row `indices[i]`: its masks depend on (seed, epoch, index)
+    /// only, not on its batch. Token types and next-sentence labels are kept; token
+    /// labels are the masker's (-100 where not selected, and on padding).
+    pub fn collate(
+        &self,
+        rows: &[Example],
+        indices: &[usize],
+        epoch: u64,
+        device: &Device,
+    ) -> Result<Batch> {
+        let masked: Vec<berth_masking::Masked> = rows
+            .iter()
+            .zip(indices)
+            .map(|(row, &i)| {
+                let starts = self.words.as_ref().map(|w| w.word_starts(row.input_ids));
+                self.masker
+                    .mask(row.input_ids, starts.as_deref(), epoch, i as u64)
+            })
+            .collect();
+        let examples: Vec<Example> = masked
+            .iter()
+            .zip(rows)
+            .map(|(m, row)| Example {
+                input_ids: &m.input_ids,
+                label: Some(Label::Tokens(m.labels.clone())),
+                ..row.clone()
+            })
+            .collect();
+        collate(&examples, &self.padding, self.pad_id, device)
+    }
 }
 
 /// One long text's chunks (each `[CLS] .. [SEP]`, unpadded) and its class.
@@ -405,17 +425,26 @@ mod tests {
         .unwrap();
         let a: Vec<u32> = std::iter::once(101).chain(200..260).chain([102]).collect();
         let b = [101u32, 300, 301, 102];
-        let pad = Padding::Longest { multiple_of: None };
-        let e0 = collate_mlm(&[&a, &b], &[4, 9], &masker, 0, &pad, 0, &CPU).unwrap();
-        let e0_again = collate_mlm(&[&a, &b], &[4, 9], &masker, 0, &pad, 0, &CPU).unwrap();
-        let e1 = collate_mlm(&[&a, &b], &[4, 9], &masker, 1, &pad, 0, &CPU).unwrap();
+        let collator = MlmCollator {
+            masker,
+            words: None,
+            padding: Padding::Longest { multiple_of: None },
+            pad_id: 0,
+        };
+        let collate_mlm = |rows: &[&[u32]], indices: &[usize], epoch: u64, device: &Device| {
+            let rows: Vec<Example> = rows.iter().map(|r| Example::new(r)).collect();
+            collator.collate(&rows, indices, epoch, device)
+        };
+        let e0 = collate_mlm(&[&a, &b], &[4, 9], 0, &CPU).unwrap();
+        let e0_again = collate_mlm(&[&a, &b], &[4, 9], 0, &CPU).unwrap();
+        let e1 = collate_mlm(&[&a, &b], &[4, 9], 1, &CPU).unwrap();
         let labels = |x: &Batch| x.labels.as_ref().unwrap().to_vec2::<i64>().unwrap();
         assert_eq!(labels(&e0), labels(&e0_again));
         assert_ne!(labels(&e0), labels(&e1));
         // Padding positions of the short row carry -100.
         assert!(labels(&e0)[1][4..].iter().all(|&l| l == -100));
         // A row's masks do not depend on its batch-mates.
-        let alone = collate_mlm(&[&b], &[9], &masker, 0, &pad, 0, &CPU).unwrap();
+        let alone = collate_mlm(&[&b], &[9], 0, &CPU).unwrap();
         assert_eq!(labels(&alone)[0], labels(&e0)[1][..4].to_vec());
     }
 

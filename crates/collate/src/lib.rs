@@ -17,7 +17,7 @@ mod error;
 mod sampler;
 
 pub use batch::{
-    Batch, ChunkBatch, Document, Example, Label, Padding, collate, collate_chunks, collate_mlm,
+    Batch, ChunkBatch, Document, Example, Label, MlmCollator, Padding, collate, collate_chunks,
 };
 pub use error::CollateError;
 pub use sampler::{

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{Int64Type, UInt8Type, UInt32Type};
 use berth_masking::{
-    MaskingTokens, MlmConfig, NspConfig, encode_pair, mask_tokens, nsp_pairs, rng_for,
-    split_sentences,
+    ContinuationTable, MaskingTokens, MlmConfig, NspConfig, encode_pair, mask_tokens, nsp_pairs,
+    rng_for, split_sentences,
 };
 use rand::SeedableRng;
 use tokenizers::Tokenizer;
@@ -27,7 +27,7 @@ pub struct MlmOp {
     tokens: MaskingTokens,
     seed: u64,
     /// For whole-word masking: which vocabulary ids continue a word.
-    continuation: Option<Arc<Vec<bool>>>,
+    continuation: Option<ContinuationTable>,
 }
 
 impl MlmOp {
@@ -36,7 +36,7 @@ impl MlmOp {
         config: MlmConfig,
         tokens: MaskingTokens,
         seed: u64,
-        continuation: Option<Arc<Vec<bool>>>,
+        continuation: Option<ContinuationTable>,
     ) -> Result<Self> {
         config
             .validate()
@@ -61,10 +61,7 @@ impl BatchOp for MlmOp {
     }
 
     fn params(&self) -> String {
-        let table = self
-            .continuation
-            .as_ref()
-            .map(|t| t.iter().filter(|&&c| c).count());
+        let table = self.continuation.as_ref().map(ContinuationTable::count);
         format!(
             "{:?}|{:?}|seed={}|wwm_table={table:?}",
             self.config, self.tokens, self.seed
@@ -77,11 +74,7 @@ impl BatchOp for MlmOp {
             .iter()
             .enumerate()
             .map(|(i, ids)| {
-                let starts = self.continuation.as_ref().map(|t| {
-                    berth_masking::word_starts_from_continuations(ids, |id| {
-                        t.get(id as usize).copied().unwrap_or(false)
-                    })
-                });
+                let starts = self.continuation.as_ref().map(|t| t.word_starts(ids));
                 mask_tokens(
                     ids,
                     starts.as_deref(),
@@ -300,7 +293,7 @@ mod tests {
             },
             masking_tokens(&tok).unwrap(),
             3,
-            Some(Arc::new(continuation_table(&tok))),
+            Some(continuation_table(&tok)),
         )
         .unwrap();
         let a = ds

@@ -51,10 +51,12 @@ pub fn masking_tokens(tok: &Tokenizer) -> Result<MaskingTokens> {
 }
 
 /// For each vocabulary id, whether its token continues a word (WordPiece `##`).
-pub fn continuation_table(tok: &Tokenizer) -> Vec<bool> {
-    (0..tok.get_vocab_size(true) as u32)
-        .map(|id| tok.id_to_token(id).is_some_and(|t| t.starts_with("##")))
-        .collect()
+pub fn continuation_table(tok: &Tokenizer) -> berth_masking::ContinuationTable {
+    berth_masking::ContinuationTable::new(
+        (0..tok.get_vocab_size(true) as u32)
+            .map(|id| tok.id_to_token(id).is_some_and(|t| t.starts_with("##")))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -80,7 +82,7 @@ mod tests {
         assert_eq!(m.special_ids, vec![0, 100, 101, 102, 103]);
         assert_eq!(m.vocab_size, 30522);
         let table = continuation_table(&tok);
-        assert!(table[tok.token_to_id("##s").unwrap() as usize]);
-        assert!(!table[tok.token_to_id("the").unwrap() as usize]);
+        assert!(table.continues(tok.token_to_id("##s").unwrap()));
+        assert!(!table.continues(tok.token_to_id("the").unwrap()));
     }
 }

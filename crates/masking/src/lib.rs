@@ -19,8 +19,8 @@ mod nsp;
 mod sentences;
 
 pub use mlm::{
-    DynamicMasker, IGNORE_INDEX, MaskStrategy, Masked, MaskingTokens, MlmConfig, MlmError,
-    mask_tokens, rng_for, word_starts_from_continuations,
+    ContinuationTable, DynamicMasker, IGNORE_INDEX, MaskStrategy, Masked, MaskingTokens, MlmConfig,
+    MlmError, mask_tokens, rng_for, word_starts_from_continuations,
 };
 pub use nsp::{NspConfig, NspError, NspPair, encode_pair, nsp_pairs};
 pub use sentences::split_sentences;

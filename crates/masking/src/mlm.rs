@@ -104,6 +104,34 @@ pub fn rng_for(seed: u64, index: u64) -> ChaCha8Rng {
     rng
 }
 
+/// Which vocabulary ids continue a word (WordPiece `##` pieces): the one place
+/// whole-word masking learns where words start, shared by the dataset op, the
+/// trainer's collation and `berth pretrain-data`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContinuationTable(std::sync::Arc<Vec<bool>>);
+
+impl ContinuationTable {
+    /// `table[id]` is whether id continues a word.
+    pub fn new(table: Vec<bool>) -> Self {
+        ContinuationTable(std::sync::Arc::new(table))
+    }
+
+    /// Whether `id` continues a word (ids outside the table do not).
+    pub fn continues(&self, id: u32) -> bool {
+        self.0.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// How many ids continue a word (for fingerprints).
+    pub fn count(&self) -> usize {
+        self.0.iter().filter(|&&c| c).count()
+    }
+
+    /// Word starts of `ids`, for [`mask_tokens`]' `word_starts`.
+    pub fn word_starts(&self, ids: &[u32]) -> Vec<bool> {
+        word_starts_from_continuations(ids, |id| self.continues(id))
+    }
+}
+
 /// Word starts from WordPiece continuations: a piece starts a word unless
 /// `is_continuation(id)` (its token begins with `##`). Specials always start one.
 pub fn word_starts_from_continuations(

@@ -68,8 +68,9 @@ impl SequenceClassifier {
     }
 }
 
-/// How chunk logits of one text are reduced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How chunk logits of one text are reduced (`mean` or `max` in a config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Pool {
     Mean,
     Max,

@@ -6,8 +6,9 @@ use candle_core::{D, DType, Tensor};
 use crate::error::Result;
 use crate::fused::Ops;
 
-/// The label PyTorch's cross-entropy skips (`ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
+/// The label PyTorch's cross-entropy skips (`ignore_index`): the masker's, so there is
+/// one definition.
+pub use berth_masking::IGNORE_INDEX;
 
 /// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (i64), over the
 /// rows whose label is not -100. With no such row the loss is 0 (PyTorch gives NaN).

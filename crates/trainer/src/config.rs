@@ -6,36 +6,78 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::schedule::SchedulerType;
 
-/// What is trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
+/// What is trained, with the sections only that task reads (`[chunking]` for chunk
+/// classification, `[mlm]` for masked LM and pre-training). [`TaskConfig::build`] is
+/// the one `match` over tasks; everything else goes through the [`crate::Task`] it
+/// builds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum TaskConfig {
     /// One text (or a text pair) per row, truncated to `data.max_length`.
-    Classification,
+    Classification {},
     /// belt_nlp: every chunk of a long text classified, logits pooled per text.
-    ChunkClassification,
+    ChunkClassification {
+        #[serde(default)]
+        chunking: ChunkingConfig,
+    },
     /// Masked language modelling (dynamic masking every epoch).
-    Mlm,
+    Mlm {
+        #[serde(default)]
+        mlm: MlmConfig,
+    },
     /// MLM + next-sentence prediction (HF `BertForPreTraining`).
-    Nsp,
+    Nsp {
+        #[serde(default)]
+        mlm: MlmConfig,
+    },
+}
+
+impl TaskConfig {
+    /// The task's code, set up for `cx` (tokenizer, seed, padding, device).
+    pub fn build(&self, cx: &crate::task::TaskContext<'_>) -> Result<Box<dyn crate::Task>> {
+        use crate::task::*;
+        Ok(match self {
+            TaskConfig::Classification {} => Box::new(Classification::new(cx)?),
+            TaskConfig::ChunkClassification { chunking } => {
+                Box::new(ChunkClassification::new(chunking.clone(), cx)?)
+            }
+            TaskConfig::Mlm { mlm } => Box::new(MaskedLanguageModeling::new(mlm, cx)?),
+            TaskConfig::Nsp { mlm } => Box::new(PreTraining::new(mlm, cx)?),
+        })
+    }
+
+    /// The `task = "..."` name.
+    pub fn name(&self) -> String {
+        toml::Table::try_from(self)
+            .ok()
+            .and_then(|t| t.get("task")?.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The top-level keys this task's TOML has: `task` and its own section.
+    fn keys(&self) -> Vec<String> {
+        toml::Table::try_from(self)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    pub task: Task,
+    /// `task = "..."` and that task's own section. Unknown top-level keys and another
+    /// task's section are refused by [`RunConfig::from_toml`] (serde cannot deny
+    /// unknown fields beside a flattened enum).
+    #[serde(flatten)]
+    pub task: TaskConfig,
     /// A model directory or a hub id (`owner/name`).
     pub model: String,
     /// A tokenizer other than the model's (a directory, tokenizer.json or hub id).
     #[serde(default)]
     pub tokenizer: Option<String>,
     pub data: DataConfig,
-    #[serde(default)]
-    pub chunking: ChunkingConfig,
-    #[serde(default)]
-    pub mlm: MlmConfig,
     #[serde(default)]
     pub training: TrainingArgs,
 }
@@ -93,6 +135,30 @@ pub struct DataConfig {
     pub max_test_samples: Option<usize>,
 }
 
+impl DataConfig {
+    /// Rows read from `text_column` (and `pair_column`) only: no files, as
+    /// `berth predict` reads its input.
+    pub fn for_columns(text_column: &str, pair_column: Option<&str>) -> Self {
+        DataConfig {
+            data_dir: None,
+            hub: None,
+            hub_config: None,
+            train: String::new(),
+            eval: None,
+            test: None,
+            validation_split: None,
+            format: None,
+            text_column: text_column.to_string(),
+            pair_column: pair_column.map(str::to_string),
+            label_column: default_label_column(),
+            max_length: None,
+            max_train_samples: None,
+            max_eval_samples: None,
+            max_test_samples: None,
+        }
+    }
+}
+
 fn default_text_column() -> String {
     "text".into()
 }
@@ -101,7 +167,7 @@ fn default_label_column() -> String {
 }
 
 /// belt_nlp's chunking, for `chunk_classification`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChunkingConfig {
     pub chunk_size: usize,
@@ -113,7 +179,7 @@ pub struct ChunkingConfig {
     #[serde(default)]
     pub eval_max_text_len: Option<usize>,
     /// `mean` or `max`.
-    pub pool: String,
+    pub pool: berth_model::Pool,
 }
 
 impl Default for ChunkingConfig {
@@ -124,13 +190,13 @@ impl Default for ChunkingConfig {
             min_chunk_len: 1,
             max_text_len: None,
             eval_max_text_len: None,
-            pool: "mean".into(),
+            pool: berth_model::Pool::Mean,
         }
     }
 }
 
 /// Masking for `mlm` and `nsp` (HF `DataCollatorForLanguageModeling`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MlmConfig {
     pub mlm_probability: f64,
@@ -168,17 +234,17 @@ pub struct TrainingArgs {
     pub adam_epsilon: f64,
     pub max_grad_norm: f64,
     /// `linear`, `cosine`, `constant` or `constant_with_warmup`.
-    pub lr_scheduler_type: String,
+    pub lr_scheduler_type: SchedulerType,
     pub warmup_ratio: f64,
     /// > 0 overrides `warmup_ratio`.
     pub warmup_steps: usize,
     /// `no`, `steps` or `epoch`.
-    pub eval_strategy: String,
+    pub eval_strategy: IntervalStrategy,
     /// Default: `logging_steps`.
     pub eval_steps: Option<usize>,
     pub logging_steps: usize,
     /// `no`, `steps` or `epoch`.
-    pub save_strategy: String,
+    pub save_strategy: IntervalStrategy,
     pub save_steps: usize,
     pub save_total_limit: Option<usize>,
     pub load_best_model_at_end: bool,
@@ -192,9 +258,9 @@ pub struct TrainingArgs {
     pub early_stopping_threshold: f64,
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// `f32` or `bf16` (bf16 compute, f32 master weights and optimizer state).
-    pub precision: String,
+    pub precision: Precision,
     /// HF `group_by_length`: batches of similar lengths (megabatches).
     pub group_by_length: bool,
     pub dataloader_drop_last: bool,
@@ -221,13 +287,13 @@ impl Default for TrainingArgs {
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
             max_grad_norm: 1.0,
-            lr_scheduler_type: "linear".into(),
+            lr_scheduler_type: SchedulerType::Linear,
             warmup_ratio: 0.0,
             warmup_steps: 0,
-            eval_strategy: "no".into(),
+            eval_strategy: IntervalStrategy::No,
             eval_steps: None,
             logging_steps: 500,
-            save_strategy: "steps".into(),
+            save_strategy: IntervalStrategy::Steps,
             save_steps: 500,
             save_total_limit: None,
             load_best_model_at_end: false,
@@ -236,8 +302,8 @@ impl Default for TrainingArgs {
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
             seed: 42,
-            device: "cpu".into(),
-            precision: "f32".into(),
+            device: DeviceSpec::Cpu,
+            precision: Precision::F32,
             group_by_length: false,
             dataloader_drop_last: false,
             pad_to_multiple_of: None,
@@ -247,7 +313,17 @@ impl Default for TrainingArgs {
     }
 }
 
-/// When something happens: never, every N steps, or at each epoch end.
+/// HF's `IntervalStrategy`: when evaluation or saving happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntervalStrategy {
+    No,
+    Steps,
+    Epoch,
+}
+
+/// An [`IntervalStrategy`] with its step count: never, every N steps, or at each
+/// epoch end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     No,
@@ -255,17 +331,107 @@ pub enum Strategy {
     Epoch,
 }
 
+/// Compute precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    /// bf16 compute, f32 master weights and optimizer state.
+    Bf16,
+}
+
+/// Options shown as the names a config spells them with (`constant_with_warmup`,
+/// `bf16`, `epoch`).
+macro_rules! display_as_config_name {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match toml::Value::try_from(self) {
+                    Ok(toml::Value::String(s)) => f.write_str(&s),
+                    _ => write!(f, "{self:?}"),
+                }
+            }
+        }
+    )*};
+}
+display_as_config_name!(SchedulerType, Precision, IntervalStrategy);
+
+/// `cpu`, `cuda` (the first GPU) or `cuda:N`; written and read as that string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                Some(Err(_)) => Err(TrainError::Device(format!("'{s}': expected cuda:N"))),
+                None => Err(TrainError::Device(format!(
+                    "device must be cpu, cuda or cuda:N, not '{s}'"
+                ))),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = TrainError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The candle device, with a clear error when CUDA is not compiled in or there is
+    /// no usable GPU.
+    pub fn device(&self) -> Result<candle_core::Device> {
+        match *self {
+            DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceSpec::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(TrainError::Device(format!(
+                        "'{self}' asked for, but this binary was built without the `cuda` feature (build with --features cuda, see ../shared/gpu/README.md)"
+                    )));
+                }
+                candle_core::Device::new_cuda(n)
+                    .map_err(|e| TrainError::Device(format!("'{self}': no usable GPU ({e})")))
+            }
+        }
+    }
+}
+
 impl TrainingArgs {
-    pub fn eval_strategy(&self) -> Result<Strategy> {
+    pub fn eval_strategy(&self) -> Strategy {
         strategy(
-            "eval_strategy",
-            &self.eval_strategy,
+            self.eval_strategy,
             self.eval_steps.unwrap_or(self.logging_steps),
         )
     }
 
-    pub fn save_strategy(&self) -> Result<Strategy> {
-        strategy("save_strategy", &self.save_strategy, self.save_steps)
+    pub fn save_strategy(&self) -> Strategy {
+        strategy(self.save_strategy, self.save_steps)
     }
 
     /// The metric that picks the best checkpoint, with its `eval_` prefix.
@@ -307,17 +473,20 @@ impl TrainingArgs {
                 self.learning_rate
             ));
         }
-        crate::schedule::SchedulerType::parse(&self.lr_scheduler_type)?;
-        self.eval_strategy()?;
-        self.save_strategy()?;
-        if !matches!(self.precision.as_str(), "f32" | "bf16") {
-            return bad(format!(
-                "precision must be f32 or bf16, not '{}'",
-                self.precision
-            ));
+        for (field, value, steps) in [
+            (
+                "eval_strategy",
+                self.eval_strategy,
+                self.eval_steps.unwrap_or(self.logging_steps),
+            ),
+            ("save_strategy", self.save_strategy, self.save_steps),
+        ] {
+            if value == IntervalStrategy::Steps && steps == 0 {
+                return bad(format!("{field} = \"steps\" needs a step count > 0"));
+            }
         }
         if self.load_best_model_at_end {
-            let (e, s) = (self.eval_strategy()?, self.save_strategy()?);
+            let (e, s) = (self.eval_strategy(), self.save_strategy());
             let same = match (e, s) {
                 (Strategy::Steps(a), Strategy::Steps(b)) => b % a == 0,
                 (Strategy::Epoch, Strategy::Epoch) => true,
@@ -330,24 +499,18 @@ impl TrainingArgs {
                 );
             }
         }
-        if self.early_stopping_patience.is_some() && self.eval_strategy()? == Strategy::No {
+        if self.early_stopping_patience.is_some() && self.eval_strategy() == Strategy::No {
             return bad("early_stopping_patience needs an eval_strategy".into());
         }
         Ok(())
     }
 }
 
-fn strategy(field: &str, value: &str, steps: usize) -> Result<Strategy> {
-    match value {
-        "no" => Ok(Strategy::No),
-        "epoch" => Ok(Strategy::Epoch),
-        "steps" if steps > 0 => Ok(Strategy::Steps(steps)),
-        "steps" => Err(TrainError::Config(format!(
-            "{field} = \"steps\" needs a step count > 0"
-        ))),
-        other => Err(TrainError::Config(format!(
-            "{field} must be no, steps or epoch, not '{other}'"
-        ))),
+fn strategy(kind: IntervalStrategy, steps: usize) -> Strategy {
+    match kind {
+        IntervalStrategy::No => Strategy::No,
+        IntervalStrategy::Steps => Strategy::Steps(steps),
+        IntervalStrategy::Epoch => Strategy::Epoch,
     }
 }
 
@@ -366,9 +529,25 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let config: RunConfig = value.try_into().map_err(|e: toml::de::Error| {
+        let config: RunConfig = value.clone().try_into().map_err(|e: toml::de::Error| {
             TrainError::Config(format!("{origin}: {}", e.to_string().trim()))
         })?;
+        let own = config.task.keys();
+        if let Some(key) = value
+            .keys()
+            .find(|k| !COMMON.contains(&k.as_str()) && !own.contains(k))
+        {
+            return Err(TrainError::Config(format!(
+                "{origin}: unknown key or section '{key}' for task = \"{}\" (expected {})",
+                config.task.name(),
+                COMMON
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(own.into_iter().filter(|k| k != "task"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -391,12 +570,6 @@ impl RunConfig {
             return Err(TrainError::Config(
                 "data.format does not apply to data.hub (the hub's files are parquet)".into(),
             ));
-        }
-        if self.task == Task::ChunkClassification {
-            self.chunking
-                .pool
-                .parse::<berth_model::Pool>()
-                .map_err(TrainError::Config)?;
         }
         Ok(())
     }
@@ -425,15 +598,8 @@ impl RunConfig {
     }
 }
 
-const TOP_LEVEL: &[&str] = &[
-    "task",
-    "model",
-    "tokenizer",
-    "data",
-    "chunking",
-    "mlm",
-    "training",
-];
+/// The top-level keys of every task (beside `task` and the task's own section).
+const COMMON: &[&str] = &["model", "tokenizer", "data", "training"];
 
 fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) = spec
@@ -441,7 +607,7 @@ fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
         .ok_or_else(|| TrainError::Config(format!("--set '{spec}': expected key=value")))?;
     let key = key.trim();
     let mut path: Vec<&str> = key.split('.').collect();
-    if path.len() == 1 && !TOP_LEVEL.contains(&path[0]) {
+    if path.len() == 1 && !["task", "model", "tokenizer"].contains(&path[0]) {
         path.insert(0, "training");
     }
     let raw = raw.trim();
@@ -487,7 +653,7 @@ train = "t.jsonl"
         );
         assert_eq!(t.max_grad_norm, 1.0);
         assert_eq!(t.num_train_epochs, 3.0);
-        assert_eq!(t.lr_scheduler_type, "linear");
+        assert_eq!(t.lr_scheduler_type, SchedulerType::Linear);
         assert_eq!(t.best_metric(), "eval_loss");
         assert!(!t.greater_is_better());
     }
@@ -513,12 +679,74 @@ train = "t.jsonl"
 
     #[test]
     fn partial_sections_take_defaults() {
-        let text = format!("{MIN}[mlm]\nwhole_word = true\n[chunking]\nchunk_size = 126\n");
-        let c = RunConfig::from_toml(&text, &[], "x").unwrap();
-        assert!(c.mlm.whole_word);
-        assert_eq!((c.mlm.mlm_probability, c.mlm.next_probability), (0.15, 0.5));
-        assert_eq!((c.chunking.chunk_size, c.chunking.stride), (126, 510));
-        assert_eq!(c.chunking.pool, "mean");
+        let with = |task: &str, section: &str| {
+            let text = MIN.replace("\"classification\"", &format!("{task:?}"));
+            RunConfig::from_toml(&format!("{text}{section}"), &[], "x").unwrap()
+        };
+        let TaskConfig::Mlm { mlm } = with("mlm", "[mlm]\nwhole_word = true\n").task else {
+            panic!("not mlm")
+        };
+        assert!(mlm.whole_word);
+        assert_eq!((mlm.mlm_probability, mlm.next_probability), (0.15, 0.5));
+        let TaskConfig::ChunkClassification { chunking } =
+            with("chunk_classification", "[chunking]\nchunk_size = 126\n").task
+        else {
+            panic!("not chunk_classification")
+        };
+        assert_eq!((chunking.chunk_size, chunking.stride), (126, 510));
+        assert_eq!(chunking.pool, berth_model::Pool::Mean);
+        // A task without its section takes the section's defaults.
+        assert_eq!(
+            with("nsp", "").task,
+            TaskConfig::Nsp {
+                mlm: MlmConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn another_tasks_section_or_an_unknown_key_is_refused() {
+        let e = RunConfig::from_toml(&format!("{MIN}[mlm]\nwhole_word = true\n"), &[], "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("'mlm'") && e.contains("classification"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml(&format!("modle = \"x\"\n{MIN}"), &[], "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'modle'"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["task=\"tagging\"".into()], "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tagging"), "{e}");
+        let e = RunConfig::from_toml(MIN, &["device=\"gpu\"".into()], "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gpu"), "{e}");
+    }
+
+    #[test]
+    fn a_written_config_reads_back_the_same() {
+        let text = MIN.replace("\"classification\"", "\"chunk_classification\"");
+        let c = RunConfig::from_toml(
+            &text,
+            &[
+                "chunking.pool=\"max\"".into(),
+                "device=\"cuda:1\"".into(),
+                "precision=\"bf16\"".into(),
+                "eval_strategy=\"epoch\"".into(),
+            ],
+            "x",
+        )
+        .unwrap();
+        let back = RunConfig::from_toml(&c.to_toml().unwrap(), &[], "written").unwrap();
+        assert_eq!(back.task, c.task);
+        assert_eq!(back.training.device, DeviceSpec::Cuda(1));
+        assert_eq!(back.training.precision, Precision::Bf16);
+        assert_eq!(back.training.eval_strategy(), Strategy::Epoch);
+        assert_eq!(c.task.name(), "chunk_classification");
     }
 
     #[test]

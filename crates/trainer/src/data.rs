@@ -3,99 +3,71 @@
 //! then held as plain id vectors for batching.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use berth_data::arrow::array::{Array, StringArray};
 use berth_data::arrow::compute::cast;
-use berth_data::arrow::datatypes::{DataType, UInt8Type, UInt32Type};
-use berth_data::berth_chunking::ChunkConfig;
-use berth_data::berth_masking::NspConfig;
+use berth_data::arrow::datatypes::DataType;
 use berth_data::tokenizers::Tokenizer;
-use berth_data::{
-    Dataset, Format, HubOptions, LoadOptions, MapOptions, SplitSize, TokenizeConfig, TokenizeOp,
-    load_hub_split,
-};
+use berth_data::{Dataset, Format, HubOptions, LoadOptions, SplitSize, load_hub_split};
 
-use crate::config::{RunConfig, Task};
+use crate::config::{DataConfig, RunConfig};
 use crate::error::{Result, TrainError};
+use crate::task::Task;
 
-/// The rows of one split, in the shape its task batches them.
-#[derive(Clone, Debug)]
-pub enum Rows {
-    /// One (possibly paired) sequence per row, and its class.
-    Sequences {
-        ids: Vec<Vec<u32>>,
-        types: Vec<Vec<u8>>,
-        labels: Vec<i64>,
-    },
-    /// A long text's chunks (each `[CLS] .. [SEP]`) and its class.
-    Documents {
-        chunks: Vec<Vec<Vec<u32>>>,
-        labels: Vec<i64>,
-    },
-    /// Token sequences to mask (MLM).
-    Texts { ids: Vec<Vec<u32>> },
-    /// Sentence pairs to mask, with `next_sentence_label` (NSP).
-    Pairs {
-        ids: Vec<Vec<u32>>,
-        types: Vec<Vec<u8>>,
-        next: Vec<i64>,
-    },
+/// What a task's rows must answer for the loop: how many items, how long each is
+/// (for length grouping) and the first `n` of them. Each task defines its own rows
+/// (e.g. [`crate::task::Sequences`]) and reads them back with [`Rows::get`].
+pub trait RowSet: std::any::Any + Send + Sync + std::fmt::Debug {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Tokens per item (all chunks of a document), for length grouping.
+    fn lengths(&self) -> Vec<usize>;
+    /// The first `n` items.
+    fn first(&self, n: usize) -> Rows;
 }
 
+/// The rows of one split, in the shape its task batches them (shared, cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Rows(Arc<dyn RowSet>);
+
 impl Rows {
+    pub fn new(rows: impl RowSet) -> Self {
+        Rows(Arc::new(rows))
+    }
+
     pub fn len(&self) -> usize {
-        match self {
-            Rows::Sequences { ids, .. } | Rows::Texts { ids } | Rows::Pairs { ids, .. } => {
-                ids.len()
-            }
-            Rows::Documents { chunks, .. } => chunks.len(),
-        }
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
-    /// Tokens per item (all chunks of a document), for length grouping.
     pub fn lengths(&self) -> Vec<usize> {
-        match self {
-            Rows::Sequences { ids, .. } | Rows::Texts { ids } | Rows::Pairs { ids, .. } => {
-                ids.iter().map(Vec::len).collect()
-            }
-            Rows::Documents { chunks, .. } => chunks
-                .iter()
-                .map(|c| c.iter().map(Vec::len).sum())
-                .collect(),
-        }
+        self.0.lengths()
     }
 
-    /// The first `n` items.
+    /// Keeps the first `n` items.
     pub fn truncate(&mut self, n: usize) {
-        match self {
-            Rows::Sequences { ids, types, labels } => {
-                ids.truncate(n);
-                types.truncate(n);
-                labels.truncate(n);
-            }
-            Rows::Documents { chunks, labels } => {
-                chunks.truncate(n);
-                labels.truncate(n);
-            }
-            Rows::Texts { ids } => ids.truncate(n),
-            Rows::Pairs { ids, types, next } => {
-                ids.truncate(n);
-                types.truncate(n);
-                next.truncate(n);
-            }
+        if n < self.len() {
+            *self = self.0.first(n);
         }
     }
 
-    /// Class labels, for classification tasks.
-    pub fn labels(&self) -> Option<&[i64]> {
-        match self {
-            Rows::Sequences { labels, .. } | Rows::Documents { labels, .. } => Some(labels),
-            _ => None,
-        }
+    /// The rows as the task that made them sees them; an error when they are another
+    /// task's.
+    pub fn get<R: RowSet>(&self) -> Result<&R> {
+        let any: &dyn std::any::Any = self.0.as_ref();
+        any.downcast_ref::<R>().ok_or_else(|| {
+            TrainError::Config(format!(
+                "rows of another task ({:?}...) given where {} are expected",
+                self.0.len(),
+                std::any::type_name::<R>()
+            ))
+        })
     }
 }
 
@@ -118,23 +90,83 @@ pub struct TaskData {
     pub class_names: Vec<String>,
 }
 
-/// Loads and prepares the splits of `config` with `tokenizer`; `max_positions` is
-/// the model's `max_position_embeddings`.
-pub fn prepare(
-    config: &RunConfig,
-    tokenizer: &Tokenizer,
-    max_positions: usize,
-) -> Result<TaskData> {
-    let d = &config.data;
-    let format = d.format.as_deref().map(Format::from_name).transpose()?;
-    let hub = HubOptions::from_env();
-    let load = |file: &str| -> Result<Dataset> {
+/// The splits `berth eval` scores, prepared without the train file (unless the eval
+/// split is carved out of it by `data.validation_split`).
+#[derive(Clone, Debug)]
+pub struct EvalData {
+    pub eval: Option<Split>,
+    pub test: Option<Split>,
+}
+
+/// Which use a split is prepared for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Train,
+    /// Eval and test splits (chunking may read more of each text).
+    Eval,
+    /// Unlabelled rows (`berth predict`): no label column is read.
+    Predict,
+}
+
+/// What a task needs to turn a loaded split into its rows.
+pub struct Prepare<'a> {
+    pub data: &'a DataConfig,
+    pub tokenizer: &'a Tokenizer,
+    /// The model's `max_position_embeddings`.
+    pub max_positions: usize,
+    /// Class names (classification), index = class id.
+    pub class_names: &'a [String],
+    pub seed: u64,
+    pub stage: Stage,
+}
+
+impl Prepare<'_> {
+    /// `data.max_length`, at most the model's positions.
+    pub fn max_length(&self) -> usize {
+        self.data
+            .max_length
+            .unwrap_or(self.max_positions)
+            .min(self.max_positions)
+    }
+
+    /// The label column as class ids (see [`int_labels`]); empty when predicting.
+    pub fn labels(&self, ds: &Dataset) -> Result<Vec<i64>> {
+        match self.stage {
+            Stage::Predict => Ok(Vec::new()),
+            _ => int_labels(ds, &self.data.label_column, self.class_names),
+        }
+    }
+}
+
+/// Reads a split named in the config: a file under the data dir, or a hub split.
+struct Loader<'a> {
+    config: &'a RunConfig,
+    format: Option<Format>,
+    hub: HubOptions,
+}
+
+impl<'a> Loader<'a> {
+    fn new(config: &'a RunConfig) -> Result<Self> {
+        Ok(Loader {
+            config,
+            format: config
+                .data
+                .format
+                .as_deref()
+                .map(Format::from_name)
+                .transpose()?,
+            hub: HubOptions::from_env(),
+        })
+    }
+
+    fn load(&self, file: &str) -> Result<Dataset> {
+        let (config, d) = (self.config, &self.config.data);
         if let Some(repo) = &d.hub {
             return Ok(load_hub_split(
                 repo,
                 d.hub_config.as_deref(),
                 file,
-                &hub,
+                &self.hub,
                 &LoadOptions::default(),
             )?);
         }
@@ -151,72 +183,97 @@ pub fn prepare(
         }
         Ok(berth_data::load(
             path_str,
-            format.clone(),
+            self.format.clone(),
             &LoadOptions::default(),
         )?)
-    };
-    let seed = config.training.seed;
-    let train_ds = load(&d.train)?.shuffle(seed)?;
-    let (train_ds, eval_ds) = match (&d.eval, d.validation_split) {
-        (Some(f), _) => (train_ds, Some(load(f)?)),
-        (None, Some(frac)) => {
-            let parts = train_ds.train_test_split(SplitSize::Fraction(frac), seed)?;
-            (
-                parts.split("train")?.clone(),
-                Some(parts.split("test")?.clone()),
-            )
-        }
-        (None, None) => (train_ds, None),
-    };
-    let eval_ds = eval_ds
-        .map(|ds| sample(ds, d.max_eval_samples, seed))
-        .transpose()?;
-    let test_ds = d
-        .test
-        .as_deref()
-        .map(|f| sample(load(f)?, d.max_test_samples, seed))
-        .transpose()?;
+    }
 
-    let class_names = match config.task {
-        Task::Classification | Task::ChunkClassification => {
-            class_names(&train_ds, &d.label_column)?
-        }
-        Task::Mlm | Task::Nsp => Vec::new(),
+    /// The shuffled train rows and the eval rows (from `data.eval`, or carved out of
+    /// train by `data.validation_split`), eval sampled to `max_eval_samples`.
+    fn train_and_eval(&self) -> Result<(Dataset, Option<Dataset>)> {
+        let d = &self.config.data;
+        let seed = self.config.training.seed;
+        let train = self.load(&d.train)?.shuffle(seed)?;
+        let (train, eval) = match (&d.eval, d.validation_split) {
+            (Some(f), _) => (train, Some(self.load(f)?)),
+            (None, Some(frac)) => {
+                let parts = train.train_test_split(SplitSize::Fraction(frac), seed)?;
+                (
+                    parts.split("train")?.clone(),
+                    Some(parts.split("test")?.clone()),
+                )
+            }
+            (None, None) => (train, None),
+        };
+        let eval = eval
+            .map(|ds| sample(ds, d.max_eval_samples, seed))
+            .transpose()?;
+        Ok((train, eval))
+    }
+
+    fn test(&self) -> Result<Option<Dataset>> {
+        let d = &self.config.data;
+        d.test
+            .as_deref()
+            .map(|f| sample(self.load(f)?, d.max_test_samples, self.config.training.seed))
+            .transpose()
+    }
+}
+
+/// Prepares `ds` as the rows of `task`.
+fn split(task: &dyn Task, ds: &Dataset, name: &str, prep: &Prepare<'_>) -> Result<Split> {
+    Ok(Split {
+        name: name.to_string(),
+        source: ds.source_name().to_string(),
+        rows: task.rows(ds, prep)?,
+    })
+}
+
+/// Loads and prepares the splits of `config` as rows of `task`, tokenized with
+/// `tokenizer`; `max_positions` is the model's `max_position_embeddings`.
+pub fn prepare(
+    config: &RunConfig,
+    task: &dyn Task,
+    tokenizer: &Tokenizer,
+    max_positions: usize,
+) -> Result<TaskData> {
+    let d = &config.data;
+    let loader = Loader::new(config)?;
+    let (train_ds, eval_ds) = loader.train_and_eval()?;
+    let test_ds = loader.test()?;
+    let class_names = if task.classifies() {
+        class_names(&train_ds, &d.label_column)?
+    } else {
+        Vec::new()
     };
-    let prep = |ds: &Dataset, name: &str| -> Result<Split> {
-        Ok(Split {
-            name: name.to_string(),
-            source: ds.source_name().to_string(),
-            rows: rows_of(
-                config,
-                ds,
-                tokenizer,
-                max_positions,
-                &class_names,
-                name != "train",
-            )?,
-        })
+    let prep = |stage| Prepare {
+        data: d,
+        tokenizer,
+        max_positions,
+        class_names: &class_names,
+        seed: config.training.seed,
+        stage,
     };
     // A classification row is one example: take the first N of the shuffled rows
     // before tokenizing (MLM/NSP rows exist only after grouping, so they are cut below).
     let train_ds = match d.max_train_samples {
-        Some(n)
-            if n < train_ds.num_rows()
-                && matches!(
-                    config.task,
-                    Task::Classification | Task::ChunkClassification
-                ) =>
-        {
+        Some(n) if n < train_ds.num_rows() && task.classifies() => {
             train_ds.select(&(0..n).collect::<Vec<_>>())?
         }
         _ => train_ds,
     };
-    let mut train = prep(&train_ds, "train")?;
+    let mut train = split(task, &train_ds, "train", &prep(Stage::Train))?;
     if let Some(n) = d.max_train_samples {
         train.rows.truncate(n);
     }
-    let eval = eval_ds.as_ref().map(|ds| prep(ds, "eval")).transpose()?;
-    let test = test_ds.as_ref().map(|ds| prep(ds, "test")).transpose()?;
+    let eval = eval_ds
+        .as_ref()
+        .map(|ds| split(task, ds, "eval", &prep(Stage::Eval)))
+        .transpose()?;
+    let test = test_ds
+        .as_ref()
+        .map(|ds| split(task, ds, "test", &prep(Stage::Eval)))
+        .transpose()?;
     if train.rows.is_empty() {
         return Err(TrainError::Config(format!(
             "{}: no training rows",
@@ -228,6 +285,48 @@ pub fn prepare(
         eval,
         test,
         class_names,
+    })
+}
+
+/// The eval and test splits of `config` only: the train file is not read unless
+/// `data.validation_split` carves the eval split out of it. `class_names` are the
+/// trained model's (its `id2label`).
+pub fn prepare_evaluation(
+    config: &RunConfig,
+    task: &dyn Task,
+    tokenizer: &Tokenizer,
+    max_positions: usize,
+    class_names: &[String],
+) -> Result<EvalData> {
+    let d = &config.data;
+    let loader = Loader::new(config)?;
+    let eval_ds = match (&d.eval, d.validation_split) {
+        (Some(f), _) => Some(sample(
+            loader.load(f)?,
+            d.max_eval_samples,
+            config.training.seed,
+        )?),
+        (None, Some(_)) => loader.train_and_eval()?.1,
+        (None, None) => None,
+    };
+    let prep = Prepare {
+        data: d,
+        tokenizer,
+        max_positions,
+        class_names,
+        seed: config.training.seed,
+        stage: Stage::Eval,
+    };
+    Ok(EvalData {
+        eval: eval_ds
+            .as_ref()
+            .map(|ds| split(task, ds, "eval", &prep))
+            .transpose()?,
+        test: loader
+            .test()?
+            .as_ref()
+            .map(|ds| split(task, ds, "test", &prep))
+            .transpose()?,
     })
 }
 
@@ -246,7 +345,7 @@ fn sample(ds: Dataset, n: Option<usize>, seed: u64) -> Result<Dataset> {
 
 /// Class names: the dataset's own (HF ClassLabel metadata) when it has them; else
 /// the sorted distinct string labels; else `0..=max` of integer labels.
-fn class_names(ds: &Dataset, column: &str) -> Result<Vec<String>> {
+pub(crate) fn class_names(ds: &Dataset, column: &str) -> Result<Vec<String>> {
     if let Some(names) = ds.class_names(column) {
         return Ok(names);
     }
@@ -275,7 +374,7 @@ fn text_labels(ds: &Dataset, column: &str) -> Result<Option<Vec<Option<String>>>
 
 /// The label column as class ids; a missing or out-of-range label is an error naming
 /// the file, row and column.
-fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i64>> {
+pub fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i64>> {
     let col = ds.column(column)?;
     let bad = |row: usize, what: String| {
         TrainError::Data(berth_data::DataError::Value {
@@ -329,83 +428,7 @@ fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i64>> 
         .collect()
 }
 
-fn rows_of(
-    config: &RunConfig,
-    ds: &Dataset,
-    tokenizer: &Tokenizer,
-    max_positions: usize,
-    class_names: &[String],
-    evaluation: bool,
-) -> Result<Rows> {
-    let d = &config.data;
-    let max_length = d.max_length.unwrap_or(max_positions).min(max_positions);
-    let opts = MapOptions::default();
-    Ok(match config.task {
-        Task::Classification => {
-            let mut tc = TokenizeConfig::new(d.text_column.clone());
-            tc.pair_column = d.pair_column.clone();
-            tc.max_length = Some(max_length);
-            let t = ds.map_batched(&TokenizeOp::new(tokenizer, tc)?, &opts)?;
-            Rows::Sequences {
-                ids: t.list_rows::<UInt32Type>("input_ids")?,
-                types: t.list_rows::<UInt8Type>("token_type_ids")?,
-                labels: int_labels(ds, &d.label_column, class_names)?,
-            }
-        }
-        Task::ChunkClassification => {
-            let c = &config.chunking;
-            let max_text_len = match (evaluation, c.eval_max_text_len) {
-                (true, Some(0)) => None,
-                (true, Some(n)) => Some(n),
-                _ => c.max_text_len,
-            };
-            let cc = ChunkConfig::new(
-                c.chunk_size,
-                c.stride,
-                c.min_chunk_len,
-                max_text_len,
-                max_positions,
-            )
-            .map_err(|e| TrainError::Config(format!("chunking: {e}")))?;
-            let t = ds.chunk_texts(tokenizer, &d.text_column, cc)?;
-            Rows::Documents {
-                chunks: t.nested_list_rows::<UInt32Type>("chunks")?,
-                labels: int_labels(ds, &d.label_column, class_names)?,
-            }
-        }
-        Task::Mlm => {
-            let mut tc = TokenizeConfig::new(d.text_column.clone());
-            tc.max_length = Some(max_length);
-            let t = ds.map_batched(&TokenizeOp::new(tokenizer, tc)?, &opts)?;
-            Rows::Texts {
-                ids: t.list_rows::<UInt32Type>("input_ids")?,
-            }
-        }
-        Task::Nsp => {
-            let nsp = NspConfig {
-                max_length,
-                next_probability: config.mlm.next_probability,
-                ..NspConfig::default()
-            };
-            let t = ds.nsp_pairs(&d.text_column, tokenizer, &nsp, config.training.seed)?;
-            let next = t.column("next_sentence_label")?;
-            let next = cast(&next, &DataType::Int64).map_err(|e| arrow_err(ds, e))?;
-            let next = next
-                .as_any()
-                .downcast_ref::<berth_data::arrow::array::Int64Array>()
-                .ok_or_else(|| TrainError::Config("next_sentence_label".into()))?
-                .values()
-                .to_vec();
-            Rows::Pairs {
-                ids: t.list_rows::<UInt32Type>("input_ids")?,
-                types: t.list_rows::<UInt8Type>("token_type_ids")?,
-                next,
-            }
-        }
-    })
-}
-
-fn arrow_err(ds: &Dataset, e: berth_data::arrow::error::ArrowError) -> TrainError {
+pub(crate) fn arrow_err(ds: &Dataset, e: berth_data::arrow::error::ArrowError) -> TrainError {
     TrainError::Data(berth_data::DataError::Arrow {
         context: format!("{}: cast", ds.source_name()),
         source: e,

@@ -18,23 +18,32 @@
 mod config;
 mod data;
 mod error;
+mod inference;
 mod metrics;
 mod model;
 mod optim;
 mod report;
 mod schedule;
 mod state;
+pub mod task;
 mod trainer;
 
-pub use config::{ChunkingConfig, DataConfig, MlmConfig, RunConfig, Strategy, Task, TrainingArgs};
-pub use data::{Rows, Split, TaskData, prepare};
+pub use config::{
+    ChunkingConfig, DataConfig, DeviceSpec, IntervalStrategy, MlmConfig, Precision, RunConfig,
+    Strategy, TaskConfig, TrainingArgs,
+};
+pub use data::{
+    EvalData, Prepare, RowSet, Rows, Split, Stage, TaskData, prepare, prepare_evaluation,
+};
 pub use error::{Result, TrainError};
+pub use inference::Inference;
 pub use metrics::{LmCounts, argmax, classification};
-pub use model::{Batcher, Output, TaskBatch, TaskModel, architecture};
+pub use model::{Output, TaskBatch, TaskModel};
 pub use optim::{AdamW, AdamWConfig, Grads, decays};
 pub use report::{loss_curve, summary_table};
 pub use schedule::{Schedule, SchedulerType};
 pub use state::{Position, TrainerState, checkpoints, resolve_checkpoint};
+pub use task::{Task, TaskContext};
 pub use trainer::{RunSummary, Trainer, fmt_metrics, parse_device};
 
 /// Call first thing in a binary that trains. Training allocates and frees gigabytes

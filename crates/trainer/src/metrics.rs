@@ -68,7 +68,8 @@ fn mcc(cm: &[Vec<u64>]) -> f64 {
     if den == 0.0 { 0.0 } else { num / den }
 }
 
-/// Index of the largest value (first on ties, as numpy's argmax).
+/// Index of the largest value (first on ties, as numpy's argmax): the one argmax of
+/// evaluation and `berth predict`, so they agree on every row.
 pub fn argmax(row: &[f32]) -> i64 {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {

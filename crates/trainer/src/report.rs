@@ -224,7 +224,7 @@ pub fn write_report(
 ) -> Result<()> {
     let t = &config.training;
     let mut s = String::new();
-    let _ = writeln!(s, "# Berth run: {:?}\n", config.task);
+    let _ = writeln!(s, "# Berth run: {}\n", config.task.name());
     let _ = writeln!(s, "- model: `{}`", config.model);
     let _ = writeln!(
         s,

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, TrainError};
-
+/// HF's `lr_scheduler_type` (`linear`, `cosine`, `constant`, `constant_with_warmup`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SchedulerType {
     /// Warm-up from 0, then linear decay to 0 at the last step.
     Linear,
@@ -15,20 +15,6 @@ pub enum SchedulerType {
     Constant,
     /// Warm-up, then the base rate.
     ConstantWithWarmup,
-}
-
-impl SchedulerType {
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "linear" => Ok(SchedulerType::Linear),
-            "cosine" => Ok(SchedulerType::Cosine),
-            "constant" => Ok(SchedulerType::Constant),
-            "constant_with_warmup" => Ok(SchedulerType::ConstantWithWarmup),
-            other => Err(TrainError::Config(format!(
-                "lr_scheduler_type must be linear, cosine, constant or constant_with_warmup, not '{other}'"
-            ))),
-        }
-    }
 }
 
 /// A schedule over `total_steps` optimizer steps.

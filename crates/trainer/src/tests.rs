@@ -7,6 +7,7 @@ use berth_data::tokenizers::Tokenizer;
 use berth_model::{BertConfig, BertModel, Params};
 use candle_core::Device;
 
+use crate::task::{Pairs, Sequences, Texts};
 use crate::*;
 
 const SPECIAL: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
@@ -48,6 +49,10 @@ fn tiny_model_dir(root: &Path) -> PathBuf {
 
 /// 32 sequences; the class is whether the first word is from the lower half.
 fn separable_rows(n: usize) -> Rows {
+    Rows::new(separable(n))
+}
+
+fn separable(n: usize) -> Sequences {
     let mut ids = Vec::new();
     let mut labels = Vec::new();
     for i in 0..n {
@@ -65,7 +70,7 @@ fn separable_rows(n: usize) -> Rows {
         labels.push(label);
     }
     let types = ids.iter().map(|r: &Vec<u32>| vec![0u8; r.len()]).collect();
-    Rows::Sequences { ids, types, labels }
+    Sequences { ids, types, labels }
 }
 
 fn config(out: &Path, extra: &[&str]) -> RunConfig {
@@ -301,18 +306,16 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
 fn mlm_and_nsp_rows_train_and_report_their_metrics() {
     let root = tempfile::tempdir().unwrap();
     let dir = tiny_model_dir(root.path());
-    let Rows::Sequences { ids, types, .. } = separable_rows(16) else {
-        unreachable!()
-    };
+    let Sequences { ids, types, .. } = separable(16);
     for (task, rows) in [
-        ("mlm", Rows::Texts { ids: ids.clone() }),
+        ("mlm", Rows::new(Texts { ids: ids.clone() })),
         (
             "nsp",
-            Rows::Pairs {
+            Rows::new(Pairs {
                 next: (0..ids.len() as i64).map(|i| i % 2).collect(),
                 ids,
                 types,
-            },
+            }),
         ),
     ] {
         let out = root.path().join(task);
@@ -324,7 +327,15 @@ fn mlm_and_nsp_rows_train_and_report_their_metrics() {
                 "eval_strategy=\"epoch\"",
             ],
         );
-        cfg.task = if task == "mlm" { Task::Mlm } else { Task::Nsp };
+        cfg.task = if task == "mlm" {
+            TaskConfig::Mlm {
+                mlm: MlmConfig::default(),
+            }
+        } else {
+            TaskConfig::Nsp {
+                mlm: MlmConfig::default(),
+            }
+        };
         let data = TaskData {
             train: Split {
                 name: "train".into(),
@@ -398,15 +409,16 @@ fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
     let (varmap, _) = p.finish();
     berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
 
-    let Rows::Sequences { ids, .. } = separable_rows(16) else {
-        unreachable!()
+    let Sequences { ids, .. } = separable(16);
+    let mlm = TaskConfig::Mlm {
+        mlm: MlmConfig::default(),
     };
-    for (task, n) in [(Task::Classification, 14usize), (Task::Mlm, 16)] {
-        let out = root.path().join(format!("{task:?}"));
+    for (task, n) in [(TaskConfig::Classification {}, 14usize), (mlm, 16)] {
+        let out = root.path().join(task.name());
         let mut run = config(&out, &["per_device_train_batch_size=4"]);
-        run.task = task;
+        run.task = task.clone();
         let rows = match task {
-            Task::Mlm => Rows::Texts { ids: ids.clone() },
+            TaskConfig::Mlm { .. } => Rows::new(Texts { ids: ids.clone() }),
             _ => separable_rows(n),
         };
         let t = trainer(run, &dir, rows);

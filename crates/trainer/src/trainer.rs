@@ -7,50 +7,27 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use berth_collate::{
-    BatchSampler, LengthGroupedSampler, Padding, RandomSampler, SequentialSampler,
-};
+use berth_collate::{BatchSampler, LengthGroupedSampler, Padding, RandomSampler};
 use berth_data::HubOptions;
-use berth_data::berth_masking::{DynamicMasker, MlmConfig as MaskConfig};
 use berth_data::tokenizers::Tokenizer;
-use berth_model::{Mode, Pool};
+use berth_model::Mode;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{Map, Value, json};
 
-use crate::config::{RunConfig, Strategy, Task};
-use crate::data::{Rows, Split, TaskData};
+use crate::config::{DeviceSpec, Precision, RunConfig, Strategy};
+use crate::data::{Split, TaskData};
 use crate::error::{Result, TrainError};
-use crate::metrics::{LmCounts, argmax, classification};
-use crate::model::{Batcher, TaskBatch, TaskModel, architecture, mlm_hits};
+use crate::model::{TaskBatch, TaskModel};
 use crate::optim::{AdamW, AdamWConfig, Grads};
 use crate::report;
-use crate::schedule::{Schedule, SchedulerType};
+use crate::schedule::Schedule;
 use crate::state::{Position, TrainerState, checkpoints, resolve_checkpoint, write_atomic};
+use crate::task::{Task, TaskContext};
 
 /// `cpu`, `cuda` or `cuda:N` as a candle device, with a clear error when CUDA is
 /// not compiled in or not there.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| TrainError::Device(format!("'{s}': expected cuda:N")))?,
-                None => 0,
-            };
-            if !candle_core::utils::cuda_is_available() {
-                return Err(TrainError::Device(format!(
-                    "'{s}' asked for, but this binary was built without the `cuda` feature (build with --features cuda, see ../shared/gpu/README.md)"
-                )));
-            }
-            Device::new_cuda(ordinal)
-                .map_err(|e| TrainError::Device(format!("'{s}': no usable GPU ({e})")))
-        }
-        other => Err(TrainError::Device(format!(
-            "device must be cpu, cuda or cuda:N, not '{other}'"
-        ))),
-    }
+    spec.parse::<DeviceSpec>()?.device()
 }
 
 /// One optimizer step's accumulated gradients, its loss (the window's mean) and its
@@ -104,8 +81,9 @@ pub struct Trainer {
     pub model: TaskModel,
     pub data: TaskData,
     pub tokenizer: Tokenizer,
+    /// Everything that differs by task: rows, batches, head, metrics.
+    pub task: Box<dyn Task>,
     model_dir: PathBuf,
-    batcher: Batcher,
     device: Device,
     no_bar: bool,
 }
@@ -115,18 +93,17 @@ impl Trainer {
     /// data and builds the model with its task head.
     pub fn new(config: RunConfig) -> Result<Self> {
         let hub = HubOptions::from_env();
-        let device = parse_device(&config.training.device)?;
+        let device = config.training.device.device()?;
         let model_dir = berth_model::resolve_model_dir(&config.model, &hub)?;
-        let tok_spec = match &config.tokenizer {
-            Some(t) => t.clone(),
-            None => model_dir
-                .to_str()
-                .ok_or_else(|| TrainError::Config("model path is not UTF-8".into()))?
-                .to_string(),
-        };
-        let tokenizer = berth_data::load_tokenizer(&tok_spec, &hub)?;
+        let tokenizer = load_tokenizer(&config, &model_dir)?;
+        let task = build_task(&config, &tokenizer, &device)?;
         let model_config = berth_model::BertConfig::from_file(&model_dir.join("config.json"))?;
-        let data = crate::data::prepare(&config, &tokenizer, model_config.max_position_embeddings)?;
+        let data = crate::data::prepare(
+            &config,
+            task.as_ref(),
+            &tokenizer,
+            model_config.max_position_embeddings,
+        )?;
         Self::with_data(config, data, tokenizer, model_dir, device)
     }
 
@@ -138,53 +115,22 @@ impl Trainer {
         model_dir: PathBuf,
         device: Device,
     ) -> Result<Self> {
-        let pool: Pool = config.chunking.pool.parse().map_err(TrainError::Config)?;
-        let mut model = TaskModel::load(
-            config.task,
+        let task = build_task(&config, &tokenizer, &device)?;
+        let model = load_model(
+            &config,
+            task.as_ref(),
             &model_dir,
             &device,
-            config.training.seed,
             &data.class_names,
-            pool,
         )?;
-        if config.training.precision == "bf16" {
-            model.set_compute_dtype(DType::BF16);
-        }
-        let special = berth_data::special_tokens(&tokenizer)?;
-        let masker = match config.task {
-            Task::Mlm | Task::Nsp => Some(
-                DynamicMasker::new(
-                    MaskConfig {
-                        mlm_probability: config.mlm.mlm_probability,
-                        whole_word: config.mlm.whole_word,
-                        ..MaskConfig::default()
-                    },
-                    berth_data::masking_tokens(&tokenizer)?,
-                    config.training.seed,
-                )
-                .map_err(|e| TrainError::Config(format!("mlm: {e}")))?,
-            ),
-            _ => None,
-        };
-        let continuation = (config.mlm.whole_word && masker.is_some())
-            .then(|| berth_data::continuation_table(&tokenizer));
-        let batcher = Batcher {
-            padding: Padding::Longest {
-                multiple_of: config.training.pad_to_multiple_of,
-            },
-            pad_id: special.pad,
-            masker,
-            continuation,
-            device: device.clone(),
-        };
         let no_bar = config.training.disable_tqdm;
         Ok(Trainer {
             config,
             model,
             data,
             tokenizer,
+            task,
             model_dir,
-            batcher,
             device,
             no_bar,
         })
@@ -202,7 +148,7 @@ impl Trainer {
     ) -> Result<Vec<(TaskBatch, Vec<f64>)>> {
         let batches = group
             .iter()
-            .map(|idx| self.batcher.batch(&self.data.train.rows, idx, epoch))
+            .map(|idx| self.task.batch(&self.data.train.rows, idx, epoch))
             .collect::<Result<Vec<_>>>()?;
         let items = batches
             .iter()
@@ -329,7 +275,7 @@ impl Trainer {
         )?;
         let (per_epoch, total_steps) = self.steps();
         let schedule = Schedule::new(
-            SchedulerType::parse(&t.lr_scheduler_type)?,
+            t.lr_scheduler_type,
             t.learning_rate,
             t.warmup_steps,
             t.warmup_ratio,
@@ -344,8 +290,8 @@ impl Trainer {
                 weight_decay: t.weight_decay,
             },
         )?;
-        let eval_strategy = t.eval_strategy()?;
-        let save_strategy = t.save_strategy()?;
+        let eval_strategy = t.eval_strategy();
+        let save_strategy = t.save_strategy();
         let mut state = TrainerState {
             eval_steps: match eval_strategy {
                 Strategy::Steps(n) => Some(n),
@@ -390,8 +336,8 @@ impl Trainer {
 
         let n_train = self.data.train.rows.len();
         self.log(&format!(
-            "training {:?} on {} rows ({}), {} steps ({} per epoch), batch {} x {} accumulation, device {}",
-            self.config.task,
+            "training {} on {} rows ({}), {} steps ({} per epoch), batch {} x {} accumulation, device {}",
+            self.config.task.name(),
             n_train,
             self.data.train.source,
             total_steps,
@@ -671,69 +617,15 @@ impl Trainer {
 
     /// Evaluates `split`: loss and the task's metrics, named `<prefix>_<metric>`.
     pub fn evaluate(&self, split: &Split, prefix: &str) -> Result<BTreeMap<String, f64>> {
-        let started = Instant::now();
-        let t = &self.config.training;
-        let n = split.rows.len();
-        let plan = SequentialSampler {
-            len: n,
-            batch_size: t.per_device_eval_batch_size,
-            drop_last: false,
-        }
-        .batches(0);
         let mode = Mode::eval();
-        let mut loss_sum = 0f64;
-        let mut preds: Vec<i64> = Vec::with_capacity(n);
-        let mut lm = LmCounts::default();
-        for indices in &plan {
-            let batch = self.batcher.batch(&split.rows, indices, 0)?;
-            let out = self.model.forward(&batch, &mode)?;
-            let loss = out.loss.to_scalar::<f32>()? as f64;
-            loss_sum += loss * indices.len() as f64;
-            match &split.rows {
-                Rows::Sequences { .. } | Rows::Documents { .. } => {
-                    preds.extend(out.logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)));
-                }
-                Rows::Texts { .. } | Rows::Pairs { .. } => {
-                    let labels = out.mlm_labels.as_ref().unwrap_or(&batch.labels);
-                    let (c, k) = mlm_hits(&out.logits, labels)?;
-                    lm.mlm_correct += c;
-                    lm.mlm_tokens += k;
-                    let mlm_loss = match &out.nsp_logits {
-                        // The MLM part alone, for perplexity.
-                        Some(_) => {
-                            let v = out.logits.dim(candle_core::D::Minus1)?;
-                            berth_model::cross_entropy(
-                                &out.logits.reshape(((), v))?,
-                                &labels.flatten_all()?,
-                            )?
-                            .to_scalar::<f32>()? as f64
-                        }
-                        None => loss,
-                    };
-                    lm.mlm_loss_sum += mlm_loss * k as f64;
-                    if let (Some(nsp), Some(next)) = (&out.nsp_logits, &batch.next_sentence_label) {
-                        let p: Vec<i64> = nsp.to_vec2::<f32>()?.iter().map(|r| argmax(r)).collect();
-                        let l = next.to_vec1::<i64>()?;
-                        lm.nsp_correct += p.iter().zip(&l).filter(|(a, b)| a == b).count() as u64;
-                        lm.nsp_total += l.len() as u64;
-                    }
-                }
-            }
-        }
-        let mut m: BTreeMap<String, f64> = match split.rows.labels() {
-            Some(labels) => classification(&preds, labels, self.data.class_names.len()),
-            None => lm.metrics(),
-        };
-        m.insert("loss".into(), loss_sum / n.max(1) as f64);
-        let runtime = started.elapsed().as_secs_f64();
-        m.insert("runtime".into(), round4(runtime));
-        m.insert(
-            "samples_per_second".into(),
-            round4(n as f64 / runtime.max(1e-9)),
-        );
-        Ok(m.into_iter()
-            .map(|(k, v)| (format!("{prefix}_{k}"), v))
-            .collect())
+        crate::task::evaluate(
+            self.task.as_ref(),
+            &|b| self.model.forward(b, &mode),
+            &split.rows,
+            self.config.training.per_device_eval_batch_size,
+            self.data.class_names.len(),
+            prefix,
+        )
     }
 
     /// Saves the model as HF does (config.json + model.safetensors, HF names) plus
@@ -743,7 +635,7 @@ impl Trainer {
         berth_model::save(
             &tmp,
             &self.model.config,
-            architecture(self.config.task),
+            self.task.architecture(),
             &self.model.varmap,
         )?;
         for f in ["config.json", "model.safetensors"] {
@@ -773,7 +665,7 @@ impl Trainer {
         state: &TrainerState,
     ) -> Result<()> {
         berth_model::write_dir_atomically(dir, |tmp| -> Result<()> {
-            let arch = architecture(self.config.task);
+            let arch = self.task.architecture();
             berth_model::save_into(tmp, &self.model.config, arch, &self.model.varmap)?;
             opt.save(tmp)?;
             let json_err = |e: serde_json::Error| TrainError::checkpoint(tmp, e.to_string());
@@ -842,8 +734,49 @@ impl Trainer {
     }
 }
 
-fn round4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
+use crate::task::round4;
+
+/// The run's tokenizer: `tokenizer` when the config names one, else the model's.
+pub(crate) fn load_tokenizer(config: &RunConfig, model_dir: &Path) -> Result<Tokenizer> {
+    let spec = match &config.tokenizer {
+        Some(t) => t.clone(),
+        None => model_dir
+            .to_str()
+            .ok_or_else(|| TrainError::Config("model path is not UTF-8".into()))?
+            .to_string(),
+    };
+    Ok(berth_data::load_tokenizer(&spec, &HubOptions::from_env())?)
+}
+
+/// The config's task, batching onto `device`.
+pub(crate) fn build_task(
+    config: &RunConfig,
+    tokenizer: &Tokenizer,
+    device: &Device,
+) -> Result<Box<dyn Task>> {
+    config.task.build(&TaskContext {
+        tokenizer,
+        seed: config.training.seed,
+        padding: Padding::Longest {
+            multiple_of: config.training.pad_to_multiple_of,
+        },
+        device: device.clone(),
+    })
+}
+
+/// The model of `model_dir` with the task's head, in the config's precision.
+pub(crate) fn load_model(
+    config: &RunConfig,
+    task: &dyn Task,
+    model_dir: &Path,
+    device: &Device,
+    class_names: &[String],
+) -> Result<TaskModel> {
+    let mut model = TaskModel::load(task, model_dir, device, config.training.seed, class_names)?;
+    if config.training.precision == Precision::Bf16 {
+        model.set_compute_dtype(DType::BF16);
+    }
+    Ok(model)
 }
 
 /// `k=v` pairs, 4 decimals.

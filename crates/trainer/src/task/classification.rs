@@ -1,0 +1,226 @@
+//! Sequence classification (HF `BertForSequenceClassification`): one text, or a text
+//! pair, per row, truncated to `data.max_length`, and its class.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_collate::{Example, Padding, collate};
+use berth_data::arrow::array::{ArrayRef, Float32Builder, Int64Array, ListBuilder, StringArray};
+use berth_data::arrow::datatypes::{UInt8Type, UInt32Type};
+use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
+use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
+use candle_core::{DType, Device};
+
+use super::{Head, PredictContext, Predictor, Scorer, Task, TaskContext, argmax};
+use crate::data::{Prepare, RowSet, Rows};
+use crate::error::Result;
+use crate::metrics::classification;
+use crate::model::{Output, TaskBatch};
+
+/// One (possibly paired) sequence per row, and its class (`labels` is empty when
+/// the rows are unlabelled, for prediction).
+#[derive(Clone, Debug)]
+pub struct Sequences {
+    pub ids: Vec<Vec<u32>>,
+    pub types: Vec<Vec<u8>>,
+    pub labels: Vec<i64>,
+}
+
+impl RowSet for Sequences {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn lengths(&self) -> Vec<usize> {
+        self.ids.iter().map(Vec::len).collect()
+    }
+    fn first(&self, n: usize) -> Rows {
+        Rows::new(Sequences {
+            ids: self.ids[..n].to_vec(),
+            types: self.types[..n].to_vec(),
+            labels: self.labels.iter().take(n).copied().collect(),
+        })
+    }
+}
+
+/// The task; see the module docs.
+pub struct Classification {
+    padding: Padding,
+    pad_id: u32,
+    device: Device,
+}
+
+impl Classification {
+    pub fn new(cx: &TaskContext<'_>) -> Result<Self> {
+        Ok(Classification {
+            padding: cx.padding,
+            pad_id: berth_data::special_tokens(cx.tokenizer)?.pad,
+            device: cx.device.clone(),
+        })
+    }
+}
+
+impl Task for Classification {
+    fn architecture(&self) -> &'static str {
+        "BertForSequenceClassification"
+    }
+
+    fn classifies(&self) -> bool {
+        true
+    }
+
+    fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
+        let d = prep.data;
+        let mut tc = TokenizeConfig::new(d.text_column.clone());
+        tc.pair_column = d.pair_column.clone();
+        tc.max_length = Some(prep.max_length());
+        let t = ds.map_batched(
+            &TokenizeOp::new(prep.tokenizer, tc)?,
+            &MapOptions::default(),
+        )?;
+        Ok(Rows::new(Sequences {
+            ids: t.list_rows::<UInt32Type>("input_ids")?,
+            types: t.list_rows::<UInt8Type>("token_type_ids")?,
+            labels: prep.labels(ds)?,
+        }))
+    }
+
+    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+        Ok(Box::new(SequenceHead(SequenceClassifier::new(
+            config, params,
+        )?)))
+    }
+
+    fn batch(&self, rows: &Rows, indices: &[usize], _epoch: u64) -> Result<TaskBatch> {
+        let r = rows.get::<Sequences>()?;
+        let labelled = !r.labels.is_empty();
+        let ex: Vec<Example> = indices
+            .iter()
+            .map(|&i| {
+                let e = Example::new(&r.ids[i]).with_token_types(&r.types[i]);
+                if labelled {
+                    e.with_label(r.labels[i])
+                } else {
+                    e
+                }
+            })
+            .collect();
+        let b = collate(&ex, &self.padding, self.pad_id, &self.device)?;
+        Ok(TaskBatch {
+            input_ids: b.input_ids,
+            attention_mask: b.attention_mask,
+            token_type_ids: b.token_type_ids,
+            doc_offsets: None,
+            labels: b.labels,
+            next_sentence_label: None,
+            items: indices.len(),
+            real_tokens: b.real_tokens,
+        })
+    }
+
+    fn scorer(&self, num_classes: usize) -> Box<dyn Scorer> {
+        Box::new(ClassScorer::new(num_classes))
+    }
+
+    fn predictor(&self, cx: &PredictContext<'_>) -> Result<Box<dyn Predictor>> {
+        Ok(Box::new(ClassPredictor::new(cx.class_names.clone())))
+    }
+}
+
+struct SequenceHead(SequenceClassifier);
+
+impl Head for SequenceHead {
+    fn forward(&self, b: &TaskBatch, mode: &Mode) -> Result<Output> {
+        let logits = self
+            .0
+            .forward(
+                &b.input_ids,
+                Some(&b.token_type_ids),
+                Some(&b.attention_mask),
+                mode,
+            )?
+            .to_dtype(DType::F32)?;
+        let parts = match &b.labels {
+            Some(labels) => vec![self.0.loss(&logits, labels)?],
+            None => Vec::new(),
+        };
+        Output::new(parts, logits)
+    }
+
+    fn bert_mut(&mut self) -> &mut BertModel {
+        &mut self.0.bert
+    }
+}
+
+/// Accuracy, precision, recall, F1 and MCC of the argmax class (classification and
+/// chunk classification).
+pub struct ClassScorer {
+    preds: Vec<i64>,
+    labels: Vec<i64>,
+    num_classes: usize,
+}
+
+impl ClassScorer {
+    pub fn new(num_classes: usize) -> Self {
+        ClassScorer {
+            preds: Vec::new(),
+            labels: Vec::new(),
+            num_classes,
+        }
+    }
+}
+
+impl Scorer for ClassScorer {
+    fn add(&mut self, batch: &TaskBatch, out: &Output) -> Result<()> {
+        self.preds
+            .extend(out.logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)));
+        self.labels.extend(batch.labels()?.to_vec1::<i64>()?);
+        Ok(())
+    }
+
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        classification(&self.preds, &self.labels, self.num_classes)
+    }
+}
+
+/// `logits`, `label` (argmax) and, with class names, `label_name` per row.
+pub struct ClassPredictor {
+    logits: Vec<Vec<f32>>,
+    class_names: Vec<String>,
+}
+
+impl ClassPredictor {
+    pub fn new(class_names: Vec<String>) -> Self {
+        ClassPredictor {
+            logits: Vec::new(),
+            class_names,
+        }
+    }
+}
+
+impl Predictor for ClassPredictor {
+    fn add(&mut self, _batch: &TaskBatch, out: &Output) -> Result<()> {
+        self.logits.extend(out.logits.to_vec2::<f32>()?);
+        Ok(())
+    }
+
+    fn columns(self: Box<Self>) -> Result<Vec<(String, ArrayRef)>> {
+        let labels: Vec<i64> = self.logits.iter().map(|l| argmax(l)).collect();
+        let mut builder = ListBuilder::new(Float32Builder::new());
+        for l in &self.logits {
+            builder.values().append_slice(l);
+            builder.append(true);
+        }
+        let mut columns: Vec<(String, ArrayRef)> = vec![
+            ("logits".into(), Arc::new(builder.finish())),
+            ("label".into(), Arc::new(Int64Array::from(labels.clone()))),
+        ];
+        if !self.class_names.is_empty() {
+            let names: StringArray = labels
+                .iter()
+                .map(|&i| self.class_names.get(i as usize).map(String::as_str))
+                .collect();
+            columns.push(("label_name".into(), Arc::new(names)));
+        }
+        Ok(columns)
+    }
+}

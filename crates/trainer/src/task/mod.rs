@@ -1,0 +1,173 @@
+//! The seam where tasks differ. A [`Task`] owns everything that changes from one
+//! task to another: how a split becomes rows, how rows become a batch, the head and
+//! its loss, the metrics, the HF architecture a saved model declares, and what
+//! `berth predict` writes. The loop, evaluation and prediction only call it.
+//!
+//! One file per task, each with its own rows, head adaptor, scorer and predictor
+//! (tokenizers' `ModelWrapper` and burn's `TrainStep`/`ValidStep` are the models).
+//! [`crate::TaskConfig::build`] is the one place a task's name maps to its code, so a
+//! new task touches its own file, its head in `berth-model` and its config variant.
+
+use std::collections::BTreeMap;
+
+use berth_collate::Padding;
+use berth_data::Dataset;
+use berth_data::arrow::array::ArrayRef;
+use berth_data::tokenizers::Tokenizer;
+use berth_model::{BertConfig, BertModel, Mode, Params};
+use candle_core::Device;
+
+use crate::data::{Prepare, Rows};
+use crate::error::Result;
+pub use crate::metrics::argmax;
+use crate::model::{Output, TaskBatch};
+
+mod chunk_classification;
+mod classification;
+mod masked_lm;
+mod pre_training;
+
+pub use chunk_classification::{ChunkClassification, Documents};
+pub use classification::{ClassPredictor, ClassScorer, Classification, Sequences};
+pub use masked_lm::{FillMaskPredictor, LmScorer, MaskedLanguageModeling, Texts};
+pub use pre_training::{Pairs, PreTraining};
+
+/// What a task is built with.
+pub struct TaskContext<'a> {
+    pub tokenizer: &'a Tokenizer,
+    /// The run's seed (MLM masks derive from it).
+    pub seed: u64,
+    pub padding: Padding,
+    pub device: Device,
+}
+
+/// What prediction writes beside the logits.
+pub struct PredictContext<'a> {
+    pub tokenizer: &'a Tokenizer,
+    /// Class names from the checkpoint's `id2label` (empty: none).
+    pub class_names: Vec<String>,
+    /// Fills per `[MASK]` for masked LM (HF fill-mask's `top_k`).
+    pub top_k: usize,
+}
+
+/// One task: see the module docs.
+pub trait Task: Send + Sync {
+    /// The HF architecture written into a saved `config.json`.
+    fn architecture(&self) -> &'static str;
+
+    /// Whether the labels are classes named from the label column (they set the
+    /// model's `num_labels` / `id2label`), one dataset row per item.
+    fn classifies(&self) -> bool {
+        false
+    }
+
+    /// The rows of one loaded split.
+    fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows>;
+
+    /// The BERT with this task's head, its weights taken from `params`.
+    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>>;
+
+    /// Items `indices` of `rows` as tensors; MLM rows are masked afresh for `epoch`
+    /// (masks depend on seed, epoch and row index only).
+    fn batch(&self, rows: &Rows, indices: &[usize], epoch: u64) -> Result<TaskBatch>;
+
+    /// Items `indices` of unlabelled `rows` as prediction reads them (no masking,
+    /// no labels).
+    fn predict_batch(&self, rows: &Rows, indices: &[usize]) -> Result<TaskBatch> {
+        self.batch(rows, indices, 0)
+    }
+
+    /// Accumulates evaluation metrics (the loss is averaged by the caller).
+    fn scorer(&self, num_classes: usize) -> Box<dyn Scorer>;
+
+    /// Collects what `berth predict` writes for each row.
+    fn predictor(&self, cx: &PredictContext<'_>) -> Result<Box<dyn Predictor>>;
+}
+
+/// A model with a task's head: a batch in, logits and loss out.
+pub trait Head: Send + Sync {
+    /// The loss (when the batch has labels), its parts and the logits.
+    fn forward(&self, batch: &TaskBatch, mode: &Mode) -> Result<Output>;
+    /// The encoder, to set its compute dtype.
+    fn bert_mut(&mut self) -> &mut BertModel;
+}
+
+/// Evaluation metrics over batches.
+pub trait Scorer {
+    fn add(&mut self, batch: &TaskBatch, out: &Output) -> Result<()>;
+    /// The metrics, without a prefix.
+    fn metrics(&self) -> BTreeMap<String, f64>;
+}
+
+/// Prediction columns over batches, row i of the output for row i of the input.
+pub trait Predictor {
+    fn add(&mut self, batch: &TaskBatch, out: &Output) -> Result<()>;
+    fn columns(self: Box<Self>) -> Result<Vec<(String, ArrayRef)>>;
+}
+
+/// Scores metrics with `scorer` and the mean loss over `rows`, batches of
+/// `batch_size` in order, named `<prefix>_<metric>`.
+pub fn evaluate(
+    task: &dyn Task,
+    forward: &dyn Fn(&TaskBatch) -> Result<Output>,
+    rows: &Rows,
+    batch_size: usize,
+    num_classes: usize,
+    prefix: &str,
+) -> Result<BTreeMap<String, f64>> {
+    let started = std::time::Instant::now();
+    let n = rows.len();
+    let mut scorer = task.scorer(num_classes);
+    let mut loss_sum = 0f64;
+    for indices in sequential(n, batch_size) {
+        let batch = task.batch(rows, &indices, 0)?;
+        let out = forward(&batch)?;
+        let loss = match &out.loss {
+            Some(l) => l.to_scalar::<f32>()? as f64,
+            None => f64::NAN,
+        };
+        loss_sum += loss * indices.len() as f64;
+        scorer.add(&batch, &out)?;
+    }
+    let mut m = scorer.metrics();
+    m.insert("loss".into(), loss_sum / n.max(1) as f64);
+    let runtime = started.elapsed().as_secs_f64();
+    m.insert("runtime".into(), round4(runtime));
+    m.insert(
+        "samples_per_second".into(),
+        round4(n as f64 / runtime.max(1e-9)),
+    );
+    Ok(m.into_iter()
+        .map(|(k, v)| (format!("{prefix}_{k}"), v))
+        .collect())
+}
+
+/// What `task` predicts for every item of `rows`, in order.
+pub fn predict(
+    task: &dyn Task,
+    forward: &dyn Fn(&TaskBatch) -> Result<Output>,
+    rows: &Rows,
+    batch_size: usize,
+    cx: &PredictContext<'_>,
+) -> Result<Vec<(String, ArrayRef)>> {
+    let mut predictor = task.predictor(cx)?;
+    for indices in sequential(rows.len(), batch_size) {
+        let batch = task.predict_batch(rows, &indices)?;
+        predictor.add(&batch, &forward(&batch)?)?;
+    }
+    predictor.columns()
+}
+
+fn sequential(n: usize, batch_size: usize) -> Vec<Vec<usize>> {
+    use berth_collate::BatchSampler;
+    berth_collate::SequentialSampler {
+        len: n,
+        batch_size: batch_size.max(1),
+        drop_last: false,
+    }
+    .batches(0)
+}
+
+pub(crate) fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
