@@ -9,9 +9,9 @@ use crate::error::{Result, TrainError};
 use crate::schedule::SchedulerType;
 
 /// What is trained, with the sections only that task reads (`[chunking]` for chunk
-/// classification, `[mlm]` for masked LM and pre-training). [`TaskConfig::build`] is
-/// the one `match` over tasks; everything else goes through the [`crate::Task`] it
-/// builds.
+/// classification, `[mlm]` for masked LM and pre-training). `TaskConfig::build` (in
+/// `task/mod.rs`, so this module knows no task's code) is the one `match` over tasks;
+/// everything else goes through the [`crate::Task`] it builds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum TaskConfig {
@@ -35,19 +35,6 @@ pub enum TaskConfig {
 }
 
 impl TaskConfig {
-    /// The task's code, set up for `cx` (tokenizer, seed, padding, device).
-    pub fn build(&self, cx: &crate::task::TaskContext<'_>) -> Result<Box<dyn crate::Task>> {
-        use crate::task::*;
-        Ok(match self {
-            TaskConfig::Classification {} => Box::new(Classification::new(cx)?),
-            TaskConfig::ChunkClassification { chunking } => {
-                Box::new(ChunkClassification::new(chunking.clone(), cx)?)
-            }
-            TaskConfig::Mlm { mlm } => Box::new(MaskedLanguageModeling::new(mlm, cx)?),
-            TaskConfig::Nsp { mlm } => Box::new(PreTraining::new(mlm, cx)?),
-        })
-    }
-
     /// The `task = "..."` name.
     pub fn name(&self) -> String {
         toml::Table::try_from(self)

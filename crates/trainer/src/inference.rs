@@ -85,7 +85,7 @@ impl Inference {
     /// `config`'s eval and test splits (the train file is not read), prepared for
     /// this model.
     pub fn splits(&self, config: &RunConfig) -> Result<Vec<Split>> {
-        let data = crate::data::prepare_evaluation(
+        let data = crate::splits::prepare_evaluation(
             config,
             self.task.as_ref(),
             &self.tokenizer,

@@ -15,6 +15,8 @@
 //! # }
 //! ```
 
+mod batch;
+mod callbacks;
 mod config;
 mod data;
 mod error;
@@ -24,27 +26,29 @@ mod model;
 mod optim;
 mod report;
 mod schedule;
+mod splits;
 mod state;
 pub mod task;
 mod trainer;
 
+pub use batch::{Output, TaskBatch};
+pub use callbacks::{Callback, Control, MetricsLog, Session, StepEnd};
 pub use config::{
     ChunkingConfig, DataConfig, DeviceSpec, IntervalStrategy, MlmConfig, Precision, RunConfig,
     Strategy, TaskConfig, TrainingArgs,
 };
-pub use data::{
-    EvalData, Prepare, RowSet, Rows, Split, Stage, TaskData, prepare, prepare_evaluation,
-};
+pub use data::{Prepare, RowSet, Rows, Split, Stage};
 pub use error::{Result, TrainError};
 pub use inference::Inference;
 pub use metrics::{LmCounts, argmax, classification};
-pub use model::{Output, TaskBatch, TaskModel};
+pub use model::TaskModel;
 pub use optim::{AdamW, AdamWConfig, Grads, decays};
-pub use report::{loss_curve, summary_table};
+pub use report::{RunSummary, fmt_metrics, loss_curve, summary_table};
 pub use schedule::{Schedule, SchedulerType};
+pub use splits::{EvalData, TaskData, prepare, prepare_evaluation};
 pub use state::{Position, TrainerState, checkpoints, resolve_checkpoint};
 pub use task::{Task, TaskContext};
-pub use trainer::{RunSummary, Trainer, fmt_metrics, parse_device};
+pub use trainer::{Trainer, parse_device};
 
 /// Call first thing in a binary that trains. Training allocates and frees gigabytes
 /// of short-lived tensors per step; glibc serves large blocks with fresh mmaps and

@@ -3,16 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value};
 
 use crate::config::RunConfig;
-use crate::data::TaskData;
 use crate::error::{Result, TrainError};
+use crate::splits::TaskData;
 use crate::state::write_atomic;
-use crate::trainer::RunSummary;
 
 /// An indicatif bar on a terminal; otherwise hidden, and the trainer's log lines
 /// (every `logging_steps`) are the progress.
@@ -24,7 +24,7 @@ pub struct Progress {
 impl Progress {
     /// `no_bar` (HF's `disable_tqdm`) keeps the log lines and drops the bar.
     pub fn new(total: usize, done: usize, no_bar: bool) -> Self {
-        let terminal = crate::trainer::stderr_is_terminal() && !no_bar;
+        let terminal = stderr_is_terminal() && !no_bar;
         let bar = if terminal {
             let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             b.set_style(
@@ -273,4 +273,32 @@ pub fn write_report(
         "\n![loss curve](loss_curve.png)\n\nConfiguration: `run_config.toml`; every logged value: `metrics.jsonl` and `trainer_state.json`."
     );
     write_atomic(path, s.as_bytes())
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub output_dir: PathBuf,
+    pub global_step: usize,
+    pub epoch: f64,
+    pub train_loss: f64,
+    pub train_runtime_s: f64,
+    pub train_tokens_per_s: f64,
+    pub eval: BTreeMap<String, f64>,
+    pub test: BTreeMap<String, f64>,
+    pub best_model_checkpoint: Option<String>,
+}
+
+/// `k=v` pairs, 4 decimals.
+pub fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
+    m.iter()
+        .filter(|(k, _)| !k.ends_with("runtime") && !k.ends_with("per_second"))
+        .map(|(k, v)| format!("{k}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether progress should be a bar (a terminal) or log lines.
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
 }

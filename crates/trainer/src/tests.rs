@@ -442,3 +442,91 @@ fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
         }
     }
 }
+
+/// Records each step it sees and stops the run at `stop_at`.
+struct StopAt {
+    stop_at: usize,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, bool)>>>,
+}
+
+impl Callback for StopAt {
+    fn on_step_end(
+        &mut self,
+        _: &mut Session<'_>,
+        step: &StepEnd,
+        control: &mut Control,
+    ) -> Result<()> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((step.step, control.metrics.is_some()));
+        if step.step == self.stop_at {
+            control.should_stop = true;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn callbacks_see_every_step_and_can_stop_the_run() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let out = root.path().join("run");
+    let cfg = config(
+        &out,
+        &[
+            "max_steps=10",
+            "per_device_train_batch_size=8",
+            "eval_strategy=\"steps\"",
+            "eval_steps=2",
+        ],
+    );
+    let mut t = trainer(cfg, &dir, separable_rows(32));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    t.add_callback(Box::new(StopAt {
+        stop_at: 5,
+        seen: seen.clone(),
+    }));
+    let summary = t.train().unwrap();
+    assert_eq!(summary.global_step, 5);
+    // The evaluation callback ran before it: steps 2 and 4 evaluated.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(1, false), (2, true), (3, false), (4, true), (5, false)]
+    );
+}
+
+#[test]
+fn early_stopping_stops_after_patience_evaluations_without_improvement() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let out = root.path().join("run");
+    // A learning rate of 0: the eval loss never improves after the first evaluation.
+    let cfg = config(
+        &out,
+        &[
+            "learning_rate=0.0",
+            "max_steps=20",
+            "per_device_train_batch_size=8",
+            "eval_strategy=\"steps\"",
+            "eval_steps=2",
+            "save_strategy=\"steps\"",
+            "save_steps=2",
+            "early_stopping_patience=2",
+        ],
+    );
+    let summary = trainer(cfg, &dir, separable_rows(32)).train().unwrap();
+    // Evaluations at 2 (best), 4 and 6 (no improvement twice): stopped at 6.
+    assert_eq!(summary.global_step, 6);
+    let state = TrainerState::read(&out.join("trainer_state.json")).unwrap();
+    assert_eq!(state.best_global_step, Some(2));
+    assert_eq!(state.berth.evals_without_improvement, 2);
+    assert!(
+        summary
+            .best_model_checkpoint
+            .as_deref()
+            .is_some_and(|b| b.ends_with("checkpoint-2")),
+        "{summary:?}"
+    );
+    assert!(out.join("checkpoint-6").is_dir());
+}

@@ -3,7 +3,6 @@
 //! checkpoints, early stopping, best-model reload, and exact resume.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,15 +11,21 @@ use berth_data::HubOptions;
 use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
 use candle_core::{DType, Device, Tensor};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
+use crate::batch::TaskBatch;
+use crate::callbacks::{
+    Callback, Checkpointing, Control, EarlyStopping, Evaluation, Flow, Logging, MetricsLog,
+    Session, StepEnd,
+};
 use crate::config::{DeviceSpec, Precision, RunConfig, Strategy};
-use crate::data::{Split, TaskData};
+use crate::data::Split;
 use crate::error::{Result, TrainError};
-use crate::model::{TaskBatch, TaskModel};
+use crate::model::TaskModel;
 use crate::optim::{AdamW, AdamWConfig, Grads};
-use crate::report;
+use crate::report::{self, RunSummary};
 use crate::schedule::Schedule;
+use crate::splits::TaskData;
 use crate::state::{Position, TrainerState, checkpoints, resolve_checkpoint, write_atomic};
 use crate::task::{Task, TaskContext};
 
@@ -61,20 +66,6 @@ fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
     x
 }
 
-/// What a finished run reports.
-#[derive(Clone, Debug)]
-pub struct RunSummary {
-    pub output_dir: PathBuf,
-    pub global_step: usize,
-    pub epoch: f64,
-    pub train_loss: f64,
-    pub train_runtime_s: f64,
-    pub train_tokens_per_s: f64,
-    pub eval: BTreeMap<String, f64>,
-    pub test: BTreeMap<String, f64>,
-    pub best_model_checkpoint: Option<String>,
-}
-
 /// A configured run: model, data and optimizer state.
 pub struct Trainer {
     pub config: RunConfig,
@@ -86,6 +77,8 @@ pub struct Trainer {
     model_dir: PathBuf,
     device: Device,
     no_bar: bool,
+    /// Run after the built-in callbacks, in the order added.
+    extra_callbacks: Vec<Box<dyn Callback>>,
 }
 
 impl Trainer {
@@ -98,7 +91,7 @@ impl Trainer {
         let tokenizer = load_tokenizer(&config, &model_dir)?;
         let task = build_task(&config, &tokenizer, &device)?;
         let model_config = berth_model::BertConfig::from_file(&model_dir.join("config.json"))?;
-        let data = crate::data::prepare(
+        let data = crate::splits::prepare(
             &config,
             task.as_ref(),
             &tokenizer,
@@ -133,6 +126,7 @@ impl Trainer {
             model_dir,
             device,
             no_bar,
+            extra_callbacks: Vec::new(),
         })
     }
 
@@ -264,6 +258,12 @@ impl Trainer {
         eprintln!("{line}");
     }
 
+    /// Adds a callback, called after each optimizer step behind the built-in ones
+    /// (HF's `trainer.add_callback`): it sees the run and can stop it.
+    pub fn add_callback(&mut self, callback: Box<dyn Callback>) {
+        self.extra_callbacks.push(callback);
+    }
+
     /// Trains, evaluates and saves; returns the summary printed at the end.
     pub fn train(&mut self) -> Result<RunSummary> {
         let t = self.config.training.clone();
@@ -291,7 +291,6 @@ impl Trainer {
             },
         )?;
         let eval_strategy = t.eval_strategy();
-        let save_strategy = t.save_strategy();
         let mut state = TrainerState {
             eval_steps: match eval_strategy {
                 Strategy::Steps(n) => Some(n),
@@ -353,23 +352,35 @@ impl Trainer {
             ));
         }
 
-        let progress = report::Progress::new(total_steps, state.global_step, self.no_bar);
+        let log = MetricsLog {
+            path: metrics_log,
+            progress: report::Progress::new(total_steps, state.global_step, self.no_bar),
+        };
+        let mut callbacks: Vec<Box<dyn Callback>> = vec![
+            Box::new(Flow),
+            Box::new(Logging::default()),
+            Box::new(Evaluation),
+            Box::new(EarlyStopping {
+                patience: t.early_stopping_patience,
+            }),
+            Box::new(Checkpointing),
+        ];
+        callbacks.append(&mut self.extra_callbacks);
         let started = Instant::now();
         let start_step = state.global_step;
         let start_tokens = state.berth.tokens_seen;
-        let mut loss_since_log = 0f64;
-        let mut steps_since_log = 0usize;
         let mut loss_total = 0f64;
-        // Only this run's checkpoints count (a fresh run ignores an old run's).
-        let mut last_checkpoint: Option<PathBuf> = match &t.resume_from_checkpoint {
-            Some(_) => checkpoints(&out).pop().map(|c| c.1),
-            None => None,
+        let mut control = Control {
+            // Only this run's checkpoints count (a fresh run ignores an old run's).
+            last_checkpoint: match &t.resume_from_checkpoint {
+                Some(_) => checkpoints(&out).pop().map(|c| c.1),
+                None => None,
+            },
+            should_stop: state.global_step >= total_steps,
+            ..Control::default()
         };
-        let mut stop = state.global_step >= total_steps;
-        // The newest evaluation: reused at the end when nothing changed since.
-        let mut last_eval: Option<(usize, BTreeMap<String, f64>)> = None;
 
-        while !stop {
+        while !control.should_stop {
             let epoch = state.berth.epoch_index;
             let plan = self.batch_plan(epoch);
             let groups: Vec<&[Vec<usize>]> = plan.chunks(t.gradient_accumulation_steps).collect();
@@ -377,152 +388,76 @@ impl Trainer {
             for group in groups.iter().skip(skip) {
                 let window = self.window_step(&opt, group, epoch, state.global_step)?;
                 if let Some(loss) = window.non_finite {
-                    progress.finish();
+                    log.progress.finish();
                     return Err(TrainError::NonFinite {
                         loss,
                         step: state.global_step + 1,
                         epoch: state.epoch,
-                        last_checkpoint: last_checkpoint
+                        last_checkpoint: control
+                            .last_checkpoint
                             .as_ref()
                             .map(|p| p.display().to_string())
                             .unwrap_or_else(|| "none saved yet".into()),
                     });
                 }
-                let (grads, group_loss, group_tokens) = (window.grads, window.loss, window.tokens);
                 let lr = schedule.lr(state.global_step);
                 let t2 = Instant::now();
-                let grad_norm = opt.step(&grads, lr, t.max_grad_norm)?;
+                let grad_norm = opt.step(&window.grads, lr, t.max_grad_norm)?;
                 tracing::debug!("optimizer step {:.2}s", t2.elapsed().as_secs_f64());
-                drop(grads);
+                drop(window.grads);
                 state.global_step += 1;
                 state.berth.steps_in_epoch += 1;
-                state.berth.tokens_seen += group_tokens;
+                state.berth.tokens_seen += window.tokens;
                 state.epoch =
                     epoch as f64 + state.berth.steps_in_epoch as f64 / groups.len() as f64;
-                loss_since_log += group_loss;
-                steps_since_log += 1;
-                loss_total += group_loss;
-                let elapsed = started.elapsed().as_secs_f64();
-                let tok_s = (state.berth.tokens_seen - start_tokens) as f64 / elapsed.max(1e-9);
-                progress.update(state.global_step, state.epoch, group_loss, lr, tok_s);
-
+                loss_total += window.loss;
                 let epoch_end = state.berth.steps_in_epoch == groups.len();
-                let last = state.global_step >= total_steps;
-                if t.logging_steps > 0
-                    && (state.global_step.is_multiple_of(t.logging_steps) || last)
-                {
-                    let mut entry = Map::new();
-                    entry.insert(
-                        "loss".into(),
-                        json!(round4(loss_since_log / steps_since_log as f64)),
-                    );
-                    entry.insert("grad_norm".into(), json!(grad_norm));
-                    entry.insert(
-                        "learning_rate".into(),
-                        json!(schedule.lr(state.global_step)),
-                    );
-                    entry.insert("epoch".into(), json!(state.epoch));
-                    entry.insert("step".into(), json!(state.global_step));
-                    entry.insert("tokens_per_second".into(), json!(tok_s));
-                    progress.println(&format!(
-                        "step {}/{} epoch {:.2} loss {:.4} lr {:.3e} grad_norm {:.3} {:.0} tok/s",
-                        state.global_step,
-                        total_steps,
-                        state.epoch,
-                        loss_since_log / steps_since_log as f64,
-                        schedule.lr(state.global_step),
-                        grad_norm,
-                        tok_s
-                    ));
-                    self.push_log(&mut state, entry, &metrics_log)?;
-                    loss_since_log = 0.0;
-                    steps_since_log = 0;
-                }
-
-                let due = |s: Strategy| match s {
-                    Strategy::No => false,
-                    Strategy::Steps(n) => state.global_step.is_multiple_of(n),
-                    Strategy::Epoch => epoch_end,
-                };
-                let (eval_due, save_due) = (due(eval_strategy), due(save_strategy));
-                let mut improved_or_first = false;
-                if eval_due {
-                    let split = self.data.eval.clone().ok_or_else(|| {
-                        TrainError::Config("eval_strategy is set but there is no eval split (data.eval or data.validation_split)".into())
-                    })?;
-                    let m = self.evaluate(&split, "eval")?;
-                    last_eval = Some((state.global_step, m.clone()));
-                    progress.println(&format!(
-                        "eval at step {}: {}",
-                        state.global_step,
-                        fmt_metrics(&m)
-                    ));
-                    let mut entry: Map<String, Value> =
-                        m.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                    entry.insert("epoch".into(), json!(state.epoch));
-                    entry.insert("step".into(), json!(state.global_step));
-                    self.push_log(&mut state, entry, &metrics_log)?;
-                    let key = t.best_metric();
-                    let value = *m.get(&key).ok_or_else(|| {
-                        TrainError::Config(format!(
-                            "metric_for_best_model '{key}' is not among the eval metrics {:?}",
-                            m.keys().collect::<Vec<_>>()
-                        ))
-                    })?;
-                    let better = match state.best_metric {
-                        None => true,
-                        Some(best) => {
-                            if t.greater_is_better() {
-                                value > best + t.early_stopping_threshold
-                            } else {
-                                value < best - t.early_stopping_threshold
-                            }
-                        }
-                    };
-                    if better {
-                        state.best_metric = Some(value);
-                        state.best_global_step = Some(state.global_step);
-                        state.berth.evals_without_improvement = 0;
-                        improved_or_first = true;
-                    } else {
-                        state.berth.evals_without_improvement += 1;
-                    }
-                    if let Some(p) = t.early_stopping_patience
-                        && state.berth.evals_without_improvement >= p
-                    {
-                        progress.println(&format!(
-                            "early stopping: {key} has not improved for {p} evaluations"
-                        ));
-                        stop = true;
-                    }
-                }
                 if epoch_end {
+                    // The position a checkpoint saved now resumes from: the next epoch.
                     state.berth.epoch_index += 1;
                     state.berth.steps_in_epoch = 0;
                 }
-                if save_due || (stop && save_strategy != Strategy::No) {
-                    let dir = out.join(format!("checkpoint-{}", state.global_step));
-                    if improved_or_first {
-                        state.best_model_checkpoint = Some(dir.display().to_string());
-                    }
-                    self.save_checkpoint(&dir, &opt, &schedule, &state)?;
-                    last_checkpoint = Some(dir);
-                    self.rotate_checkpoints(&out, &state)?;
+                let elapsed = started.elapsed().as_secs_f64();
+                let step = StepEnd {
+                    step: state.global_step,
+                    total_steps,
+                    epoch: state.epoch,
+                    epoch_end,
+                    last: state.global_step >= total_steps,
+                    loss: window.loss,
+                    grad_norm,
+                    lr: schedule.lr(state.global_step),
+                    tokens_per_s: (state.berth.tokens_seen - start_tokens) as f64
+                        / elapsed.max(1e-9),
+                };
+                control.new_step();
+                let mut session = Session {
+                    config: &self.config,
+                    task: self.task.as_ref(),
+                    model: &self.model,
+                    data: &self.data,
+                    opt: &opt,
+                    schedule: &schedule,
+                    state: &mut state,
+                    log: &log,
+                };
+                for callback in &mut callbacks {
+                    callback.on_step_end(&mut session, &step, &mut control)?;
                 }
-                if last {
-                    stop = true;
+                if step.last {
+                    control.should_stop = true;
                 }
-                if stop {
+                if control.should_stop {
                     break;
                 }
             }
-            if !stop && state.berth.steps_in_epoch != 0 {
+            if !control.should_stop && state.berth.steps_in_epoch != 0 {
                 // An epoch ends when its plan is used up, even if it was resumed.
                 state.berth.epoch_index += 1;
                 state.berth.steps_in_epoch = 0;
             }
         }
-        progress.finish();
+        log.progress.finish();
         let runtime = started.elapsed().as_secs_f64();
         let steps_done = state.global_step - start_step;
         let train_loss = if steps_done > 0 {
@@ -532,8 +467,6 @@ impl Trainer {
         };
         let tokens_per_s = (state.berth.tokens_seen - start_tokens) as f64 / runtime.max(1e-9);
         let mut entry = Map::new();
-        entry.insert("epoch".into(), json!(state.epoch));
-        entry.insert("step".into(), json!(state.global_step));
         entry.insert("train_loss".into(), json!(train_loss));
         entry.insert("train_runtime".into(), json!(round4(runtime)));
         entry.insert(
@@ -549,7 +482,7 @@ impl Trainer {
             json!(round4(steps_done as f64 / runtime.max(1e-9))),
         );
         entry.insert("train_tokens_per_second".into(), json!(tokens_per_s));
-        self.push_log(&mut state, entry, &metrics_log)?;
+        log.push(&mut state, entry)?;
 
         let mut reloaded_best = false;
         if t.load_best_model_at_end
@@ -560,22 +493,21 @@ impl Trainer {
             reloaded_best = true;
         }
         let mut eval = BTreeMap::new();
-        if let Some(split) = self.data.eval.clone()
+        if let Some(split) = &self.data.eval
             && eval_strategy != Strategy::No
         {
-            eval = match last_eval {
+            eval = match control.last_eval {
                 Some((step, m)) if step == state.global_step && !reloaded_best => m,
-                _ => self.evaluate(&split, "eval")?,
+                _ => self.evaluate(split, "eval")?,
             };
         }
         let mut test = BTreeMap::new();
-        if let Some(split) = self.data.test.clone() {
-            test = self.evaluate(&split, "test")?;
-            let mut entry: Map<String, Value> =
-                test.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            entry.insert("epoch".into(), json!(state.epoch));
-            entry.insert("step".into(), json!(state.global_step));
-            self.push_log(&mut state, entry, &metrics_log)?;
+        if let Some(split) = &self.data.test {
+            test = self.evaluate(split, "test")?;
+            log.push(
+                &mut state,
+                test.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
+            )?;
         }
         self.save_model(&out)?;
         state.write(&out.join("trainer_state.json"))?;
@@ -595,24 +527,6 @@ impl Trainer {
         }
         report::write_report(&self.config, &summary, &self.data, &out.join("report.md"))?;
         Ok(summary)
-    }
-
-    fn push_log(
-        &self,
-        state: &mut TrainerState,
-        entry: Map<String, Value>,
-        file: &Path,
-    ) -> Result<()> {
-        let line = serde_json::to_string(&entry)
-            .map_err(|e| TrainError::checkpoint(file, e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-            .map_err(|e| TrainError::io(file, e))?;
-        writeln!(f, "{line}").map_err(|e| TrainError::io(file, e))?;
-        state.log_history.push(entry);
-        Ok(())
     }
 
     /// Evaluates `split`: loss and the task's metrics, named `<prefix>_<metric>`.
@@ -653,59 +567,6 @@ impl Trainer {
                 .into_bytes()
         };
         write_atomic(&dir.join("tokenizer.json"), &tok_bytes)
-    }
-
-    /// `checkpoint-<step>/`: model, optimizer, scheduler, trainer state (with the
-    /// data position), written to a temp dir and renamed.
-    fn save_checkpoint(
-        &self,
-        dir: &Path,
-        opt: &AdamW,
-        schedule: &Schedule,
-        state: &TrainerState,
-    ) -> Result<()> {
-        berth_model::write_dir_atomically(dir, |tmp| -> Result<()> {
-            let arch = self.task.architecture();
-            berth_model::save_into(tmp, &self.model.config, arch, &self.model.varmap)?;
-            opt.save(tmp)?;
-            let json_err = |e: serde_json::Error| TrainError::checkpoint(tmp, e.to_string());
-            for (file, bytes) in [
-                (
-                    "scheduler.json",
-                    serde_json::to_vec_pretty(schedule).map_err(json_err)?,
-                ),
-                (
-                    "rng_state.json",
-                    serde_json::to_vec_pretty(&state.berth).map_err(json_err)?,
-                ),
-                ("training_config.toml", self.config.to_toml()?.into_bytes()),
-            ] {
-                let path = tmp.join(file);
-                std::fs::write(&path, bytes).map_err(|e| TrainError::io(&path, e))?;
-            }
-            state.write(&tmp.join("trainer_state.json"))
-        })
-    }
-
-    /// Keeps at most `save_total_limit` checkpoints, never the best one.
-    fn rotate_checkpoints(&self, out: &Path, state: &TrainerState) -> Result<()> {
-        let Some(limit) = self.config.training.save_total_limit else {
-            return Ok(());
-        };
-        let all = checkpoints(out);
-        let best = state.best_model_checkpoint.as_deref().map(PathBuf::from);
-        let mut excess = all.len().saturating_sub(limit.max(1));
-        for (_, dir) in &all {
-            if excess == 0 {
-                break;
-            }
-            if Some(dir) == best.as_ref() {
-                continue;
-            }
-            std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-            excess -= 1;
-        }
-        Ok(())
     }
 
     fn load_weights(&self, dir: &Path) -> Result<()> {
@@ -777,18 +638,4 @@ pub(crate) fn load_model(
         model.set_compute_dtype(DType::BF16);
     }
     Ok(model)
-}
-
-/// `k=v` pairs, 4 decimals.
-pub fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
-    m.iter()
-        .filter(|(k, _)| !k.ends_with("runtime") && !k.ends_with("per_second"))
-        .map(|(k, v)| format!("{k}={v:.4}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Whether progress should be a bar (a terminal) or log lines.
-pub fn stderr_is_terminal() -> bool {
-    std::io::stderr().is_terminal()
 }

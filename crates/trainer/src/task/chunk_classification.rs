@@ -12,10 +12,10 @@ use candle_core::{DType, Device};
 use super::{
     ClassPredictor, ClassScorer, Head, PredictContext, Predictor, Scorer, Task, TaskContext,
 };
+use crate::batch::{Output, TaskBatch};
 use crate::config::ChunkingConfig;
 use crate::data::{Prepare, RowSet, Rows, Stage};
 use crate::error::{Result, TrainError};
-use crate::model::{Output, TaskBatch};
 
 /// A long text's chunks (each `[CLS] .. [SEP]`) and its class (`labels` is empty
 /// when the rows are unlabelled, for prediction).

@@ -12,10 +12,10 @@ use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
 use candle_core::{DType, Device};
 
 use super::{Head, PredictContext, Predictor, Scorer, Task, TaskContext, argmax};
+use crate::batch::{Output, TaskBatch};
 use crate::data::{Prepare, RowSet, Rows};
 use crate::error::Result;
 use crate::metrics::classification;
-use crate::model::{Output, TaskBatch};
 
 /// One (possibly paired) sequence per row, and its class (`labels` is empty when
 /// the rows are unlabelled, for prediction).

@@ -17,11 +17,11 @@ use berth_model::{BertConfig, BertModel, MaskedLm, Mode, Params};
 use candle_core::{D, DType, Device, Tensor};
 
 use super::{Head, PredictContext, Predictor, Scorer, Task, TaskContext, argmax};
+use crate::batch::{Output, TaskBatch};
 use crate::config::MlmConfig;
 use crate::data::{Prepare, RowSet, Rows};
 use crate::error::{Result, TrainError};
 use crate::metrics::LmCounts;
-use crate::model::{Output, TaskBatch};
 
 /// Token sequences to mask.
 #[derive(Clone, Debug)]

@@ -17,10 +17,11 @@ use berth_data::tokenizers::Tokenizer;
 use berth_model::{BertConfig, BertModel, Mode, Params};
 use candle_core::Device;
 
+use crate::batch::{Output, TaskBatch};
+use crate::config::TaskConfig;
 use crate::data::{Prepare, Rows};
 use crate::error::Result;
 pub use crate::metrics::argmax;
-use crate::model::{Output, TaskBatch};
 
 mod chunk_classification;
 mod classification;
@@ -31,6 +32,20 @@ pub use chunk_classification::{ChunkClassification, Documents};
 pub use classification::{ClassPredictor, ClassScorer, Classification, Sequences};
 pub use masked_lm::{FillMaskPredictor, LmScorer, MaskedLanguageModeling, Texts};
 pub use pre_training::{Pairs, PreTraining};
+
+impl TaskConfig {
+    /// The task's code, set up for `cx` (tokenizer, seed, padding, device).
+    pub fn build(&self, cx: &TaskContext<'_>) -> Result<Box<dyn Task>> {
+        Ok(match self {
+            TaskConfig::Classification {} => Box::new(Classification::new(cx)?),
+            TaskConfig::ChunkClassification { chunking } => {
+                Box::new(ChunkClassification::new(chunking.clone(), cx)?)
+            }
+            TaskConfig::Mlm { mlm } => Box::new(MaskedLanguageModeling::new(mlm, cx)?),
+            TaskConfig::Nsp { mlm } => Box::new(PreTraining::new(mlm, cx)?),
+        })
+    }
+}
 
 /// What a task is built with.
 pub struct TaskContext<'a> {

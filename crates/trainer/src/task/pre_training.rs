@@ -18,10 +18,10 @@ use super::masked_lm::{mask_positions, mlm_batch, mlm_collator, unmasked_batch};
 use super::{
     FillMaskPredictor, Head, LmScorer, PredictContext, Predictor, Scorer, Task, TaskContext, argmax,
 };
+use crate::batch::{Output, TaskBatch};
 use crate::config::MlmConfig;
 use crate::data::{Prepare, RowSet, Rows, Stage, arrow_err};
 use crate::error::{Result, TrainError};
-use crate::model::{Output, TaskBatch};
 
 /// Sentence pairs to mask, with `next_sentence_label` (empty when predicting).
 #[derive(Clone, Debug)]
