@@ -20,18 +20,30 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
         .architectures
         .as_ref()
         .and_then(|v| v.first())
-        .map_or("BertForSequenceClassification", String::as_str);
+        .map_or("", String::as_str);
     let chunked = a.chunk_size.is_some() || a.stride.is_some() || a.maximal_text_length.is_some();
-    if chunked && arch != "BertForSequenceClassification" {
-        bail!("chunk options apply to sequence classifiers, not to a {arch}");
-    }
-    Ok(match arch {
-        "BertForSequenceClassification" if chunked => {
+    let lm = |task: TaskConfig| {
+        if chunked {
+            bail!("chunk options apply to sequence classifiers, not to a {arch}");
+        }
+        Ok(task)
+    };
+    match arch {
+        "BertForMaskedLM" => lm(TaskConfig::Mlm {
+            mlm: MlmConfig::default(),
+        }),
+        "BertForPreTraining" => lm(TaskConfig::Nsp {
+            mlm: MlmConfig::default(),
+        }),
+        // Any other checkpoint is read as a sequence classifier; one without a
+        // classifier (a bare BertModel) gets a fresh one, named in a warning, as
+        // transformers does.
+        _ if chunked => {
             if a.pair_column.is_some() {
                 bail!("--pair-column cannot be combined with chunking");
             }
             let size = a.chunk_size.unwrap_or(config.max_position_embeddings - 2);
-            TaskConfig::ChunkClassification {
+            Ok(TaskConfig::ChunkClassification {
                 chunking: ChunkingConfig {
                     chunk_size: size,
                     stride: a.stride.unwrap_or(size),
@@ -40,19 +52,10 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
                     eval_max_text_len: None,
                     pool: a.pool.parse().map_err(anyhow::Error::msg)?,
                 },
-            }
+            })
         }
-        "BertForSequenceClassification" => TaskConfig::Classification {},
-        "BertForMaskedLM" => TaskConfig::Mlm {
-            mlm: MlmConfig::default(),
-        },
-        "BertForPreTraining" => TaskConfig::Nsp {
-            mlm: MlmConfig::default(),
-        },
-        other => bail!(
-            "{other}: berth predict reads sequence classifiers, BertForMaskedLM and BertForPreTraining"
-        ),
-    })
+        _ => Ok(TaskConfig::Classification {}),
+    }
 }
 
 pub(crate) fn run(a: PredictArgs) -> Result<()> {

@@ -230,3 +230,102 @@ fn a_masked_lm_checkpoint_predicts_the_top_k_fills_of_each_mask() {
         }
     }
 }
+
+#[test]
+fn a_pre_training_checkpoint_predicts_fills_and_the_next_sentence() {
+    let Some(minilm) = berth_testkit::minilm_dir() else {
+        panic!("MiniLM fixture missing: run `cargo xtask fixtures`");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("pretraining");
+    let mut cfg: BertConfig = BertConfig::tiny();
+    cfg.vocab_size = 30522;
+    cfg.max_position_embeddings = 64;
+    let mut p = Params::random(&Device::Cpu, 4, 0.5);
+    berth_model::PreTraining::new(&cfg, &mut p).unwrap();
+    let (vm, _) = p.finish();
+    berth_model::save(&model, &cfg, "BertForPreTraining", &vm).unwrap();
+    std::fs::copy(minilm.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+
+    let input = tmp.path().join("pairs.jsonl");
+    let pairs = [
+        ("The cat sat on the [MASK].", "It was warm there."),
+        ("Stocks fell today.", "The [MASK] was [MASK]."),
+    ];
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|(a, b)| serde_json::json!({ "a": a, "b": b }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = tmp.path().join("nsp.jsonl");
+    berth(
+        &[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--text-column",
+            "a",
+            "--pair-column",
+            "b",
+            "--top-k",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let got = rows(&out);
+    assert_eq!(got.len(), 2);
+
+    // The reference: the model's own NSP logits for the encoded pair.
+    let mut tok =
+        berth_data::tokenizers::Tokenizer::from_file(minilm.join("tokenizer.json")).unwrap();
+    tok.with_padding(None);
+    let (config, mut params) = berth_model::open_dir(&model, &Device::Cpu, 0).unwrap();
+    let pt = berth_model::PreTraining::new(&config, &mut params).unwrap();
+    for ((a, b), row) in pairs.iter().zip(&got) {
+        let enc = tok.encode((*a, *b), true).unwrap();
+        let ids = enc.get_ids().to_vec();
+        let types: Vec<u32> = enc.get_type_ids().to_vec();
+        let masks: Vec<u64> = (0..ids.len() as u64)
+            .filter(|&i| ids[i as usize] == 103)
+            .collect();
+        let positions: Vec<u64> = row["mask_positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(positions, masks, "{a} / {b}");
+        assert_eq!(row["fill_tokens"].as_array().unwrap().len(), masks.len());
+        assert!(row["fill_tokens"][0].as_array().unwrap().len() == 2);
+        let tensor = |v: &[u32]| {
+            candle_core::Tensor::new(v, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap()
+        };
+        let (_, nsp) = pt
+            .forward(
+                &tensor(&ids),
+                Some(&tensor(&types)),
+                None,
+                &berth_model::Mode::eval(),
+            )
+            .unwrap();
+        let want = nsp.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let logits: Vec<f32> = row["nsp_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        for (x, y) in logits.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-4, "{logits:?} vs {want:?}");
+        }
+        let label = row["next_sentence_label"].as_u64().unwrap();
+        assert_eq!(label, if logits[0] >= logits[1] { 0 } else { 1 });
+    }
+}

@@ -543,9 +543,12 @@ impl Trainer {
     }
 
     /// Saves the model as HF does (config.json + model.safetensors, HF names) plus
-    /// the tokenizer, so `from_pretrained(dir)` and `berth predict` load it.
+    /// the tokenizer, so `from_pretrained(dir)` and `berth predict` load it. The
+    /// files are written into a fresh hidden directory beside them and each renamed
+    /// over its old copy (the run directory holds more than the model, so it is not
+    /// replaced whole).
     pub fn save_model(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(".model.tmp");
+        let tmp = berth_fs::temp_sibling(&dir.join("model"), "save");
         berth_model::save(
             &tmp,
             &self.model.config,
