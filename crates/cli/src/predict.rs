@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use berth_data::Dataset;
-use berth_data::arrow::array::RecordBatch;
+use berth_data::arrow::array::{ArrayRef, RecordBatch};
+use berth_data::arrow::compute::concat_batches;
 use berth_model::BertConfig;
 use berth_trainer::{ChunkingConfig, DataConfig, Inference, MlmConfig, Precision, TaskConfig};
 
@@ -59,7 +60,10 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
 }
 
 pub(crate) fn run(a: PredictArgs) -> Result<()> {
-    check_output(&a.output)?;
+    let stdout = a.output.as_os_str() == "-";
+    if !stdout {
+        check_output(&a.output)?;
+    }
     let started = Instant::now();
     let dir = berth_model::resolve_model_dir(&a.model, &berth_data::HubOptions::from_env())?;
     let config = BertConfig::from_file(&dir.join("config.json"))?;
@@ -71,12 +75,54 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         a.device.parse()?,
         Precision::F32,
     )?;
-    let ds = a.input.load()?;
+    // `--input -`: JSON Lines on stdin, kept in a temp file for the loader.
+    let stdin_copy = (a.input.input == "-")
+        .then(|| -> Result<tempfile_path::TempPath> {
+            let path = tempfile_path::TempPath::new("stdin", "jsonl");
+            let mut file = std::fs::File::create(&path.0)?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut file)?;
+            Ok(path)
+        })
+        .transpose()?;
+    let ds = match &stdin_copy {
+        Some(p) => berth_data::load(
+            p.0.to_str().unwrap_or_default(),
+            Some(berth_data::Format::Json),
+            &berth_data::LoadOptions::default(),
+        )?,
+        None => a.input.load()?,
+    };
     let data = DataConfig::for_columns(&a.text_column, a.pair_column.as_deref());
-    let columns = model.predict(&ds, &data, a.batch_size, a.top_k)?;
-    // Row i of the output is row i of the input.
+    let predicted = model.predict(&ds, &data, a.batch_size, a.top_k)?;
+    // Row i of the output is row i of the input: its columns, then the predictions
+    // (an input column a prediction is named like is kept as `<name>_input`).
+    let input = concat_batches(&ds.schema(), ds.batches())?;
+    let names: Vec<&str> = predicted.iter().map(|(n, _)| n.as_str()).collect();
+    let mut columns: Vec<(String, ArrayRef)> = Vec::new();
+    for (field, col) in input.schema().fields().iter().zip(input.columns()) {
+        let mut name = field.name().clone();
+        if names.contains(&name.as_str()) {
+            eprintln!("predict: the input's column '{name}' is kept as '{name}_input'");
+            name = format!("{name}_input");
+        }
+        columns.push((name, col.clone()));
+    }
+    columns.extend(predicted);
     let batch = RecordBatch::try_from_iter(columns)?;
     let out = Dataset::from_batch(batch, &a.input.input)?;
+    if stdout {
+        let tmp = tempfile_path::TempPath::new("stdout", "jsonl");
+        out.save(&tmp.0)?;
+        let mut file = std::fs::File::open(&tmp.0)?;
+        std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+        eprintln!(
+            "predicted {} rows of {} in {:.1}s",
+            out.num_rows(),
+            a.input.input,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     write_output(
         &out,
         &a.output,
@@ -86,4 +132,24 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         started,
     )?;
     Ok(())
+}
+
+/// A file in the temp dir, removed when dropped.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+
+    impl TempPath {
+        pub fn new(what: &str, ext: &str) -> Self {
+            TempPath(
+                std::env::temp_dir()
+                    .join(format!("berth-predict-{what}-{}.{ext}", std::process::id())),
+            )
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }

@@ -104,6 +104,57 @@ fn predicts_in_order_with_label_names_and_pools_chunks() {
         assert_eq!(label, if la[0] >= la[1] { 0 } else { 1 });
         assert_eq!(a["label_name"], ["neg", "pos"][label]);
     }
+    // pipeline()-like: the input's columns are kept, with the probabilities and the
+    // predicted label's score.
+    for (row, text) in p.iter().zip(texts) {
+        assert_eq!(row["text"], text);
+        let probs: Vec<f64> = row["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{probs:?}");
+        let label = row["label"].as_u64().unwrap() as usize;
+        assert!((row["score"].as_f64().unwrap() - probs[label]).abs() < 1e-6);
+        assert!(probs.iter().all(|&q| q <= probs[label]));
+    }
+    // `-` reads JSON Lines on stdin and writes them on stdout, the same rows.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "predict",
+            "--model",
+            m,
+            "--input",
+            "-",
+            "--batch-size",
+            "3",
+            "--output",
+            "-",
+        ])
+        .env("BERTH_CACHE", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(std::fs::read(&input).unwrap().as_slice())
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let piped: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(piped, p);
+
     // Several chunks per text are pooled into one row per text.
     let small = tmp.path().join("small.jsonl");
     berth(

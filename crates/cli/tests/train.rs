@@ -58,6 +58,8 @@ logging_steps = 1
             cfg.to_str().unwrap(),
             "--set",
             "seed=3",
+            "--set",
+            "report_to=[\"tensorboard\"]",
         ],
         &cache,
     );
@@ -129,6 +131,103 @@ logging_steps = 1
         (m["eval_accuracy"].as_f64().unwrap() - best).abs() < 1e-9,
         "{m} vs best {best}"
     );
+
+    // The TensorBoard scalars, read with tensorboard's own reader, are metrics.jsonl.
+    tensorboard_equals_metrics_log(&out);
+
+    // transformers opens the run directory and the checkpoint as they are.
+    let checkpoint = out.join(&kept[0]);
+    let checkpoint_step: u64 = kept[0]["checkpoint-".len()..].parse().unwrap();
+    opens_in_transformers(&[(&out, 4), (&checkpoint, checkpoint_step)]);
+    // berth predict reads the checkpoint alone (it carries its tokenizer).
+    let input = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &input,
+        "{\"#1 String\": \"He said so.\", \"#2 String\": \"He did say it.\"}\n",
+    )
+    .unwrap();
+    let predicted = tmp.path().join("predicted.jsonl");
+    berth_ok(
+        &[
+            "predict",
+            "--model",
+            checkpoint.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--text-column",
+            "#1 String",
+            "--pair-column",
+            "#2 String",
+            "--output",
+            predicted.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(
+        std::fs::read_to_string(&predicted)
+            .unwrap()
+            .contains("probabilities")
+    );
+}
+
+/// `scripts/check_hf_run.py` on `dirs`: transformers' TrainerState, AutoConfig and
+/// AutoTokenizer read each, and the tokenizer gives Berth's ids.
+fn opens_in_transformers(dirs: &[(&std::path::Path, u64)]) {
+    let Some(mut python) = berth_testkit::python_with_transformers() else {
+        return;
+    };
+    let texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Don't tokenize Zürich's naïve café wrongly!",
+        "",
+    ];
+    let script = berth_testkit::workspace_root().join("scripts/check_hf_run.py");
+    let mut child = python
+        .arg(&script)
+        .args(dirs.iter().map(|d| d.0))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&texts).unwrap().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for &(d, steps) in dirs {
+        let r = &got[d.to_str().unwrap()];
+        assert_eq!(r["global_step"], steps, "{r}");
+        assert_eq!(r["id2label"]["1"], "1", "{r}");
+        // BertTokenizerFast in transformers 4, BertTokenizer (fast) in 5.
+        assert!(
+            r["tokenizer_class"]
+                .as_str()
+                .unwrap()
+                .starts_with("BertTokenizer")
+                && r["is_fast"] == true,
+            "{r}"
+        );
+        let mut tok =
+            berth_data::tokenizers::Tokenizer::from_file(d.join("tokenizer.json")).unwrap();
+        // MiniLM's tokenizer.json pads to 128; transformers pads only when asked.
+        tok.with_padding(None);
+        for (i, t) in texts.iter().enumerate() {
+            let ours: Vec<u32> = tok.encode(*t, true).unwrap().get_ids().to_vec();
+            let theirs: Vec<u32> = r["ids"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ours, theirs, "{t:?} in {}", d.display());
+        }
+    }
 }
 
 #[test]
@@ -296,4 +395,40 @@ logging_steps = 1
         err.contains("stanfordnlp/imdb") && err.contains("'validation'"),
         "{err}"
     );
+}
+
+/// Every number of every `metrics.jsonl` entry is in the event files at its step,
+/// under HF's tag (`train/loss`, `eval/accuracy`, ...).
+fn tensorboard_equals_metrics_log(out: &std::path::Path) {
+    let Some(mut python) = berth_testkit::python_with_transformers() else {
+        return;
+    };
+    let script = berth_testkit::workspace_root().join("scripts/read_tensorboard.py");
+    let o = python.arg(&script).arg(out).output().expect("run python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let scalars: Vec<(u64, String, f64)> = serde_json::from_slice(&o.stdout).unwrap();
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let mut expected = 0;
+    for line in log.lines() {
+        let entry: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        let step = entry["step"].as_u64().unwrap();
+        for (k, v) in &entry {
+            let Some(v) = v.as_f64().filter(|_| k != "step") else {
+                continue;
+            };
+            let tag = match (k.strip_prefix("eval_"), k.strip_prefix("test_")) {
+                (Some(r), _) => format!("eval/{r}"),
+                (_, Some(r)) => format!("test/{r}"),
+                _ => format!("train/{k}"),
+            };
+            expected += 1;
+            assert!(
+                scalars.iter().any(|(s, t, x)| *s == step
+                    && *t == tag
+                    && (x - v).abs() <= 1e-6 * v.abs().max(1.0)),
+                "{tag}={v} at step {step} not in the event files"
+            );
+        }
+    }
+    assert_eq!(scalars.len(), expected, "{scalars:?}");
 }

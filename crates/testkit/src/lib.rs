@@ -62,3 +62,32 @@ pub fn data_dir() -> Option<PathBuf> {
 pub fn minilm_dir() -> Option<PathBuf> {
     present_or_skip("all-MiniLM-L6-v2", minilm_path(), "tokenizer.json")
 }
+
+/// The transformers version `cargo xtask fixtures` installs (no torch) for the tests
+/// that open Berth's outputs with Hugging Face's own code.
+pub const TRANSFORMERS_VERSION: &str = "5.24.0";
+/// The tensorboard version installed beside it (its event reader).
+pub const TENSORBOARD_VERSION: &str = "2.20.0";
+
+/// Where `cargo xtask fixtures` installs transformers and tensorboard
+/// (`pip install --target`).
+pub fn transformers_path() -> PathBuf {
+    cache_root().join(format!(
+        "python/transformers-{TRANSFORMERS_VERSION}-tensorboard-{TENSORBOARD_VERSION}"
+    ))
+}
+
+/// A `python3` command that imports that transformers (through `PYTHONPATH`), if
+/// installed (panics when required and missing).
+pub fn python_with_transformers() -> Option<std::process::Command> {
+    let dir = present_or_skip(
+        "python transformers",
+        transformers_path(),
+        "transformers/__init__.py",
+    )?;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("PYTHONPATH", dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1");
+    Some(cmd)
+}

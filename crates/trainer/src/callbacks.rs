@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
 use serde_json::{Map, Value, json};
 
@@ -73,6 +74,8 @@ impl Control {
 pub struct MetricsLog {
     pub path: PathBuf,
     pub progress: Progress,
+    /// TensorBoard event file (`report_to = ["tensorboard"]`).
+    pub tensorboard: Option<std::sync::Mutex<crate::tensorboard::EventWriter>>,
 }
 
 impl MetricsLog {
@@ -89,6 +92,12 @@ impl MetricsLog {
             .open(file)
             .map_err(|e| TrainError::io(file, e))?;
         writeln!(f, "{line}").map_err(|e| TrainError::io(file, e))?;
+        if let Some(tb) = &self.tensorboard {
+            let mut tb = tb
+                .lock()
+                .map_err(|_| TrainError::Config("event writer lock poisoned".into()))?;
+            tb.scalars(state.global_step as i64, &crate::tensorboard::tags(&entry))?;
+        }
         state.log_history.push(entry);
         Ok(())
     }
@@ -102,6 +111,10 @@ impl MetricsLog {
 /// What a run holds, lent to the callbacks.
 pub struct Session<'a> {
     pub config: &'a RunConfig,
+    pub tokenizer: &'a Tokenizer,
+    /// The directory the run's tokenizer came from (its tokenizer files are copied
+    /// into checkpoints), if it came from one.
+    pub tokenizer_dir: Option<&'a Path>,
     pub task: &'a dyn Task,
     pub model: &'a TaskModel,
     pub data: &'a TaskData,
@@ -288,7 +301,12 @@ impl Callback for Checkpointing {
         if c.improved {
             s.state.best_model_checkpoint = Some(dir.display().to_string());
         }
-        save_checkpoint(s, &dir)?;
+        let metrics = c
+            .last_eval
+            .as_ref()
+            .map(|e| e.1.clone())
+            .unwrap_or_default();
+        save_checkpoint(s, &dir, &metrics)?;
         c.last_checkpoint = Some(dir);
         rotate_checkpoints(out, s.state, t.save_total_limit)
     }
@@ -296,8 +314,25 @@ impl Callback for Checkpointing {
 
 /// Model, optimizer, scheduler and trainer state (with the data position), written
 /// to a temp dir and renamed into place.
-fn save_checkpoint(s: &Session<'_>, dir: &Path) -> Result<()> {
+/// Each one is a complete HF model repo too (tokenizer files and a model card with
+/// the newest eval metrics), so `from_pretrained` and `berth predict` open it.
+fn save_checkpoint(s: &Session<'_>, dir: &Path, metrics: &BTreeMap<String, f64>) -> Result<()> {
     berth_model::write_dir_atomically(dir, |tmp| -> Result<()> {
+        crate::repo::write_tokenizer_files(
+            tmp,
+            s.tokenizer,
+            s.tokenizer_dir,
+            s.model.config.max_position_embeddings,
+        )?;
+        let card = crate::repo::model_card(
+            s.config,
+            &s.data.train.source,
+            s.state.global_step,
+            s.state.epoch,
+            metrics,
+        );
+        std::fs::write(tmp.join("README.md"), card)
+            .map_err(|e| TrainError::io(tmp.join("README.md"), e))?;
         berth_model::save_into(tmp, &s.model.config, s.task.architecture(), &s.model.varmap)?;
         s.opt.save(tmp)?;
         let json_err = |e: serde_json::Error| TrainError::checkpoint(tmp, e.to_string());

@@ -19,19 +19,66 @@ pub enum TaskConfig {
     Classification {},
     /// belt_nlp: every chunk of a long text classified, logits pooled per text.
     ChunkClassification {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "section::chunking")]
         chunking: ChunkingConfig,
     },
     /// Masked language modelling (dynamic masking every epoch).
     Mlm {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "section::mlm")]
         mlm: MlmConfig,
     },
     /// MLM + next-sentence prediction (HF `BertForPreTraining`).
     Nsp {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "section::mlm")]
         mlm: MlmConfig,
     },
+}
+
+/// A task's own section, read with its key path in errors: serde's flatten (which
+/// puts the task beside the common keys) drops the path toml gives elsewhere, so an
+/// error would not say which key of which section it is about.
+mod section {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn read<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        name: &str,
+        d: D,
+    ) -> Result<T, D::Error> {
+        serde_path_to_error::deserialize(d).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                name.to_string()
+            } else {
+                format!("{name}.{path}")
+            };
+            D::Error::custom(format!("{} in `{key}`", e.into_inner()))
+        })
+    }
+
+    pub fn chunking<'de, D: Deserializer<'de>>(d: D) -> Result<super::ChunkingConfig, D::Error> {
+        read("chunking", d)
+    }
+
+    pub fn mlm<'de, D: Deserializer<'de>>(d: D) -> Result<super::MlmConfig, D::Error> {
+        read("mlm", d)
+    }
+}
+
+/// Berth wrote `[chunking]` and `[mlm]` into every `run_config.toml` before sections
+/// became per task; such a section holding only its defaults is read past (with a
+/// warning), so older run directories still evaluate and resume.
+fn legacy_default_section(key: &str, value: &toml::Value) -> bool {
+    match key {
+        "chunking" => value
+            .clone()
+            .try_into::<ChunkingConfig>()
+            .is_ok_and(|c| c == ChunkingConfig::default()),
+        "mlm" => value
+            .clone()
+            .try_into::<MlmConfig>()
+            .is_ok_and(|c| c == MlmConfig::default()),
+        _ => false,
+    }
 }
 
 impl TaskConfig {
@@ -225,7 +272,9 @@ pub struct TrainingArgs {
     pub warmup_ratio: f64,
     /// > 0 overrides `warmup_ratio`.
     pub warmup_steps: usize,
-    /// `no`, `steps` or `epoch`.
+    /// `no`, `steps` or `epoch` (`evaluation_strategy`, transformers 4's name, is
+    /// read as this).
+    #[serde(alias = "evaluation_strategy")]
     pub eval_strategy: IntervalStrategy,
     /// Default: `logging_steps`.
     pub eval_steps: Option<usize>,
@@ -244,7 +293,7 @@ pub struct TrainingArgs {
     pub early_stopping_patience: Option<usize>,
     pub early_stopping_threshold: f64,
     pub seed: u64,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `auto` (default: a GPU when there is one), `cpu`, `cuda` or `cuda:N`.
     pub device: DeviceSpec,
     /// `f32` or `bf16` (bf16 compute, f32 master weights and optimizer state).
     pub precision: Precision,
@@ -257,6 +306,26 @@ pub struct TrainingArgs {
     pub resume_from_checkpoint: Option<String>,
     /// No progress bar even on a terminal (the log lines stay).
     pub disable_tqdm: bool,
+    /// Where logged values also go, as HF's `report_to`: `"tensorboard"` (or
+    /// `"all"`) writes TensorBoard event files under `output_dir/runs/`; `"none"` or
+    /// empty (the default), nowhere else. A string or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub report_to: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for TrainingArgs {
@@ -289,13 +358,14 @@ impl Default for TrainingArgs {
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
             seed: 42,
-            device: DeviceSpec::Cpu,
+            device: DeviceSpec::Auto,
             precision: Precision::F32,
             group_by_length: false,
             dataloader_drop_last: false,
             pad_to_multiple_of: None,
             resume_from_checkpoint: None,
             disable_tqdm: false,
+            report_to: Vec::new(),
         }
     }
 }
@@ -343,10 +413,12 @@ macro_rules! display_as_config_name {
 }
 display_as_config_name!(SchedulerType, Precision, IntervalStrategy);
 
-/// `cpu`, `cuda` (the first GPU) or `cuda:N`; written and read as that string.
+/// `auto` (a GPU when the binary has CUDA and one is there, else the CPU, as HF
+/// picks), `cpu`, `cuda` (the first GPU) or `cuda:N`; written and read as that string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
+    Auto,
     Cpu,
     Cuda(usize),
 }
@@ -355,13 +427,14 @@ impl std::str::FromStr for DeviceSpec {
     type Err = TrainError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
                 Some(Err(_)) => Err(TrainError::Device(format!("'{s}': expected cuda:N"))),
                 None => Err(TrainError::Device(format!(
-                    "device must be cpu, cuda or cuda:N, not '{s}'"
+                    "device must be auto, cpu, cuda or cuda:N, not '{s}'"
                 ))),
             },
         }
@@ -384,6 +457,7 @@ impl From<DeviceSpec> for String {
 impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            DeviceSpec::Auto => write!(f, "auto"),
             DeviceSpec::Cpu => write!(f, "cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
         }
@@ -395,6 +469,10 @@ impl DeviceSpec {
     /// no usable GPU.
     pub fn device(&self) -> Result<candle_core::Device> {
         match *self {
+            DeviceSpec::Auto => Ok(candle_core::utils::cuda_is_available()
+                .then(|| candle_core::Device::new_cuda(0).ok())
+                .flatten()
+                .unwrap_or(candle_core::Device::Cpu)),
             DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
             DeviceSpec::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
@@ -419,6 +497,13 @@ impl TrainingArgs {
 
     pub fn save_strategy(&self) -> Strategy {
         strategy(self.save_strategy, self.save_steps)
+    }
+
+    /// Whether `report_to` asks for TensorBoard event files.
+    pub fn tensorboard(&self) -> bool {
+        self.report_to
+            .iter()
+            .any(|r| r == "tensorboard" || r == "all")
     }
 
     /// The metric that picks the best checkpoint, with its `eval_` prefix.
@@ -486,6 +571,15 @@ impl TrainingArgs {
                 );
             }
         }
+        if let Some(r) = self
+            .report_to
+            .iter()
+            .find(|r| !["none", "all", "tensorboard"].contains(&r.as_str()))
+        {
+            return bad(format!(
+                "report_to: '{r}' is not one Berth writes (tensorboard, all or none)"
+            ));
+        }
         if self.early_stopping_patience.is_some() && self.eval_strategy() == Strategy::No {
             return bad("early_stopping_patience needs an eval_strategy".into());
         }
@@ -516,14 +610,27 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
+        hf_spellings(&mut value).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
         let config: RunConfig = value.clone().try_into().map_err(|e: toml::de::Error| {
             TrainError::Config(format!("{origin}: {}", e.to_string().trim()))
         })?;
         let own = config.task.keys();
-        if let Some(key) = value
-            .keys()
-            .find(|k| !COMMON.contains(&k.as_str()) && !own.contains(k))
-        {
+        for (key, v) in &value {
+            if !COMMON.contains(&key.as_str())
+                && !own.contains(key)
+                && legacy_default_section(key, v)
+            {
+                tracing::warn!(
+                    "{origin}: [{key}] does not apply to task = \"{}\"; it holds only defaults (as Berth wrote before sections were per task), so it is ignored",
+                    config.task.name()
+                );
+            }
+        }
+        if let Some(key) = value.iter().map(|(k, _)| k).find(|k| {
+            !COMMON.contains(&k.as_str())
+                && !own.contains(k)
+                && !legacy_default_section(k, &value[*k])
+        }) {
             return Err(TrainError::Config(format!(
                 "{origin}: unknown key or section '{key}' for task = \"{}\" (expected {})",
                 config.task.name(),
@@ -583,6 +690,54 @@ impl RunConfig {
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
     }
+}
+
+/// `[training]` keys as transformers 4 and 5 spell them, read as Berth's:
+/// `warmup_steps` a float in [0, 1) is a ratio of the total steps (transformers 5
+/// reads it so, having dropped `warmup_ratio`, which stays for 4.x users);
+/// `bf16 = true` is `precision = "bf16"`; `use_cpu = true` is `device = "cpu"`.
+fn hf_spellings(root: &mut toml::Table) -> std::result::Result<(), String> {
+    let Some(toml::Value::Table(t)) = root.get_mut("training") else {
+        return Ok(());
+    };
+    if let Some(toml::Value::Float(f)) = t.get("warmup_steps").cloned() {
+        if (0.0..1.0).contains(&f) {
+            if t.contains_key("warmup_ratio") {
+                return Err(
+                    "training.warmup_steps is a ratio and warmup_ratio is set too: keep one".into(),
+                );
+            }
+            t.remove("warmup_steps");
+            t.insert("warmup_ratio".into(), toml::Value::Float(f));
+        } else if f.fract() == 0.0 && f >= 1.0 {
+            t.insert("warmup_steps".into(), toml::Value::Integer(f as i64));
+        } else {
+            return Err(format!(
+                "training.warmup_steps = {f}: a step count (an integer) or a ratio in [0, 1)"
+            ));
+        }
+    }
+    for (flag, key, value) in [("bf16", "precision", "bf16"), ("use_cpu", "device", "cpu")] {
+        match t.remove(flag) {
+            None | Some(toml::Value::Boolean(false)) => {}
+            Some(toml::Value::Boolean(true)) => match t.get(key).and_then(|v| v.as_str()) {
+                Some(other) if other != value => {
+                    return Err(format!(
+                        "training.{flag} = true and training.{key} = \"{other}\" disagree"
+                    ));
+                }
+                _ => {
+                    t.insert(key.into(), toml::Value::String(value.into()));
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "training.{flag} must be true or false, not {other}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The top-level keys of every task (beside `task` and the task's own section).
@@ -712,6 +867,79 @@ train = "t.jsonl"
             .unwrap_err()
             .to_string();
         assert!(e.contains("gpu"), "{e}");
+    }
+
+    #[test]
+    fn a_task_section_error_names_its_key_and_old_default_sections_are_read_past() {
+        let chunk = MIN.replace("\"classification\"", "\"chunk_classification\"");
+        let e = RunConfig::from_toml(&chunk, &["chunking.pool=\"avg\"".into()], "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml") && e.contains("`chunking.pool`"), "{e}");
+        let e = RunConfig::from_toml(&chunk, &["chunking.chunk_size=\"big\"".into()], "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`chunking.chunk_size`"), "{e}");
+        // What Berth wrote before sections were per task: every section, defaults.
+        let old = format!(
+            "{MIN}[chunking]\nchunk_size = 510\nstride = 510\nmin_chunk_len = 1\npool = \"mean\"\n[mlm]\nmlm_probability = 0.15\nwhole_word = false\nnext_probability = 0.5\n"
+        );
+        assert_eq!(
+            RunConfig::from_toml(&old, &[], "old.toml").unwrap().task,
+            TaskConfig::Classification {}
+        );
+        // A section that says something is still refused.
+        let e = RunConfig::from_toml(
+            &old.replace("whole_word = false", "whole_word = true"),
+            &[],
+            "old.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'mlm'"), "{e}");
+    }
+
+    #[test]
+    fn transformers_spellings_are_read() {
+        let c = RunConfig::from_toml(
+            MIN,
+            &[
+                "evaluation_strategy=\"epoch\"".into(),
+                "warmup_steps=0.1".into(),
+                "bf16=true".into(),
+                "use_cpu=true".into(),
+            ],
+            "x",
+        )
+        .unwrap();
+        let t = &c.training;
+        assert_eq!(t.eval_strategy(), Strategy::Epoch);
+        assert_eq!((t.warmup_ratio, t.warmup_steps), (0.1, 0));
+        assert_eq!(t.precision, Precision::Bf16);
+        assert_eq!(t.device, DeviceSpec::Cpu);
+        let c = RunConfig::from_toml(MIN, &["warmup_steps=10.0".into()], "x").unwrap();
+        assert_eq!(c.training.warmup_steps, 10);
+        assert_eq!(
+            RunConfig::from_toml(MIN, &[], "x").unwrap().training.device,
+            DeviceSpec::Auto
+        );
+        for bad in ["warmup_steps=2.5", "bf16=\"yes\""] {
+            let e = RunConfig::from_toml(MIN, &[bad.into()], "c.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("c.toml") && e.contains(bad.split('=').next().unwrap()),
+                "{e}"
+            );
+        }
+        let e = RunConfig::from_toml(
+            MIN,
+            &["use_cpu=true".into(), "device=\"cuda\"".into()],
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("disagree"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub trait RowSet: std::any::Any + Send + Sync + std::fmt::Debug {
     fn lengths(&self) -> Vec<usize>;
     /// The first `n` items.
     fn first(&self, n: usize) -> Rows;
+    /// Markdown for the report about these rows (chunks per text), if any.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The rows of one split, in the shape its task batches them (shared, cheap to clone).
@@ -47,6 +51,10 @@ impl Rows {
 
     pub fn lengths(&self) -> Vec<usize> {
         self.0.lengths()
+    }
+
+    pub fn describe(&self) -> Option<String> {
+        self.0.describe()
     }
 
     /// Keeps the first `n` items.

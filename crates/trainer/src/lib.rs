@@ -24,11 +24,13 @@ mod inference;
 mod metrics;
 mod model;
 mod optim;
+mod repo;
 mod report;
 mod schedule;
 mod splits;
 mod state;
 pub mod task;
+pub mod tensorboard;
 mod trainer;
 
 pub use batch::{Output, TaskBatch};

@@ -174,6 +174,166 @@ pub fn loss_curve(history: &[Map<String, Value>], path: &Path) -> Result<()> {
     Ok(guard.commit()?)
 }
 
+/// Loss (train and eval), learning rate, grad norm and each eval metric against the
+/// step, one panel each, as an SVG. Its text is SVG text, drawn by whatever shows the
+/// file with its own fonts, so no font is needed here (the PNG's text needs a system
+/// font).
+pub fn curves_svg(history: &[Map<String, Value>]) -> Option<String> {
+    let mut panels: Vec<(String, Vec<Line>)> = Vec::new();
+    let loss: Vec<Line> = [("train", "loss"), ("eval", "eval_loss")]
+        .iter()
+        .map(|(name, key)| (name.to_string(), series(history, key)))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    if !loss.is_empty() {
+        panels.push(("loss".into(), loss));
+    }
+    let mut keys: Vec<String> = vec!["learning_rate".into(), "grad_norm".into()];
+    let mut eval_keys: Vec<String> = history
+        .iter()
+        .flat_map(|e| e.keys())
+        .filter(|k| {
+            k.starts_with("eval_")
+                && *k != "eval_loss"
+                && !k.ends_with("runtime")
+                && !k.ends_with("per_second")
+        })
+        .cloned()
+        .collect();
+    eval_keys.sort();
+    eval_keys.dedup();
+    keys.extend(eval_keys);
+    for k in keys {
+        let s = series(history, &k);
+        if !s.is_empty() {
+            panels.push((k.clone(), vec![(k, s)]));
+        }
+    }
+    if panels.is_empty() {
+        return None;
+    }
+    let (w, h) = (480.0, 300.0);
+    let rows = panels.len().div_ceil(2);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        2.0 * w,
+        rows as f64 * h
+    );
+    for (i, (title, lines)) in panels.iter().enumerate() {
+        let (x0, y0) = ((i % 2) as f64 * w, (i / 2) as f64 * h);
+        svg.push_str(&panel(x0, y0, w, h, title, lines));
+    }
+    svg.push_str("</svg>\n");
+    Some(svg)
+}
+
+/// A named series of (step, value) points.
+type Line = (String, Vec<(f64, f64)>);
+
+fn panel(
+    x0: f64,
+    y0: f64,
+    w: f64,
+    h: f64,
+    title: &str,
+    lines: &[(String, Vec<(f64, f64)>)],
+) -> String {
+    const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let (left, right, top, bottom) = (70.0, 15.0, 30.0, 35.0);
+    let points = lines.iter().flat_map(|l| &l.1);
+    let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in points {
+        (xmin, xmax, ymin, ymax) = (xmin.min(x), xmax.max(x), ymin.min(y), ymax.max(y));
+    }
+    if xmax <= xmin {
+        (xmin, xmax) = (xmin - 1.0, xmax + 1.0);
+    }
+    if ymax <= ymin {
+        (ymin, ymax) = (
+            ymin - ymin.abs().max(1e-3) * 0.1,
+            ymax + ymax.abs().max(1e-3) * 0.1,
+        );
+    }
+    let pad = (ymax - ymin) * 0.05;
+    (ymin, ymax) = (ymin - pad, ymax + pad);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let px = |x: f64| x0 + left + (x - xmin) / (xmax - xmin) * pw;
+    let py = |y: f64| y0 + top + (1.0 - (y - ymin) / (ymax - ymin)) * ph;
+    let num = |v: f64| {
+        if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e5) {
+            format!("{v:.2e}")
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    let mut s = format!(
+        "<g>\n<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"14\" text-anchor=\"middle\">{}</text>\n<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{pw:.1}\" height=\"{ph:.1}\" fill=\"none\" stroke=\"#888\"/>\n",
+        x0 + left + pw / 2.0,
+        y0 + 20.0,
+        escape(title),
+        x0 + left,
+        y0 + top
+    );
+    for f in [0.0, 0.5, 1.0] {
+        let (xv, yv) = (xmin + f * (xmax - xmin), ymin + f * (ymax - ymin));
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            px(xv),
+            y0 + h - 15.0,
+            num(xv.round()),
+            x0 + left - 5.0,
+            py(yv) + 4.0,
+            num(yv)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">step</text>",
+        x0 + left + pw / 2.0,
+        y0 + h - 2.0
+    );
+    for (i, (name, pts)) in lines.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        if pts.len() < 30 {
+            for &(x, y) in pts {
+                let _ = writeln!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
+                    px(x),
+                    py(y)
+                );
+            }
+        }
+        if lines.len() > 1 {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{colour}\">{}</text>",
+                x0 + w - right - 5.0,
+                y0 + top + 15.0 + 15.0 * i as f64,
+                escape(name)
+            );
+        }
+    }
+    s.push_str("</g>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// The end-of-run table printed on stdout.
 pub fn summary_table(summary: &RunSummary) -> String {
     let mut rows: Vec<(String, String)> = vec![
@@ -220,6 +380,7 @@ pub fn write_report(
     config: &RunConfig,
     summary: &RunSummary,
     data: &TaskData,
+    details: &[(String, String)],
     path: &Path,
 ) -> Result<()> {
     let t = &config.training;
@@ -268,9 +429,15 @@ pub fn write_report(
     if !summary.test.is_empty() {
         let _ = writeln!(s, "\n## Test\n\n{}", metrics_md(&summary.test));
     }
+    for (title, md) in details {
+        let _ = writeln!(s, "\n## {title}\n\n{md}");
+    }
+    if let Some(chunks) = data.train.rows.describe() {
+        let _ = writeln!(s, "\n## Chunks per text (train)\n\n{chunks}");
+    }
     let _ = writeln!(
         s,
-        "\n![loss curve](loss_curve.png)\n\nConfiguration: `run_config.toml`; every logged value: `metrics.jsonl` and `trainer_state.json`."
+        "\n![curves](curves.svg)\n\n![loss curve](loss_curve.png)\n\nConfiguration: `run_config.toml`; every logged value: `metrics.jsonl` and `trainer_state.json`."
     );
     write_atomic(path, s.as_bytes())
 }

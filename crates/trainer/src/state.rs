@@ -25,7 +25,14 @@ pub struct TrainerState {
     pub num_train_epochs: usize,
     pub save_steps: usize,
     pub train_batch_size: usize,
-    /// Berth: the position in the data order and the early-stopping counter.
+    /// Training tokens seen (non-padding), as HF counts them.
+    #[serde(default)]
+    pub num_input_tokens_seen: u64,
+    /// Berth's own state: the position in the data order and the early-stopping
+    /// counter. Not in `trainer_state.json` (transformers builds its `TrainerState`
+    /// from every key there and refuses unknown ones); a checkpoint keeps it in
+    /// `rng_state.json` (see [`Position::read`]).
+    #[serde(skip)]
     pub berth: Position,
 }
 
@@ -44,6 +51,14 @@ pub struct Position {
     pub seed: u64,
     /// Training tokens (non-padding) seen so far.
     pub tokens_seen: u64,
+}
+
+impl Position {
+    /// The position a checkpoint saved (`rng_state.json`).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(path, e.to_string()))
+    }
 }
 
 impl TrainerState {

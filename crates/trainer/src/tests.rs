@@ -459,7 +459,7 @@ impl Callback for StopAt {
         self.seen
             .lock()
             .unwrap()
-            .push((step.step, control.metrics.is_some()));
+            .push((step.step, control.should_evaluate));
         if step.step == self.stop_at {
             control.should_stop = true;
         }
@@ -479,6 +479,8 @@ fn callbacks_see_every_step_and_can_stop_the_run() {
             "per_device_train_batch_size=8",
             "eval_strategy=\"steps\"",
             "eval_steps=2",
+            "save_strategy=\"steps\"",
+            "save_steps=100",
         ],
     );
     let mut t = trainer(cfg, &dir, separable_rows(32));
@@ -489,11 +491,14 @@ fn callbacks_see_every_step_and_can_stop_the_run() {
     }));
     let summary = t.train().unwrap();
     assert_eq!(summary.global_step, 5);
-    // The evaluation callback ran before it: steps 2 and 4 evaluated.
+    // It runs after the flow (evaluation due at steps 2 and 4) ...
     assert_eq!(
         *seen.lock().unwrap(),
         vec![(1, false), (2, true), (3, false), (4, true), (5, false)]
     );
+    // ... and before saving: the stop it asked for is checkpointed.
+    let kept: Vec<usize> = checkpoints(&out).iter().map(|c| c.0).collect();
+    assert_eq!(kept, vec![5]);
 }
 
 #[test]
@@ -520,7 +525,8 @@ fn early_stopping_stops_after_patience_evaluations_without_improvement() {
     assert_eq!(summary.global_step, 6);
     let state = TrainerState::read(&out.join("trainer_state.json")).unwrap();
     assert_eq!(state.best_global_step, Some(2));
-    assert_eq!(state.berth.evals_without_improvement, 2);
+    let pos = Position::read(&out.join("checkpoint-6/rng_state.json")).unwrap();
+    assert_eq!(pos.evals_without_improvement, 2);
     assert!(
         summary
             .best_model_checkpoint
@@ -529,4 +535,130 @@ fn early_stopping_stops_after_patience_evaluations_without_improvement() {
         "{summary:?}"
     );
     assert!(out.join("checkpoint-6").is_dir());
+}
+
+#[test]
+fn a_run_directory_and_its_checkpoints_are_hf_model_repos() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let out = root.path().join("run");
+    let cfg = config(
+        &out,
+        &[
+            "max_steps=4",
+            "per_device_train_batch_size=8",
+            "eval_strategy=\"steps\"",
+            "eval_steps=2",
+            "save_strategy=\"steps\"",
+            "save_steps=2",
+        ],
+    );
+    let rows = separable_rows(32);
+    let split = |name: &str| Split {
+        name: name.into(),
+        source: "synthetic".into(),
+        rows: rows.clone(),
+    };
+    let data = TaskData {
+        train: split("train"),
+        eval: Some(split("eval")),
+        test: Some(split("test")),
+        class_names: vec!["neg".into(), "pos".into()],
+    };
+    let summary = Trainer::with_data(cfg, data, tiny_tokenizer(), dir.clone(), Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    // transformers 5.24's TrainerState fields: TrainerState(**json) refuses others.
+    let hf_fields = [
+        "epoch",
+        "global_step",
+        "max_steps",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "train_batch_size",
+        "num_train_epochs",
+        "num_input_tokens_seen",
+        "total_flos",
+        "log_history",
+        "best_metric",
+        "best_global_step",
+        "best_model_checkpoint",
+        "is_local_process_zero",
+        "is_world_process_zero",
+        "is_hyper_param_search",
+        "trial_name",
+        "trial_params",
+        "stateful_callbacks",
+    ];
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    };
+    for d in [out.join("checkpoint-2"), out.clone()] {
+        let state = read(d.join("trainer_state.json"));
+        for k in state.as_object().unwrap().keys() {
+            assert!(hf_fields.contains(&k.as_str()), "{}: {k}", d.display());
+        }
+        let tc = read(d.join("tokenizer_config.json"));
+        assert_eq!(
+            tc["model_max_length"],
+            BertConfig::tiny().max_position_embeddings
+        );
+        assert_eq!(tc["cls_token"], "[CLS]");
+        assert_eq!(
+            read(d.join("special_tokens_map.json"))["mask_token"],
+            "[MASK]"
+        );
+        assert!(d.join("tokenizer.json").is_file() && d.join("config.json").is_file());
+        // A word-level tokenizer has no vocab.txt.
+        assert!(!d.join("vocab.txt").exists());
+        let card = std::fs::read_to_string(d.join("README.md")).unwrap();
+        assert!(
+            card.contains("base_model: unused") && card.contains("eval_accuracy"),
+            "{card}"
+        );
+    }
+    // Berth's position lives beside, in rng_state.json.
+    let pos: Position = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint-2/rng_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pos.seed, 42);
+    let all = read(out.join("all_results.json"));
+    assert_eq!(all["eval_accuracy"], summary.eval["eval_accuracy"]);
+    assert!(all["train_loss"].as_f64().unwrap() > 0.0);
+    assert_eq!(read(out.join("train_results.json"))["epoch"], all["epoch"]);
+    assert_eq!(
+        read(out.join("test_results.json"))["test_accuracy"],
+        summary.test["test_accuracy"]
+    );
+    // The report: curves as SVG (no font needed), the test confusion matrix.
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains(">grad_norm<") && svg.contains(">eval_accuracy<")
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("confusion matrix") && report.contains("| neg |"),
+        "{report}"
+    );
+    let support: u64 = report
+        .lines()
+        .skip_while(|l| !l.starts_with("| class |"))
+        .skip(2)
+        .take(2)
+        .map(|l| {
+            l.trim_end_matches(" |")
+                .rsplit("| ")
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(support, 32, "{report}");
 }

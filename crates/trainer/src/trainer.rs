@@ -97,7 +97,7 @@ impl Trainer {
             &tokenizer,
             model_config.max_position_embeddings,
         )?;
-        Self::with_data(config, data, tokenizer, model_dir, device)
+        Self::with_task(config, task, data, tokenizer, model_dir, device)
     }
 
     /// A trainer over already prepared rows (tests, other front ends).
@@ -109,6 +109,19 @@ impl Trainer {
         device: Device,
     ) -> Result<Self> {
         let task = build_task(&config, &tokenizer, &device)?;
+        Self::with_task(config, task, data, tokenizer, model_dir, device)
+    }
+
+    fn with_task(
+        config: RunConfig,
+        task: Box<dyn Task>,
+        data: TaskData,
+        tokenizer: Tokenizer,
+        model_dir: PathBuf,
+        device: Device,
+    ) -> Result<Self> {
+        // A config built in code, not read from a file, is checked here.
+        config.validate()?;
         let model = load_model(
             &config,
             task.as_ref(),
@@ -258,8 +271,9 @@ impl Trainer {
         eprintln!("{line}");
     }
 
-    /// Adds a callback, called after each optimizer step behind the built-in ones
-    /// (HF's `trainer.add_callback`): it sees the run and can stop it.
+    /// Adds a callback (HF's `trainer.add_callback`), called after each optimizer step
+    /// once the flow has set what is due and before logging, evaluation and saving
+    /// act: it sees the run and can ask for a log, an evaluation, a save or a stop.
     pub fn add_callback(&mut self, callback: Box<dyn Callback>) {
         self.extra_callbacks.push(callback);
     }
@@ -355,17 +369,25 @@ impl Trainer {
         let log = MetricsLog {
             path: metrics_log,
             progress: report::Progress::new(total_steps, state.global_step, self.no_bar),
+            tensorboard: t
+                .tensorboard()
+                .then(|| crate::tensorboard::EventWriter::create(&out))
+                .transpose()?
+                .map(std::sync::Mutex::new),
         };
-        let mut callbacks: Vec<Box<dyn Callback>> = vec![
-            Box::new(Flow),
-            Box::new(Logging::default()),
+        // As HF: every callback decides after the flow's defaults and before logging,
+        // evaluation and saving act, so an added callback can ask for a save or a stop
+        // (and a stop it asks for is checkpointed, as an early stop is).
+        let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(Flow)];
+        callbacks.append(&mut self.extra_callbacks);
+        callbacks.extend([
+            Box::new(Logging::default()) as Box<dyn Callback>,
             Box::new(Evaluation),
             Box::new(EarlyStopping {
                 patience: t.early_stopping_patience,
             }),
             Box::new(Checkpointing),
-        ];
-        callbacks.append(&mut self.extra_callbacks);
+        ]);
         let started = Instant::now();
         let start_step = state.global_step;
         let start_tokens = state.berth.tokens_seen;
@@ -408,6 +430,7 @@ impl Trainer {
                 state.global_step += 1;
                 state.berth.steps_in_epoch += 1;
                 state.berth.tokens_seen += window.tokens;
+                state.num_input_tokens_seen = state.berth.tokens_seen;
                 state.epoch =
                     epoch as f64 + state.berth.steps_in_epoch as f64 / groups.len() as f64;
                 loss_total += window.loss;
@@ -433,6 +456,8 @@ impl Trainer {
                 control.new_step();
                 let mut session = Session {
                     config: &self.config,
+                    tokenizer: &self.tokenizer,
+                    tokenizer_dir: self.tokenizer_dir(),
                     task: self.task.as_ref(),
                     model: &self.model,
                     data: &self.data,
@@ -502,8 +527,13 @@ impl Trainer {
             };
         }
         let mut test = BTreeMap::new();
+        let mut details: Vec<(String, String)> = Vec::new();
         if let Some(split) = &self.data.test {
-            test = self.evaluate(split, "test")?;
+            let (m, scorer) = self.evaluate_scored(split, "test")?;
+            test = m;
+            if let Some(md) = scorer.details(&self.data.class_names) {
+                details.push(("Test: confusion matrix and per-class scores".into(), md));
+            }
             log.push(
                 &mut state,
                 test.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
@@ -511,6 +541,24 @@ impl Trainer {
         }
         self.save_model(&out)?;
         state.write(&out.join("trainer_state.json"))?;
+        let train_metrics: BTreeMap<String, f64> = entry_metrics(&state, "train_");
+        crate::repo::write_results(&out, state.epoch, &train_metrics, &eval, &test)?;
+        let card_metrics: BTreeMap<String, f64> = eval
+            .iter()
+            .chain(&test)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        write_atomic(
+            &out.join("README.md"),
+            crate::repo::model_card(
+                &self.config,
+                &self.data.train.source,
+                state.global_step,
+                state.epoch,
+                &card_metrics,
+            )
+            .as_bytes(),
+        )?;
         let summary = RunSummary {
             output_dir: out.clone(),
             global_step: state.global_step,
@@ -525,8 +573,33 @@ impl Trainer {
         if let Err(e) = report::loss_curve(&state.log_history, &out.join("loss_curve.png")) {
             tracing::warn!("loss curve not drawn: {e}");
         }
-        report::write_report(&self.config, &summary, &self.data, &out.join("report.md"))?;
+        if let Some(svg) = report::curves_svg(&state.log_history) {
+            write_atomic(&out.join("curves.svg"), svg.as_bytes())?;
+        }
+        report::write_report(
+            &self.config,
+            &summary,
+            &self.data,
+            &details,
+            &out.join("report.md"),
+        )?;
         Ok(summary)
+    }
+
+    fn evaluate_scored(
+        &self,
+        split: &Split,
+        prefix: &str,
+    ) -> Result<(BTreeMap<String, f64>, Box<dyn crate::task::Scorer>)> {
+        let mode = Mode::eval();
+        crate::task::evaluate_scored(
+            self.task.as_ref(),
+            &|b| self.model.forward(b, &mode),
+            &split.rows,
+            self.config.training.per_device_eval_batch_size,
+            self.data.class_names.len(),
+            prefix,
+        )
     }
 
     /// Evaluates `split`: loss and the task's metrics, named `<prefix>_<metric>`.
@@ -560,16 +633,22 @@ impl Trainer {
                 .map_err(|e| TrainError::io(dir.join(f), e))?;
         }
         let _ = std::fs::remove_dir_all(&tmp);
-        let tok = self.model_dir.join("tokenizer.json");
-        let tok_bytes = if tok.is_file() {
-            std::fs::read(&tok).map_err(|e| TrainError::io(&tok, e))?
-        } else {
-            self.tokenizer
-                .to_string(false)
-                .map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?
-                .into_bytes()
-        };
-        write_atomic(&dir.join("tokenizer.json"), &tok_bytes)
+        crate::repo::write_tokenizer_files(
+            dir,
+            &self.tokenizer,
+            self.tokenizer_dir(),
+            self.model.config.max_position_embeddings,
+        )
+    }
+
+    /// The directory the tokenizer was read from: the model's, or `tokenizer` when
+    /// that names a directory (a tokenizer.json file or hub id gives none).
+    fn tokenizer_dir(&self) -> Option<&Path> {
+        match &self.config.tokenizer {
+            None => Some(&self.model_dir),
+            Some(t) if Path::new(t).is_dir() => Some(Path::new(t)),
+            Some(_) => None,
+        }
     }
 
     fn load_weights(&self, dir: &Path) -> Result<()> {
@@ -594,11 +673,29 @@ impl Trainer {
         self.load_weights(dir)?;
         opt.load(dir)?;
         *state = TrainerState::read(&dir.join("trainer_state.json"))?;
+        state.berth = Position::read(&dir.join("rng_state.json"))?;
         Ok(())
     }
 }
 
 use crate::task::round4;
+
+/// The numeric values of the newest log entry with a key starting with `prefix`
+/// (the summary entry for `train_`), as HF's `save_metrics` writes them.
+fn entry_metrics(state: &TrainerState, prefix: &str) -> BTreeMap<String, f64> {
+    state
+        .log_history
+        .iter()
+        .rev()
+        .find(|e| e.keys().any(|k| k.starts_with(prefix)))
+        .map(|e| {
+            e.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The run's tokenizer: `tokenizer` when the config names one, else the model's.
 pub(crate) fn load_tokenizer(config: &RunConfig, model_dir: &Path) -> Result<Tokenizer> {

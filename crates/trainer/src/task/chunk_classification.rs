@@ -41,6 +41,22 @@ impl RowSet for Documents {
             labels: self.labels.iter().take(n).copied().collect(),
         })
     }
+
+    /// A histogram of chunks per text.
+    fn describe(&self) -> Option<String> {
+        use std::fmt::Write as _;
+        let mut counts = std::collections::BTreeMap::<usize, usize>::new();
+        for c in &self.chunks {
+            *counts.entry(c.len()).or_default() += 1;
+        }
+        let most = counts.values().copied().max().unwrap_or(1).max(1);
+        let mut s = String::from("| chunks | texts | |\n| ---: | ---: | --- |\n");
+        for (k, n) in counts {
+            let bar = "#".repeat((n * 40).div_ceil(most));
+            let _ = writeln!(s, "| {k} | {n} | `{bar}` |");
+        }
+        Some(s)
+    }
 }
 
 /// The task; see the module docs.
@@ -159,5 +175,24 @@ impl Head for ChunkHead {
 
     fn bert_mut(&mut self) -> &mut BertModel {
         &mut self.0.inner.bert
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_counts_chunks_per_text() {
+        let d = Documents {
+            chunks: vec![
+                vec![vec![1]],
+                vec![vec![1], vec![2]],
+                vec![vec![3], vec![4]],
+            ],
+            labels: Vec::new(),
+        };
+        let md = d.describe().unwrap();
+        assert!(md.contains("| 1 | 1 |") && md.contains("| 2 | 2 |"), "{md}");
     }
 }

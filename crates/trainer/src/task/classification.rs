@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_collate::{Example, Padding, collate};
-use berth_data::arrow::array::{ArrayRef, Float32Builder, Int64Array, ListBuilder, StringArray};
+use berth_data::arrow::array::{
+    ArrayRef, Float32Array, Float32Builder, Int64Array, ListBuilder, StringArray,
+};
 use berth_data::arrow::datatypes::{UInt8Type, UInt32Type};
 use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
@@ -180,6 +182,68 @@ impl Scorer for ClassScorer {
     fn metrics(&self) -> BTreeMap<String, f64> {
         classification(&self.preds, &self.labels, self.num_classes)
     }
+
+    fn details(&self, class_names: &[String]) -> Option<String> {
+        Some(confusion_markdown(
+            &self.preds,
+            &self.labels,
+            self.num_classes.max(2),
+            class_names,
+        ))
+    }
+}
+
+/// The confusion matrix (rows: true class, columns: predicted) and each class's
+/// precision, recall, F1 and support, as markdown tables.
+pub fn confusion_markdown(
+    preds: &[i64],
+    labels: &[i64],
+    k: usize,
+    class_names: &[String],
+) -> String {
+    use std::fmt::Write as _;
+    let name = |i: usize| class_names.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let mut cm = vec![vec![0u64; k]; k];
+    for (&p, &l) in preds.iter().zip(labels) {
+        if (0..k as i64).contains(&p) && (0..k as i64).contains(&l) {
+            cm[l as usize][p as usize] += 1;
+        }
+    }
+    let mut s = String::from("| true \\ predicted |");
+    for c in 0..k {
+        let _ = write!(s, " {} |", name(c));
+    }
+    s.push_str("\n| --- |");
+    s.push_str(&" ---: |".repeat(k));
+    s.push('\n');
+    for (l, row) in cm.iter().enumerate() {
+        let _ = write!(s, "| {} |", name(l));
+        for v in row {
+            let _ = write!(s, " {v} |");
+        }
+        s.push('\n');
+    }
+    s.push_str(
+        "\n| class | precision | recall | f1 | support |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for (c, row) in cm.iter().enumerate() {
+        let tp = row[c] as f64;
+        let predicted: f64 = cm.iter().map(|r| r[c] as f64).sum();
+        let support: u64 = row.iter().sum();
+        let p = if predicted > 0.0 { tp / predicted } else { 0.0 };
+        let r = if support > 0 {
+            tp / support as f64
+        } else {
+            0.0
+        };
+        let f = if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        };
+        let _ = writeln!(s, "| {} | {p:.4} | {r:.4} | {f:.4} | {support} |", name(c));
+    }
+    s
 }
 
 /// `logits`, `label` (argmax) and, with class names, `label_name` per row.
@@ -210,9 +274,32 @@ impl Predictor for ClassPredictor {
             builder.values().append_slice(l);
             builder.append(true);
         }
+        // softmax per row (f64 for the sum), as pipeline()'s scores.
+        let probs: Vec<Vec<f32>> = self
+            .logits
+            .iter()
+            .map(|l| {
+                let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let e: Vec<f64> = l.iter().map(|&v| ((v - max) as f64).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                e.iter().map(|&v| (v / sum) as f32).collect()
+            })
+            .collect();
+        let mut prob_builder = ListBuilder::new(Float32Builder::new());
+        for p in &probs {
+            prob_builder.values().append_slice(p);
+            prob_builder.append(true);
+        }
+        let score: Float32Array = probs
+            .iter()
+            .zip(&labels)
+            .map(|(p, &l)| p.get(l as usize).copied())
+            .collect();
         let mut columns: Vec<(String, ArrayRef)> = vec![
             ("logits".into(), Arc::new(builder.finish())),
+            ("probabilities".into(), Arc::new(prob_builder.finish())),
             ("label".into(), Arc::new(Int64Array::from(labels.clone()))),
+            ("score".into(), Arc::new(score)),
         ];
         if !self.class_names.is_empty() {
             let names: StringArray = labels

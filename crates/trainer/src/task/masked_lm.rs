@@ -173,9 +173,22 @@ pub(super) fn unmasked_batch(
 
 /// Labels `[B, L]` that score the `[MASK]` positions of `input_ids` (with the mask
 /// id as a stand-in label) and nothing else: how prediction asks a head for the
-/// logits of the positions to fill.
+/// logits of the positions to fill. A batch without a `[MASK]` scores its first
+/// position alone (not read), so the head projects one row onto the vocabulary, not
+/// every position.
 pub(super) fn mask_positions(input_ids: &Tensor, mask_id: u32) -> Result<Tensor> {
-    let is_mask = input_ids.eq(mask_id)?;
+    let mut is_mask = input_ids.eq(mask_id)?;
+    if is_mask
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        == 0.0
+    {
+        let (b, l) = input_ids.dims2()?;
+        let mut first = vec![0u8; b * l];
+        first[0] = 1;
+        is_mask = Tensor::from_vec(first, (b, l), input_ids.device())?;
+    }
     let fill = Tensor::full(mask_id as i64, input_ids.shape(), input_ids.device())?;
     let ignore = Tensor::full(
         berth_model::IGNORE_INDEX,

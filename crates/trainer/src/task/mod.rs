@@ -112,6 +112,10 @@ pub trait Scorer {
     fn add(&mut self, batch: &TaskBatch, out: &Output) -> Result<()>;
     /// The metrics, without a prefix.
     fn metrics(&self) -> BTreeMap<String, f64>;
+    /// Markdown for the report beyond the metrics (a confusion matrix), if any.
+    fn details(&self, _class_names: &[String]) -> Option<String> {
+        None
+    }
 }
 
 /// Prediction columns over batches, row i of the output for row i of the input.
@@ -130,6 +134,18 @@ pub fn evaluate(
     num_classes: usize,
     prefix: &str,
 ) -> Result<BTreeMap<String, f64>> {
+    Ok(evaluate_scored(task, forward, rows, batch_size, num_classes, prefix)?.0)
+}
+
+/// [`evaluate`], also giving the scorer (for its report details).
+pub fn evaluate_scored(
+    task: &dyn Task,
+    forward: &dyn Fn(&TaskBatch) -> Result<Output>,
+    rows: &Rows,
+    batch_size: usize,
+    num_classes: usize,
+    prefix: &str,
+) -> Result<(BTreeMap<String, f64>, Box<dyn Scorer>)> {
     let started = std::time::Instant::now();
     let n = rows.len();
     let mut scorer = task.scorer(num_classes);
@@ -152,9 +168,12 @@ pub fn evaluate(
         "samples_per_second".into(),
         round4(n as f64 / runtime.max(1e-9)),
     );
-    Ok(m.into_iter()
-        .map(|(k, v)| (format!("{prefix}_{k}"), v))
-        .collect())
+    Ok((
+        m.into_iter()
+            .map(|(k, v)| (format!("{prefix}_{k}"), v))
+            .collect(),
+        scorer,
+    ))
 }
 
 /// What `task` predicts for every item of `rows`, in order.
