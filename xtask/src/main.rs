@@ -604,3 +604,31 @@ fn bench_chunk(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_read_with_their_escapes() {
+        let json = r#"{"packages":[],"target_directory":"/a \"b\"\\c","version":1}"#;
+        assert_eq!(
+            json_string(json, "target_directory").as_deref(),
+            Some(r#"/a "b"\c"#)
+        );
+        assert_eq!(json_string(json, "workspace_root"), None);
+    }
+
+    #[test]
+    fn the_binary_is_where_cargo_target_dir_puts_it() {
+        let elsewhere = std::env::temp_dir().join("berth-elsewhere-target");
+        let out = cargo()
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .env("CARGO_TARGET_DIR", &elsewhere)
+            .output()
+            .unwrap();
+        let json = String::from_utf8(out.stdout).unwrap();
+        let dir = json_string(&json, "target_directory").unwrap();
+        assert_eq!(PathBuf::from(dir), elsewhere);
+    }
+}

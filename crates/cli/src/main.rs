@@ -223,6 +223,9 @@ struct PredictArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// The branch, tag or commit of a hub `--model`.
+    #[arg(long)]
+    revision: Option<String>,
     /// Masked-LM checkpoints: fills written per [MASK] (HF fill-mask's top_k).
     #[arg(long, default_value_t = 5)]
     top_k: usize,

@@ -65,13 +65,15 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         check_output(&a.output)?;
     }
     let started = Instant::now();
-    let dir = berth_model::resolve_model_dir(&a.model, &berth_data::HubOptions::from_env())?;
+    let hub = berth_data::HubOptions::from_env().at_revision(a.revision.as_deref());
+    let dir = berth_model::resolve_model_dir(&a.model, &hub)?;
     let config = BertConfig::from_file(&dir.join("config.json"))?;
     let task = task_of(&a, &config)?;
     let model = Inference::for_prediction(
         task,
         dir.to_str()
             .ok_or_else(|| anyhow::anyhow!("non-UTF-8 model path"))?,
+        a.revision.as_deref(),
         a.device.parse()?,
         Precision::F32,
     )?;

@@ -180,27 +180,18 @@ fn predicts_in_order_with_label_names_and_pools_chunks() {
 
 #[test]
 fn a_masked_lm_checkpoint_predicts_the_top_k_fills_of_each_mask() {
-    let Some(minilm) = berth_testkit::minilm_dir() else {
-        panic!("MiniLM fixture missing: run `cargo xtask fixtures`");
-    };
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("mlm");
-    let mut cfg: BertConfig = BertConfig::tiny();
-    cfg.vocab_size = 30522;
-    cfg.max_position_embeddings = 64;
-    let mut p = Params::random(&Device::Cpu, 9, 0.5);
-    berth_model::MaskedLm::new(&cfg, &mut p).unwrap();
-    let (vm, _) = p.finish();
-    berth_model::save(&model, &cfg, "BertForMaskedLM", &vm).unwrap();
-    std::fs::copy(minilm.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
-
+    let tok = tiny_checkpoint(&model, "BertForMaskedLM", 9, |cfg, p| {
+        berth_model::MaskedLm::new(cfg, p).unwrap();
+    });
     let input = tmp.path().join("in.jsonl");
     let texts = ["The [MASK] sat on the [MASK].", "No mask here.", "[MASK]"];
-    let lines: Vec<String> = texts
+    let rows_in: Vec<serde_json::Value> = texts
         .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .map(|t| serde_json::json!({ "text": t }))
         .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
+    write_jsonl(&input, &rows_in);
     let out = tmp.path().join("fills.jsonl");
     berth(
         &[
@@ -222,9 +213,6 @@ fn a_masked_lm_checkpoint_predicts_the_top_k_fills_of_each_mask() {
     assert_eq!(got.len(), 3);
 
     // The reference: the model's own logits at each [MASK], softmaxed, top 3.
-    let mut tok =
-        berth_data::tokenizers::Tokenizer::from_file(minilm.join("tokenizer.json")).unwrap();
-    tok.with_padding(None);
     let (config, mut params) = berth_model::open_dir(&model, &Device::Cpu, 0).unwrap();
     let lm = berth_model::MaskedLm::new(&config, &mut params).unwrap();
     for (text, row) in texts.iter().zip(&got) {
@@ -284,30 +272,21 @@ fn a_masked_lm_checkpoint_predicts_the_top_k_fills_of_each_mask() {
 
 #[test]
 fn a_pre_training_checkpoint_predicts_fills_and_the_next_sentence() {
-    let Some(minilm) = berth_testkit::minilm_dir() else {
-        panic!("MiniLM fixture missing: run `cargo xtask fixtures`");
-    };
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("pretraining");
-    let mut cfg: BertConfig = BertConfig::tiny();
-    cfg.vocab_size = 30522;
-    cfg.max_position_embeddings = 64;
-    let mut p = Params::random(&Device::Cpu, 4, 0.5);
-    berth_model::PreTraining::new(&cfg, &mut p).unwrap();
-    let (vm, _) = p.finish();
-    berth_model::save(&model, &cfg, "BertForPreTraining", &vm).unwrap();
-    std::fs::copy(minilm.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
-
+    let tok = tiny_checkpoint(&model, "BertForPreTraining", 4, |cfg, p| {
+        berth_model::PreTraining::new(cfg, p).unwrap();
+    });
     let input = tmp.path().join("pairs.jsonl");
     let pairs = [
         ("The cat sat on the [MASK].", "It was warm there."),
         ("Stocks fell today.", "The [MASK] was [MASK]."),
     ];
-    let lines: Vec<String> = pairs
+    let rows_in: Vec<serde_json::Value> = pairs
         .iter()
-        .map(|(a, b)| serde_json::json!({ "a": a, "b": b }).to_string())
+        .map(|(a, b)| serde_json::json!({ "a": a, "b": b }))
         .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
+    write_jsonl(&input, &rows_in);
     let out = tmp.path().join("nsp.jsonl");
     berth(
         &[
@@ -331,9 +310,6 @@ fn a_pre_training_checkpoint_predicts_fills_and_the_next_sentence() {
     assert_eq!(got.len(), 2);
 
     // The reference: the model's own NSP logits for the encoded pair.
-    let mut tok =
-        berth_data::tokenizers::Tokenizer::from_file(minilm.join("tokenizer.json")).unwrap();
-    tok.with_padding(None);
     let (config, mut params) = berth_model::open_dir(&model, &Device::Cpu, 0).unwrap();
     let pt = berth_model::PreTraining::new(&config, &mut params).unwrap();
     for ((a, b), row) in pairs.iter().zip(&got) {
@@ -379,4 +355,36 @@ fn a_pre_training_checkpoint_predicts_fills_and_the_next_sentence() {
         let label = row["next_sentence_label"].as_u64().unwrap();
         assert_eq!(label, if logits[0] >= logits[1] { 0 } else { 1 });
     }
+}
+
+/// A random tiny model over MiniLM's vocabulary saved as `arch` in `dir`, with
+/// MiniLM's tokenizer; `build` declares its parameters. Also that tokenizer, without
+/// the padding MiniLM's tokenizer.json asks for, to compute references with.
+fn tiny_checkpoint(
+    dir: &std::path::Path,
+    arch: &str,
+    seed: u64,
+    build: impl FnOnce(&BertConfig, &mut Params),
+) -> berth_data::tokenizers::Tokenizer {
+    let Some(minilm) = berth_testkit::minilm_dir() else {
+        panic!("MiniLM fixture missing: run `cargo xtask fixtures`");
+    };
+    let mut cfg: BertConfig = BertConfig::tiny();
+    cfg.vocab_size = 30522;
+    cfg.max_position_embeddings = 64;
+    let mut p = Params::random(&Device::Cpu, seed, 0.5);
+    build(&cfg, &mut p);
+    let (vm, _) = p.finish();
+    berth_model::save(dir, &cfg, arch, &vm).unwrap();
+    std::fs::copy(minilm.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let mut tok =
+        berth_data::tokenizers::Tokenizer::from_file(minilm.join("tokenizer.json")).unwrap();
+    tok.with_padding(None);
+    tok
+}
+
+/// Rows of `{column: value}` objects as a JSON Lines file.
+fn write_jsonl(path: &std::path::Path, rows: &[serde_json::Value]) {
+    let lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
 }

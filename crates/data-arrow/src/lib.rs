@@ -31,6 +31,7 @@ mod fingerprint;
 mod load;
 mod ops;
 mod pretrain;
+mod progress;
 mod save;
 mod special;
 mod storage;
@@ -48,6 +49,7 @@ pub use load::{
 };
 pub use ops::{BatchOp, FnOp, MapOptions, SplitSize, permutation};
 pub use pretrain::MlmOp;
+pub use progress::Progress;
 pub use special::{continuation_table, masking_tokens, special_tokens};
 pub use stream::{StreamStats, stream_parquet};
 pub use tokenize::{TokenizeConfig, TokenizeOp, load_tokenizer};

@@ -107,9 +107,14 @@ impl Dataset {
         let windows = self.windows(opts.batch_size);
         let source: Arc<str> = self.source_name().into();
         Dataset::materialize(self.cache_mode(), fp, source.clone(), |emit| {
+            // Only when the op runs (a cached result shows nothing).
+            let progress =
+                crate::progress::Progress::new(format!("Map ({})", op.name()), self.num_rows());
             let run = |(start, len): (usize, usize)| -> Result<RecordBatch> {
                 let batch = self.slice(start, len)?;
-                op.apply(&batch, start, &source)
+                let out = op.apply(&batch, start, &source);
+                progress.inc(len);
+                out
             };
             if windows.is_empty() {
                 // Run the op on an empty batch so the output schema is known.
@@ -119,6 +124,7 @@ impl Dataset {
                 for w in windows {
                     emit(run(w)?)?;
                 }
+                progress.finish();
                 return Ok(());
             }
             let pool = rayon::ThreadPoolBuilder::new()
@@ -135,6 +141,7 @@ impl Dataset {
                     emit(out?)?;
                 }
             }
+            progress.finish();
             Ok(())
         })
     }

@@ -1,7 +1,8 @@
 //! The Hugging Face hub through `hf-hub`: the files of a model or dataset repo, from
 //! the network or from the cache laid out as `huggingface_hub` and hf-hub lay it out
-//! (`<kind>s--owner--name/{refs,snapshots}`). Honours `HF_HOME`, `HF_HUB_CACHE` and
-//! `HF_HUB_OFFLINE`; offline, or when the hub cannot be reached, files come from the
+//! (`<kind>s--owner--name/{refs,snapshots}`). Honours `HF_HOME`, `HF_HUB_CACHE`,
+//! `HF_HUB_OFFLINE`, `HF_TOKEN` (else the token file `huggingface-cli login` writes)
+//! and `HF_ENDPOINT`; offline, or when the hub cannot be reached, files come from the
 //! cache. Used by berth-data (datasets, tokenizers) and berth-model (weights), so the
 //! model crate needs no Arrow or Parquet to resolve a hub id.
 
@@ -27,23 +28,42 @@ pub struct HubOptions {
     pub offline: bool,
     /// A branch, tag or commit sha.
     pub revision: String,
+    /// Sent as `Authorization: Bearer` (private and gated repos): `HF_TOKEN`, else
+    /// hf-hub's token file under `HF_HOME`.
+    pub token: Option<String>,
+    /// The hub's address (`HF_ENDPOINT`, e.g. a mirror); default huggingface.co.
+    pub endpoint: Option<String>,
+    /// Show download progress (on a terminal).
+    pub progress: bool,
 }
 
 impl HubOptions {
     /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; offline when
-    /// `HF_HUB_OFFLINE` is 1/true/yes/on; revision `main`.
+    /// `HF_HUB_OFFLINE` is 1/true/yes/on; `HF_TOKEN`, `HF_ENDPOINT`; revision `main`;
+    /// download progress on a terminal.
     pub fn from_env() -> Self {
-        let cache_dir = match std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+        let mut o = Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        o.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        o
+    }
+
+    /// [`HubOptions::from_env`] over any source of variables.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let cache = Cache::from_env();
+        let cache_dir = match var("HF_HUB_CACHE") {
             Some(d) => PathBuf::from(d),
-            None => Cache::from_env().path().clone(),
+            None => cache.path().clone(),
         };
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
         HubOptions {
             cache_dir,
             offline,
             revision: "main".into(),
+            token: var("HF_TOKEN").or_else(|| cache.token()),
+            endpoint: var("HF_ENDPOINT"),
+            progress: false,
         }
     }
 
@@ -53,7 +73,18 @@ impl HubOptions {
             cache_dir: cache_dir.into(),
             offline: true,
             revision: "main".into(),
+            token: None,
+            endpoint: None,
+            progress: false,
         }
+    }
+
+    /// The same, at `revision` (a branch, tag or commit; `None` keeps this one).
+    pub fn at_revision(mut self, revision: Option<&str>) -> Self {
+        if let Some(r) = revision {
+            self.revision = r.to_string();
+        }
+        self
     }
 }
 
@@ -132,10 +163,14 @@ pub fn hub_files(
         return from_cache();
     }
     let online = || -> std::result::Result<Vec<(String, PathBuf)>, String> {
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-            .with_progress(false)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+                .with_progress(opts.progress)
+                .with_token(opts.token.clone());
+        if let Some(e) = &opts.endpoint {
+            builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
+        }
+        let api = builder.build().map_err(|e| e.to_string())?;
         let api_repo = api.repo(repo.clone());
         let info = api_repo.info().map_err(|e| e.to_string())?;
         let mut out = Vec::new();
@@ -219,6 +254,60 @@ mod tests {
     }
 
     /// A fresh directory under the system temp dir (no tempfile dependency here).
+    #[test]
+    fn token_and_endpoint_come_from_the_environment() {
+        let o = HubOptions::from_vars(|k| match k {
+            "HF_TOKEN" => Some("hf_abc".into()),
+            "HF_ENDPOINT" => Some("https://mirror.example".into()),
+            "HF_HUB_OFFLINE" => Some("1".into()),
+            _ => None,
+        });
+        assert_eq!(o.token.as_deref(), Some("hf_abc"));
+        assert_eq!(o.endpoint.as_deref(), Some("https://mirror.example"));
+        assert!(o.offline);
+        assert_eq!(o.at_revision(Some("v2")).revision, "v2");
+    }
+
+    #[test]
+    fn the_endpoint_token_and_revision_reach_the_hub() {
+        use std::io::{Read, Write};
+        let dir = tempfile_dir();
+        fake_cache(&dir);
+        // The same snapshot under a tag, for the fallback once the hub says 404.
+        std::fs::write(dir.join("models--owner--name/refs/v1"), "a".repeat(40)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        let opts = HubOptions {
+            cache_dir: dir.clone(),
+            offline: false,
+            revision: "v1".into(),
+            token: Some("hf_test".into()),
+            endpoint: Some(format!("http://{addr}/")),
+            progress: false,
+        };
+        let files = hub_files("owner/name", RepoType::Model, &opts, &|_| true).unwrap();
+        assert_eq!(files.len(), 2);
+        let head = server.join().unwrap();
+        assert!(
+            head.starts_with("get /api/models/owner/name/revision/v1"),
+            "{head}"
+        );
+        assert!(head.contains("authorization: bearer hf_test"), "{head}");
+    }
+
     fn tempfile_dir() -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);

@@ -1,5 +1,6 @@
 //! Loading HF checkpoints (a directory or a hub repo id) and saving Berth's in the
-//! same form: `config.json` + `model.safetensors` with HF parameter names.
+//! same form: `config.json` + `model.safetensors` with HF parameter names (a
+//! `pytorch_model.bin` is read too).
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +19,22 @@ pub fn resolve_model_dir(spec: &str, hub: &berth_hub::HubOptions) -> Result<Path
         return Ok(path.to_path_buf());
     }
     if spec.split('/').count() == 2 && !spec.starts_with(['/', '.']) {
-        let files = berth_hub::hub_files(spec, berth_hub::hf_hub::RepoType::Model, hub, &|f| {
+        let model = berth_hub::hf_hub::RepoType::Model;
+        let files = berth_hub::hub_files(spec, model, hub, &|f| {
             matches!(
                 f,
-                "config.json" | "model.safetensors" | "tokenizer.json" | "vocab.txt"
+                "config.json"
+                    | "model.safetensors"
+                    | "tokenizer.json"
+                    | "tokenizer_config.json"
+                    | "special_tokens_map.json"
+                    | "vocab.txt"
             )
         })?;
+        // An older repo with PyTorch weights only: fetch them (never both).
+        if !files.iter().any(|(f, _)| f == "model.safetensors") {
+            berth_hub::hub_files(spec, model, hub, &|f| f == "pytorch_model.bin")?;
+        }
         let config = files
             .iter()
             .find(|(f, _)| f == "config.json")

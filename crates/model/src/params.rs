@@ -108,23 +108,41 @@ impl Params {
         Ok(p)
     }
 
-    /// Reads `model.safetensors` of a directory.
+    /// Reads `model.safetensors` of a directory, else its `pytorch_model.bin` (a
+    /// PyTorch pickle, through candle's reader, as transformers still loads them; the
+    /// old `LayerNorm.gamma`/`beta` names are read as `weight`/`bias`, as
+    /// transformers renames them).
     pub fn from_dir(dir: &Path, device: &Device, seed: u64, init_range: f64) -> Result<Self> {
         let file = dir.join("model.safetensors");
-        if !file.is_file() {
-            let hint = if dir.join("pytorch_model.bin").is_file() {
-                " (only pytorch_model.bin is there: convert it to safetensors, e.g. with transformers' save_pretrained(safe_serialization=True))"
-            } else {
-                ""
-            };
+        if file.is_file() {
+            let tensors = candle_core::safetensors::load(&file, device)?;
+            return Ok(Self::with_checkpoint(
+                tensors, file, device, seed, init_range,
+            ));
+        }
+        let bin = dir.join("pytorch_model.bin");
+        if !bin.is_file() {
             return Err(ModelError::Checkpoint(format!(
-                "{}: no model.safetensors{hint}",
+                "{}: no model.safetensors or pytorch_model.bin",
                 dir.display()
             )));
         }
-        let tensors = candle_core::safetensors::load(&file, device)?;
+        let tensors = candle_core::pickle::read_all(&bin)
+            .map_err(|e| ModelError::Checkpoint(format!("{}: {e}", bin.display())))?
+            .into_iter()
+            .map(|(name, t)| {
+                let name = match name.rsplit_once('.') {
+                    Some((head, "gamma")) if head.ends_with("LayerNorm") => {
+                        format!("{head}.weight")
+                    }
+                    Some((head, "beta")) if head.ends_with("LayerNorm") => format!("{head}.bias"),
+                    _ => name,
+                };
+                Ok((name, t.to_device(device)?))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
         Ok(Self::with_checkpoint(
-            tensors, file, device, seed, init_range,
+            tensors, bin, device, seed, init_range,
         ))
     }
 

@@ -696,3 +696,48 @@ fn candle_stores_the_first_gradient_without_a_copy() {
     let g = grads.get(x.as_tensor()).unwrap();
     assert_eq!(g.to_vec1::<f32>().unwrap(), vec![3., 3., 3.]);
 }
+
+#[test]
+fn a_pytorch_pickle_checkpoint_loads_as_transformers_loads_it() {
+    // scripts/make_pytorch_fixture.py: a tiny BertModel saved with torch.save, with
+    // the original BERT checkpoints' LayerNorm.gamma/beta names, and its output.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-pytorch");
+    assert!(!dir.join("model.safetensors").exists());
+    let (cfg, mut p) = crate::open_dir(&dir, &Device::Cpu, 0).unwrap();
+    let model = BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    let (_, report) = p.finish();
+    assert!(
+        report.newly_initialized.is_empty(),
+        "{:?}",
+        report.newly_initialized
+    );
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let got = model
+        .forward(&input, None, None, &Mode::eval())
+        .unwrap()
+        .sequence
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (row, want) in got
+        .iter()
+        .zip(expected["last_hidden_state"].as_array().unwrap())
+    {
+        for (a, b) in row.iter().zip(want.as_array().unwrap()) {
+            let b = b.as_f64().unwrap() as f32;
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+}

@@ -142,6 +142,7 @@ impl Session<'_> {
             self.data.class_names.len(),
             "eval",
         )
+        .map(|r| r.0)
     }
 }
 

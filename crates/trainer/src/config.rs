@@ -111,6 +111,9 @@ pub struct RunConfig {
     /// A tokenizer other than the model's (a directory, tokenizer.json or hub id).
     #[serde(default)]
     pub tokenizer: Option<String>,
+    /// The branch, tag or commit of a hub `model` (run_glue's `model_revision`).
+    #[serde(default)]
+    pub model_revision: Option<String>,
     pub data: DataConfig,
     #[serde(default)]
     pub training: TrainingArgs,
@@ -133,6 +136,9 @@ pub struct DataConfig {
     /// The repo's config (e.g. `mrpc` of `nyu-mll/glue`); needed when it has several.
     #[serde(default)]
     pub hub_config: Option<String>,
+    /// The branch, tag or commit of `hub` (`load_dataset(revision=...)`).
+    #[serde(default)]
+    pub hub_revision: Option<String>,
     /// A file under `data_dir` (or a path), or with `hub` a split name.
     pub train: String,
     #[serde(default)]
@@ -177,6 +183,7 @@ impl DataConfig {
             data_dir: None,
             hub: None,
             hub_config: None,
+            hub_revision: None,
             train: String::new(),
             eval: None,
             test: None,
@@ -668,6 +675,11 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Hub options for the model and tokenizer (`model_revision`).
+    pub fn model_hub(&self) -> berth_data::HubOptions {
+        berth_data::HubOptions::from_env().at_revision(self.model_revision.as_deref())
+    }
+
     /// Where relative data files are read from.
     pub fn data_dir(&self) -> PathBuf {
         self.data
@@ -741,7 +753,7 @@ fn hf_spellings(root: &mut toml::Table) -> std::result::Result<(), String> {
 }
 
 /// The top-level keys of every task (beside `task` and the task's own section).
-const COMMON: &[&str] = &["model", "tokenizer", "data", "training"];
+const COMMON: &[&str] = &["model", "tokenizer", "model_revision", "data", "training"];
 
 fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) = spec
@@ -749,7 +761,7 @@ fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
         .ok_or_else(|| TrainError::Config(format!("--set '{spec}': expected key=value")))?;
     let key = key.trim();
     let mut path: Vec<&str> = key.split('.').collect();
-    if path.len() == 1 && !["task", "model", "tokenizer"].contains(&path[0]) {
+    if path.len() == 1 && !["task", "model", "tokenizer", "model_revision"].contains(&path[0]) {
         path.insert(0, "training");
     }
     let raw = raw.trim();

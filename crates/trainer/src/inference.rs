@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use berth_data::arrow::array::ArrayRef;
 use berth_data::tokenizers::Tokenizer;
-use berth_data::{Dataset, HubOptions};
+use berth_data::Dataset;
 use berth_model::{BertConfig, Mode};
 use candle_core::Device;
 
@@ -33,7 +33,7 @@ impl Inference {
     /// `config.task`; class names come from the checkpoint's `id2label`.
     pub fn load(config: &RunConfig) -> Result<Self> {
         let device = config.training.device.device()?;
-        let model_dir = berth_model::resolve_model_dir(&config.model, &HubOptions::from_env())?;
+        let model_dir = berth_model::resolve_model_dir(&config.model, &config.model_hub())?;
         let tokenizer = load_tokenizer(config, &model_dir)?;
         let task = build_task(config, &tokenizer, &device)?;
         let checkpoint = BertConfig::from_file(&model_dir.join("config.json"))?;
@@ -58,6 +58,7 @@ impl Inference {
     pub fn for_prediction(
         task: TaskConfig,
         model: &str,
+        revision: Option<&str>,
         device: DeviceSpec,
         precision: Precision,
     ) -> Result<Self> {
@@ -65,6 +66,7 @@ impl Inference {
             task,
             model: model.to_string(),
             tokenizer: None,
+            model_revision: revision.map(str::to_string),
             data: DataConfig::for_columns("text", None),
             training: Default::default(),
         };
@@ -111,6 +113,7 @@ impl Inference {
             self.class_names().len(),
             prefix,
         )
+        .map(|r| r.0)
     }
 
     /// The task's prediction columns for every row of `ds` (its text in

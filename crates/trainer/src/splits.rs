@@ -44,7 +44,7 @@ impl<'a> Loader<'a> {
                 .as_deref()
                 .map(Format::from_name)
                 .transpose()?,
-            hub: HubOptions::from_env(),
+            hub: HubOptions::from_env().at_revision(config.data.hub_revision.as_deref()),
         })
     }
 

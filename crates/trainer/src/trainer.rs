@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use berth_collate::{BatchSampler, LengthGroupedSampler, Padding, RandomSampler};
-use berth_data::HubOptions;
 use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
 use candle_core::{DType, Device, Tensor};
@@ -85,7 +84,7 @@ impl Trainer {
     /// Resolves the model (directory or hub id), loads the tokenizer, prepares the
     /// data and builds the model with its task head.
     pub fn new(config: RunConfig) -> Result<Self> {
-        let hub = HubOptions::from_env();
+        let hub = config.model_hub();
         let device = config.training.device.device()?;
         let model_dir = berth_model::resolve_model_dir(&config.model, &hub)?;
         let tokenizer = load_tokenizer(&config, &model_dir)?;
@@ -592,7 +591,7 @@ impl Trainer {
         prefix: &str,
     ) -> Result<(BTreeMap<String, f64>, Box<dyn crate::task::Scorer>)> {
         let mode = Mode::eval();
-        crate::task::evaluate_scored(
+        crate::task::evaluate(
             self.task.as_ref(),
             &|b| self.model.forward(b, &mode),
             &split.rows,
@@ -604,15 +603,7 @@ impl Trainer {
 
     /// Evaluates `split`: loss and the task's metrics, named `<prefix>_<metric>`.
     pub fn evaluate(&self, split: &Split, prefix: &str) -> Result<BTreeMap<String, f64>> {
-        let mode = Mode::eval();
-        crate::task::evaluate(
-            self.task.as_ref(),
-            &|b| self.model.forward(b, &mode),
-            &split.rows,
-            self.config.training.per_device_eval_batch_size,
-            self.data.class_names.len(),
-            prefix,
-        )
+        Ok(self.evaluate_scored(split, prefix)?.0)
     }
 
     /// Saves the model as HF does (config.json + model.safetensors, HF names) plus
@@ -706,7 +697,7 @@ pub(crate) fn load_tokenizer(config: &RunConfig, model_dir: &Path) -> Result<Tok
             .ok_or_else(|| TrainError::Config("model path is not UTF-8".into()))?
             .to_string(),
     };
-    Ok(berth_data::load_tokenizer(&spec, &HubOptions::from_env())?)
+    Ok(berth_data::load_tokenizer(&spec, &config.model_hub())?)
 }
 
 /// The config's task, batching onto `device`.

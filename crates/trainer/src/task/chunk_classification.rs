@@ -7,7 +7,7 @@ use berth_data::Dataset;
 use berth_data::arrow::datatypes::UInt32Type;
 use berth_data::berth_chunking::ChunkConfig;
 use berth_model::{BertConfig, BertModel, ChunkPooledClassifier, Mode, Params};
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use super::{
     ClassPredictor, ClassScorer, Head, PredictContext, Predictor, Scorer, Task, TaskContext,
@@ -156,21 +156,13 @@ impl Head for ChunkHead {
         let offsets = b.doc_offsets.as_deref().ok_or_else(|| {
             TrainError::Config("chunk classification needs chunked batches".into())
         })?;
-        let logits = self
-            .0
-            .forward(
-                &b.input_ids,
-                Some(&b.token_type_ids),
-                Some(&b.attention_mask),
-                offsets,
-                mode,
-            )?
-            .to_dtype(DType::F32)?;
-        let parts = match &b.labels {
-            Some(labels) => vec![self.0.loss(&logits, labels)?],
-            None => Vec::new(),
-        };
-        Output::new(parts, logits)
+        let (ids, types, mask) = (
+            &b.input_ids,
+            Some(&b.token_type_ids),
+            Some(&b.attention_mask),
+        );
+        let logits = self.0.forward(ids, types, mask, offsets, mode)?;
+        super::classification::class_output(logits, b.labels.as_ref(), |l, y| self.0.loss(l, y))
     }
 
     fn bert_mut(&mut self) -> &mut BertModel {

@@ -130,22 +130,32 @@ impl Task for Classification {
 
 struct SequenceHead(SequenceClassifier);
 
+/// A classifier's output: its logits in f32, and its loss when the batch has labels.
+pub(super) fn class_output(
+    logits: candle_core::Tensor,
+    labels: Option<&candle_core::Tensor>,
+    loss: impl Fn(
+        &candle_core::Tensor,
+        &candle_core::Tensor,
+    ) -> berth_model::Result<candle_core::Tensor>,
+) -> Result<Output> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let parts = match labels {
+        Some(labels) => vec![loss(&logits, labels)?],
+        None => Vec::new(),
+    };
+    Output::new(parts, logits)
+}
+
 impl Head for SequenceHead {
     fn forward(&self, b: &TaskBatch, mode: &Mode) -> Result<Output> {
-        let logits = self
-            .0
-            .forward(
-                &b.input_ids,
-                Some(&b.token_type_ids),
-                Some(&b.attention_mask),
-                mode,
-            )?
-            .to_dtype(DType::F32)?;
-        let parts = match &b.labels {
-            Some(labels) => vec![self.0.loss(&logits, labels)?],
-            None => Vec::new(),
-        };
-        Output::new(parts, logits)
+        let (ids, types, mask) = (
+            &b.input_ids,
+            Some(&b.token_type_ids),
+            Some(&b.attention_mask),
+        );
+        let logits = self.0.forward(ids, types, mask, mode)?;
+        class_output(logits, b.labels.as_ref(), |l, y| self.0.loss(l, y))
     }
 
     fn bert_mut(&mut self) -> &mut BertModel {

@@ -124,21 +124,9 @@ pub trait Predictor {
     fn columns(self: Box<Self>) -> Result<Vec<(String, ArrayRef)>>;
 }
 
-/// Scores metrics with `scorer` and the mean loss over `rows`, batches of
-/// `batch_size` in order, named `<prefix>_<metric>`.
+/// The mean loss and the task's metrics over `rows`, batches of `batch_size` in
+/// order, named `<prefix>_<metric>`; with the scorer, for its report details.
 pub fn evaluate(
-    task: &dyn Task,
-    forward: &dyn Fn(&TaskBatch) -> Result<Output>,
-    rows: &Rows,
-    batch_size: usize,
-    num_classes: usize,
-    prefix: &str,
-) -> Result<BTreeMap<String, f64>> {
-    Ok(evaluate_scored(task, forward, rows, batch_size, num_classes, prefix)?.0)
-}
-
-/// [`evaluate`], also giving the scorer (for its report details).
-pub fn evaluate_scored(
     task: &dyn Task,
     forward: &dyn Fn(&TaskBatch) -> Result<Output>,
     rows: &Rows,
@@ -150,9 +138,11 @@ pub fn evaluate_scored(
     let n = rows.len();
     let mut scorer = task.scorer(num_classes);
     let mut loss_sum = 0f64;
+    let progress = berth_data::Progress::new(format!("Evaluating ({prefix})"), n);
     for indices in sequential(n, batch_size) {
         let batch = task.batch(rows, &indices, 0)?;
         let out = forward(&batch)?;
+        progress.inc(indices.len());
         let loss = match &out.loss {
             Some(l) => l.to_scalar::<f32>()? as f64,
             None => f64::NAN,
@@ -160,6 +150,7 @@ pub fn evaluate_scored(
         loss_sum += loss * indices.len() as f64;
         scorer.add(&batch, &out)?;
     }
+    progress.finish_and_clear();
     let mut m = scorer.metrics();
     m.insert("loss".into(), loss_sum / n.max(1) as f64);
     let runtime = started.elapsed().as_secs_f64();
@@ -185,10 +176,13 @@ pub fn predict(
     cx: &PredictContext<'_>,
 ) -> Result<Vec<(String, ArrayRef)>> {
     let mut predictor = task.predictor(cx)?;
+    let progress = berth_data::Progress::new("Predicting", rows.len());
     for indices in sequential(rows.len(), batch_size) {
         let batch = task.predict_batch(rows, &indices)?;
         predictor.add(&batch, &forward(&batch)?)?;
+        progress.inc(indices.len());
     }
+    progress.finish();
     predictor.columns()
 }
 
