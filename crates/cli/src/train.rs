@@ -47,7 +47,7 @@ pub(crate) fn train(a: TrainArgs) -> Result<()> {
     let summary = trainer.train()?;
     println!("{}", summary_table(&summary));
     println!(
-        "model, trainer_state.json, metrics.jsonl, loss_curve.png and report.md in {}",
+        "the model (an HF model repo: weights, tokenizer files, model card), trainer_state.json, *_results.json, metrics.jsonl, curves.svg and report.md in {}",
         summary.output_dir.display()
     );
     Ok(())

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use berth_data::Dataset;
 use berth_data::arrow::array::ArrayRef;
 use berth_data::tokenizers::Tokenizer;
-use berth_data::Dataset;
 use berth_model::{BertConfig, Mode};
 use candle_core::Device;
 

@@ -239,7 +239,7 @@ fn panel(
     lines: &[(String, Vec<(f64, f64)>)],
 ) -> String {
     const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let (left, right, top, bottom) = (70.0, 15.0, 30.0, 35.0);
+    let (left, right, top, bottom) = (70.0, 25.0, 30.0, 35.0);
     let points = lines.iter().flat_map(|l| &l.1);
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
@@ -281,7 +281,7 @@ fn panel(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
             px(xv),
             y0 + h - 15.0,
-            num(xv.round()),
+            format!("{xv:.0}"),
             x0 + left - 5.0,
             py(yv) + 4.0,
             num(yv)
