@@ -278,10 +278,10 @@ fn panel(
         let (xv, yv) = (xmin + f * (xmax - xmin), ymin + f * (ymax - ymin));
         let _ = write!(
             s,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
             px(xv),
             y0 + h - 15.0,
-            format!("{xv:.0}"),
+            xv,
             x0 + left - 5.0,
             py(yv) + 4.0,
             num(yv)
