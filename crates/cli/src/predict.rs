@@ -36,6 +36,16 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
         "BertForPreTraining" => lm(TaskConfig::Nsp {
             mlm: MlmConfig::default(),
         }),
+        "BertForSequenceClassification"
+            if config.problem_type.as_deref() == Some("multi_label_classification") =>
+        {
+            if chunked {
+                bail!("chunk options apply to single-label classifiers");
+            }
+            Ok(TaskConfig::MultiLabelClassification {
+                multi_label: Default::default(),
+            })
+        }
         // Any other checkpoint is read as a sequence classifier; one without a
         // classifier (a bare BertModel) gets a fresh one, named in a warning, as
         // transformers does.

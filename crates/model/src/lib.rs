@@ -37,7 +37,9 @@ pub use heads::{
     ChunkPooledClassifier, MaskedLm, Pool, PreTraining, SequenceClassifier, pool_chunks,
 };
 pub use layers::{Activation, LayerNorm, Linear, Mode, linear_act, softmax_last};
-pub use loss::{IGNORE_INDEX, cross_entropy, cross_entropy_composed, cross_entropy_with, mse};
+pub use loss::{
+    IGNORE_INDEX, bce_with_logits, cross_entropy, cross_entropy_composed, cross_entropy_with, mse,
+};
 pub use params::{Init, LoadReport, Params};
 
 #[cfg(test)]

@@ -10,6 +10,16 @@ use crate::fused::Ops;
 /// one definition.
 pub use berth_masking::IGNORE_INDEX;
 
+/// PyTorch's `BCEWithLogitsLoss` (mean over every element): `logits` and 0/1
+/// `targets` `[B, C]`, in the stable form `max(x, 0) - x·y + log(1 + e^-|x|)`. HF's
+/// loss for `problem_type = "multi_label_classification"`.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let x = logits.to_dtype(DType::F32)?;
+    let y = targets.to_dtype(DType::F32)?;
+    let soft = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok(((x.relu()? - (&x * &y)?)? + soft)?.mean_all()?)
+}
+
 /// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (i64), over the
 /// rows whose label is not -100. With no such row the loss is 0 (PyTorch gives NaN).
 /// The fused op on a CPU tensor (unless `BERTH_OPS=composed`), else
@@ -85,5 +95,15 @@ mod tests {
         let a = Tensor::new(&[1f32, 2., 3.], &dev).unwrap();
         let b = Tensor::new(&[1f32, 0., 0.], &dev).unwrap();
         assert!((mse(&a, &b).unwrap().to_scalar::<f32>().unwrap() - 13. / 3.).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bce_with_logits_equals_torch() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[0.5f32, -1.0, 30.0], [2.0, 0.0, -40.0]], &dev).unwrap();
+        let y = Tensor::new(&[[1f32, 0.0, 1.0], [0.0, 1.0, 0.0]], &dev).unwrap();
+        let l = bce_with_logits(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        // torch.nn.BCEWithLogitsLoss()(x, y) with torch 2.11.
+        assert!((l - 0.601_235_7).abs() < 1e-6, "{l}");
     }
 }

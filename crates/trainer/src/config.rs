@@ -32,6 +32,12 @@ pub enum TaskConfig {
         #[serde(default, deserialize_with = "section::mlm")]
         mlm: MlmConfig,
     },
+    /// Any number of classes per text (HF `problem_type =
+    /// "multi_label_classification"`): sigmoid and binary cross-entropy.
+    MultiLabelClassification {
+        #[serde(default, deserialize_with = "section::multi_label")]
+        multi_label: MultiLabelConfig,
+    },
 }
 
 /// A task's own section, read with its key path in errors: serde's flatten (which
@@ -61,6 +67,12 @@ mod section {
 
     pub fn mlm<'de, D: Deserializer<'de>>(d: D) -> Result<super::MlmConfig, D::Error> {
         read("mlm", d)
+    }
+
+    pub fn multi_label<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<super::MultiLabelConfig, D::Error> {
+        read("multi_label", d)
     }
 }
 
@@ -253,6 +265,20 @@ impl Default for MlmConfig {
             whole_word: false,
             next_probability: 0.5,
         }
+    }
+}
+
+/// The `[multi_label]` section, for `multi_label_classification`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultiLabelConfig {
+    /// A class is predicted when its probability is at least this.
+    pub threshold: f64,
+}
+
+impl Default for MultiLabelConfig {
+    fn default() -> Self {
+        MultiLabelConfig { threshold: 0.5 }
     }
 }
 

@@ -36,8 +36,8 @@ mod trainer;
 pub use batch::{Output, TaskBatch};
 pub use callbacks::{Callback, Control, MetricsLog, Session, StepEnd};
 pub use config::{
-    ChunkingConfig, DataConfig, DeviceSpec, IntervalStrategy, MlmConfig, Precision, RunConfig,
-    Strategy, TaskConfig, TrainingArgs,
+    ChunkingConfig, DataConfig, DeviceSpec, IntervalStrategy, MlmConfig, MultiLabelConfig,
+    Precision, RunConfig, Strategy, TaskConfig, TrainingArgs,
 };
 pub use data::{Prepare, RowSet, Rows, Split, Stage};
 pub use error::{Result, TrainError};

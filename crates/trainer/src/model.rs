@@ -33,6 +33,9 @@ impl TaskModel {
         class_names: &[String],
     ) -> Result<Self> {
         let (mut config, mut params) = berth_model::open_dir(dir, device, seed)?;
+        if let Some(p) = task.problem_type() {
+            config.problem_type = Some(p.to_string());
+        }
         if task.classifies() {
             let same = config
                 .id2label

@@ -5,7 +5,7 @@ use berth_data::tokenizers::Tokenizer;
 use berth_data::{Dataset, Format, HubOptions, LoadOptions, SplitSize, load_hub_split};
 
 use crate::config::RunConfig;
-use crate::data::{Prepare, Split, Stage, class_names};
+use crate::data::{Prepare, Split, Stage};
 use crate::error::{Result, TrainError};
 use crate::task::Task;
 
@@ -131,7 +131,7 @@ pub fn prepare(
     let (train_ds, eval_ds) = loader.train_and_eval()?;
     let test_ds = loader.test()?;
     let class_names = if task.classifies() {
-        class_names(&train_ds, &d.label_column)?
+        task.class_names(&train_ds, &d.label_column)?
     } else {
         Vec::new()
     };

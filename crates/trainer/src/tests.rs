@@ -7,7 +7,7 @@ use berth_data::tokenizers::Tokenizer;
 use berth_model::{BertConfig, BertModel, Params};
 use candle_core::Device;
 
-use crate::task::{Pairs, Sequences, Texts};
+use crate::task::{LabelledSequences, Pairs, Sequences, Texts};
 use crate::*;
 
 const SPECIAL: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
@@ -661,4 +661,72 @@ fn a_run_directory_and_its_checkpoints_are_hf_model_repos() {
         })
         .sum();
     assert_eq!(support, 32, "{report}");
+}
+
+#[test]
+fn a_multi_label_set_converges_and_saves_its_problem_type() {
+    let root = tempfile::tempdir().unwrap();
+    // Wider than the tiny config: at 16 hidden units the first class learned takes
+    // the whole pooled representation and the second never separates.
+    let dir = root.path().join("small-bert");
+    let mut bert = BertConfig::tiny();
+    bert.hidden_size = 64;
+    bert.intermediate_size = 128;
+    let mut p = Params::random(&Device::Cpu, 7, bert.initializer_range);
+    BertModel::new(&bert, &mut p, "bert.", true).unwrap();
+    let (varmap, _) = p.finish();
+    berth_model::save(&dir, &bert, "BertModel", &varmap).unwrap();
+    let out = root.path().join("run");
+    let mut cfg = config(
+        &out,
+        &[
+            "learning_rate=1e-3",
+            "num_train_epochs=40",
+            "per_device_train_batch_size=8",
+            "per_device_eval_batch_size=16",
+            "lr_scheduler_type=\"constant\"",
+        ],
+    );
+    cfg.task = TaskConfig::MultiLabelClassification {
+        multi_label: MultiLabelConfig::default(),
+    };
+    // Two independent classes, both read from the first word (one of five words
+    // per combination), then filler.
+    let (mut ids, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..32usize {
+        let (a, b) = (i % 2 == 1, (i / 2) % 2 == 1);
+        let first = 5 + 10 * (a as u32 + 2 * b as u32) + (i % 5) as u32;
+        ids.push(vec![2, first, 50 + (i % 7) as u32, 3]);
+        labels.push(vec![a as u8 as f32, b as u8 as f32]);
+    }
+    let types = ids.iter().map(|r: &Vec<u32>| vec![0u8; r.len()]).collect();
+    let rows = Rows::new(LabelledSequences { ids, types, labels });
+    let split = |name: &str| Split {
+        name: name.into(),
+        source: "synthetic".into(),
+        rows: rows.clone(),
+    };
+    let data = TaskData {
+        train: split("train"),
+        eval: Some(split("eval")),
+        test: None,
+        class_names: vec!["a".into(), "b".into()],
+    };
+    let mut t = Trainer::with_data(cfg, data, tiny_tokenizer(), dir.clone(), Device::Cpu).unwrap();
+    let before = t.evaluate(&t.data.train.clone(), "train").unwrap();
+    t.train().unwrap();
+    let after = t.evaluate(&t.data.train.clone(), "train").unwrap();
+    assert_eq!(
+        after["train_exact_match"], 1.0,
+        "before {before:?}, after {after:?}"
+    );
+    assert_eq!(after["train_f1_micro"], 1.0);
+    assert!(
+        after["train_loss"] < before["train_loss"] / 5.0,
+        "{before:?} {after:?}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["problem_type"], "multi_label_classification");
+    assert_eq!(saved["id2label"]["1"], "b");
 }

@@ -26,11 +26,13 @@ pub use crate::metrics::argmax;
 mod chunk_classification;
 mod classification;
 mod masked_lm;
+mod multi_label;
 mod pre_training;
 
 pub use chunk_classification::{ChunkClassification, Documents};
 pub use classification::{ClassPredictor, ClassScorer, Classification, Sequences};
 pub use masked_lm::{FillMaskPredictor, LmScorer, MaskedLanguageModeling, Texts};
+pub use multi_label::{LabelledSequences, MultiLabelClassification, multi_label_metrics};
 pub use pre_training::{Pairs, PreTraining};
 
 impl TaskConfig {
@@ -43,6 +45,9 @@ impl TaskConfig {
             }
             TaskConfig::Mlm { mlm } => Box::new(MaskedLanguageModeling::new(mlm, cx)?),
             TaskConfig::Nsp { mlm } => Box::new(PreTraining::new(mlm, cx)?),
+            TaskConfig::MultiLabelClassification { multi_label } => {
+                Box::new(MultiLabelClassification::new(multi_label, cx)?)
+            }
         })
     }
 }
@@ -74,6 +79,18 @@ pub trait Task: Send + Sync {
     /// model's `num_labels` / `id2label`), one dataset row per item.
     fn classifies(&self) -> bool {
         false
+    }
+
+    /// HF's `problem_type` written into a saved `config.json` (read back by
+    /// transformers to pick the loss), if the task has one.
+    fn problem_type(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The class names a classifying task trains on, from the train split's label
+    /// column: its ClassLabel names, else the sorted distinct labels.
+    fn class_names(&self, ds: &Dataset, column: &str) -> Result<Vec<String>> {
+        crate::data::class_names(ds, column)
     }
 
     /// The rows of one loaded split.
