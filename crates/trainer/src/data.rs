@@ -97,6 +97,9 @@ pub enum Stage {
     Predict,
 }
 
+/// Each row's ids and token types.
+pub type Tokenized = (Vec<Vec<u32>>, Vec<Vec<u8>>);
+
 /// What a task needs to turn a loaded split into its rows.
 pub struct Prepare<'a> {
     pub data: &'a DataConfig,
@@ -116,6 +119,25 @@ impl Prepare<'_> {
             .max_length
             .unwrap_or(self.max_positions)
             .min(self.max_positions)
+    }
+
+    /// `data.text_column` (with `data.pair_column` when `pairs`) tokenized and
+    /// truncated to [`Prepare::max_length`]: each row's ids and token types.
+    pub fn tokenize(&self, ds: &Dataset, pairs: bool) -> Result<Tokenized> {
+        use berth_data::arrow::datatypes::{UInt8Type, UInt32Type};
+        let mut tc = berth_data::TokenizeConfig::new(self.data.text_column.clone());
+        if pairs {
+            tc.pair_column = self.data.pair_column.clone();
+        }
+        tc.max_length = Some(self.max_length());
+        let t = ds.map_batched(
+            &berth_data::TokenizeOp::new(self.tokenizer, tc)?,
+            &berth_data::MapOptions::default(),
+        )?;
+        Ok((
+            t.list_rows::<UInt32Type>("input_ids")?,
+            t.list_rows::<UInt8Type>("token_type_ids")?,
+        ))
     }
 
     /// The label column as class ids (see [`int_labels`]); empty when predicting.

@@ -38,12 +38,16 @@ fn tiny_tokenizer() -> Tokenizer {
 
 /// A random tiny BERT (encoder + pooler only) saved as an HF directory.
 fn tiny_model_dir(root: &Path) -> PathBuf {
-    let dir = root.join("tiny-bert");
-    let cfg = BertConfig::tiny();
+    model_dir(root, "tiny-bert", &BertConfig::tiny())
+}
+
+/// A random BERT of `cfg` (encoder + pooler only) saved as `root/name`.
+fn model_dir(root: &Path, name: &str, cfg: &BertConfig) -> PathBuf {
+    let dir = root.join(name);
     let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
-    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    BertModel::new(cfg, &mut p, "bert.", true).unwrap();
     let (varmap, _) = p.finish();
-    berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
+    berth_model::save(&dir, cfg, "BertModel", &varmap).unwrap();
     dir
 }
 
@@ -400,14 +404,10 @@ fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
     // numbers of masked tokens) and 4 + 4 + 4 + 2 (classification: a short last
     // batch) train as one batch. Dropout off, so both batchings draw nothing.
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("tiny-bert-no-dropout");
     let mut cfg = BertConfig::tiny();
     cfg.hidden_dropout_prob = 0.0;
     cfg.attention_probs_dropout_prob = 0.0;
-    let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
-    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
-    let (varmap, _) = p.finish();
-    berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
+    let dir = model_dir(root.path(), "tiny-bert-no-dropout", &cfg);
 
     let Sequences { ids, .. } = separable(16);
     let mlm = TaskConfig::Mlm {
@@ -668,14 +668,10 @@ fn a_multi_label_set_converges_and_saves_its_problem_type() {
     let root = tempfile::tempdir().unwrap();
     // Wider than the tiny config: at 16 hidden units the first class learned takes
     // the whole pooled representation and the second never separates.
-    let dir = root.path().join("small-bert");
     let mut bert = BertConfig::tiny();
     bert.hidden_size = 64;
     bert.intermediate_size = 128;
-    let mut p = Params::random(&Device::Cpu, 7, bert.initializer_range);
-    BertModel::new(&bert, &mut p, "bert.", true).unwrap();
-    let (varmap, _) = p.finish();
-    berth_model::save(&dir, &bert, "BertModel", &varmap).unwrap();
+    let dir = model_dir(root.path(), "small-bert", &bert);
     let out = root.path().join("run");
     let mut cfg = config(
         &out,

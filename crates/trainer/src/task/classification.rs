@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_collate::{Example, Padding, collate};
+use berth_data::Dataset;
 use berth_data::arrow::array::{
     ArrayRef, Float32Array, Float32Builder, Int64Array, ListBuilder, StringArray,
 };
-use berth_data::arrow::datatypes::{UInt8Type, UInt32Type};
-use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
 use candle_core::{DType, Device};
 
@@ -71,17 +70,10 @@ impl Task for Classification {
     }
 
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
-        let d = prep.data;
-        let mut tc = TokenizeConfig::new(d.text_column.clone());
-        tc.pair_column = d.pair_column.clone();
-        tc.max_length = Some(prep.max_length());
-        let t = ds.map_batched(
-            &TokenizeOp::new(prep.tokenizer, tc)?,
-            &MapOptions::default(),
-        )?;
+        let (ids, types) = prep.tokenize(ds, true)?;
         Ok(Rows::new(Sequences {
-            ids: t.list_rows::<UInt32Type>("input_ids")?,
-            types: t.list_rows::<UInt8Type>("token_type_ids")?,
+            ids,
+            types,
             labels: prep.labels(ds)?,
         }))
     }

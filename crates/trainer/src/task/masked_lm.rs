@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_collate::{Example, MlmCollator, collate};
+use berth_data::Dataset;
 use berth_data::arrow::array::{
     ArrayRef, Float32Builder, Int64Builder, ListBuilder, StringBuilder, UInt32Builder,
 };
-use berth_data::arrow::datatypes::UInt32Type;
 use berth_data::berth_masking::{DynamicMasker, MlmConfig as MaskConfig};
 use berth_data::tokenizers::Tokenizer;
-use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_model::{BertConfig, BertModel, MaskedLm, Mode, Params};
 use candle_core::{D, DType, Device, Tensor};
 
@@ -88,15 +87,8 @@ impl Task for MaskedLanguageModeling {
     }
 
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
-        let mut tc = TokenizeConfig::new(prep.data.text_column.clone());
-        tc.max_length = Some(prep.max_length());
-        let t = ds.map_batched(
-            &TokenizeOp::new(prep.tokenizer, tc)?,
-            &MapOptions::default(),
-        )?;
-        Ok(Rows::new(Texts {
-            ids: t.list_rows::<UInt32Type>("input_ids")?,
-        }))
+        let (ids, _) = prep.tokenize(ds, false)?;
+        Ok(Rows::new(Texts { ids }))
     }
 
     fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {

@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use berth_collate::{Example, Padding, collate};
+use berth_data::Dataset;
 use berth_data::arrow::array::{
     Array, ArrayRef, Float32Builder, GenericListArray, ListBuilder, OffsetSizeTrait, StringArray,
     StringBuilder,
 };
 use berth_data::arrow::compute::cast;
-use berth_data::arrow::datatypes::{DataType, UInt8Type, UInt32Type};
-use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
+use berth_data::arrow::datatypes::DataType;
 use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
 use candle_core::{Device, Tensor};
 
@@ -104,23 +104,12 @@ impl Task for MultiLabelClassification {
     }
 
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
-        let d = prep.data;
-        let mut tc = TokenizeConfig::new(d.text_column.clone());
-        tc.pair_column = d.pair_column.clone();
-        tc.max_length = Some(prep.max_length());
-        let t = ds.map_batched(
-            &TokenizeOp::new(prep.tokenizer, tc)?,
-            &MapOptions::default(),
-        )?;
+        let (ids, types) = prep.tokenize(ds, true)?;
         let labels = match prep.stage {
             Stage::Predict => Vec::new(),
-            _ => multi_hot(ds, &d.label_column, prep.class_names)?,
+            _ => multi_hot(ds, &prep.data.label_column, prep.class_names)?,
         };
-        Ok(Rows::new(LabelledSequences {
-            ids: t.list_rows::<UInt32Type>("input_ids")?,
-            types: t.list_rows::<UInt8Type>("token_type_ids")?,
-            labels,
-        }))
+        Ok(Rows::new(LabelledSequences { ids, types, labels }))
     }
 
     fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use berth_collate::{Example, MlmCollator};
+use berth_data::Dataset;
 use berth_data::arrow::array::{Array, ArrayRef, Float32Builder, Int64Array, ListBuilder};
 use berth_data::arrow::compute::cast;
 use berth_data::arrow::datatypes::{DataType, UInt8Type, UInt32Type};
 use berth_data::berth_masking::NspConfig;
-use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_model::{BertConfig, BertModel, Mode, Params};
 use candle_core::{DType, Device};
 
@@ -84,16 +84,10 @@ impl Task for PreTraining {
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
         let d = prep.data;
         if prep.stage == Stage::Predict {
-            let mut tc = TokenizeConfig::new(d.text_column.clone());
-            tc.pair_column = d.pair_column.clone();
-            tc.max_length = Some(prep.max_length());
-            let t = ds.map_batched(
-                &TokenizeOp::new(prep.tokenizer, tc)?,
-                &MapOptions::default(),
-            )?;
+            let (ids, types) = prep.tokenize(ds, true)?;
             return Ok(Rows::new(Pairs {
-                ids: t.list_rows::<UInt32Type>("input_ids")?,
-                types: t.list_rows::<UInt8Type>("token_type_ids")?,
+                ids,
+                types,
                 next: Vec::new(),
             }));
         }
