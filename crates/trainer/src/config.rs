@@ -649,31 +649,25 @@ impl RunConfig {
         })?;
         let own = config.task.keys();
         for (key, v) in &value {
-            if !COMMON.contains(&key.as_str())
-                && !own.contains(key)
-                && legacy_default_section(key, v)
-            {
-                tracing::warn!(
-                    "{origin}: [{key}] does not apply to task = \"{}\"; it holds only defaults (as Berth wrote before sections were per task), so it is ignored",
-                    config.task.name()
-                );
+            if COMMON.contains(&key.as_str()) || own.contains(key) {
+                continue;
             }
-        }
-        if let Some(key) = value.iter().map(|(k, _)| k).find(|k| {
-            !COMMON.contains(&k.as_str())
-                && !own.contains(k)
-                && !legacy_default_section(k, &value[*k])
-        }) {
-            return Err(TrainError::Config(format!(
-                "{origin}: unknown key or section '{key}' for task = \"{}\" (expected {})",
-                config.task.name(),
-                COMMON
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain(own.into_iter().filter(|k| k != "task"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            if !legacy_default_section(key, v) {
+                return Err(TrainError::Config(format!(
+                    "{origin}: unknown key or section '{key}' for task = \"{}\" (expected {})",
+                    config.task.name(),
+                    COMMON
+                        .iter()
+                        .map(|s| s.to_string())
+                        .chain(own.iter().filter(|k| *k != "task").cloned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            tracing::warn!(
+                "{origin}: [{key}] does not apply to task = \"{}\"; it holds only defaults (as Berth wrote before sections were per task), so it is ignored",
+                config.task.name()
+            );
         }
         config.validate()?;
         Ok(config)

@@ -22,22 +22,14 @@ pub fn write_tokenizer_files(
     source: Option<&Path>,
     max_positions: usize,
 ) -> Result<()> {
-    let json: Value = serde_json::from_str(
-        &tokenizer
-            .to_string(false)
-            .map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?,
-    )
-    .map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?;
+    let text = tokenizer
+        .to_string(false)
+        .map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?;
     let specials = special_tokens(tokenizer, &json);
     let generated: [(&str, Option<String>); 4] = [
-        (
-            "tokenizer.json",
-            Some(
-                tokenizer
-                    .to_string(false)
-                    .map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?,
-            ),
-        ),
+        ("tokenizer.json", Some(text)),
         (
             "tokenizer_config.json",
             Some(pretty(&tokenizer_config(&json, &specials, max_positions))),

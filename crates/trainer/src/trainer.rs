@@ -506,6 +506,11 @@ impl Trainer {
             json!(round4(steps_done as f64 / runtime.max(1e-9))),
         );
         entry.insert("train_tokens_per_second".into(), json!(tokens_per_s));
+        // HF's train_results.json: the same values.
+        let train_metrics: BTreeMap<String, f64> = entry
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .collect();
         log.push(&mut state, entry)?;
 
         let mut reloaded_best = false;
@@ -540,7 +545,6 @@ impl Trainer {
         }
         self.save_model(&out)?;
         state.write(&out.join("trainer_state.json"))?;
-        let train_metrics: BTreeMap<String, f64> = entry_metrics(&state, "train_");
         crate::repo::write_results(&out, state.epoch, &train_metrics, &eval, &test)?;
         let card_metrics: BTreeMap<String, f64> = eval
             .iter()
@@ -671,23 +675,6 @@ impl Trainer {
 
 use crate::task::round4;
 
-/// The numeric values of the newest log entry with a key starting with `prefix`
-/// (the summary entry for `train_`), as HF's `save_metrics` writes them.
-fn entry_metrics(state: &TrainerState, prefix: &str) -> BTreeMap<String, f64> {
-    state
-        .log_history
-        .iter()
-        .rev()
-        .find(|e| e.keys().any(|k| k.starts_with(prefix)))
-        .map(|e| {
-            e.iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The run's tokenizer: `tokenizer` when the config names one, else the model's.
 pub(crate) fn load_tokenizer(config: &RunConfig, model_dir: &Path) -> Result<Tokenizer> {
     let spec = match &config.tokenizer {
@@ -712,6 +699,7 @@ pub(crate) fn build_task(
         padding: Padding::Longest {
             multiple_of: config.training.pad_to_multiple_of,
         },
+        pad_id: berth_data::special_tokens(tokenizer)?.pad,
         device: device.clone(),
     })
 }

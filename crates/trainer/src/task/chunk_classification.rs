@@ -72,7 +72,7 @@ impl ChunkClassification {
         Ok(ChunkClassification {
             chunking,
             padding: cx.padding,
-            pad_id: berth_data::special_tokens(cx.tokenizer)?.pad,
+            pad_id: cx.pad_id,
             device: cx.device.clone(),
         })
     }

@@ -54,7 +54,7 @@ impl Classification {
     pub fn new(cx: &TaskContext<'_>) -> Result<Self> {
         Ok(Classification {
             padding: cx.padding,
-            pad_id: berth_data::special_tokens(cx.tokenizer)?.pad,
+            pad_id: cx.pad_id,
             device: cx.device.clone(),
         })
     }

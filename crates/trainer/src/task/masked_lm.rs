@@ -60,7 +60,7 @@ pub(super) fn mlm_collator(mlm: &MlmConfig, cx: &TaskContext<'_>) -> Result<MlmC
             .whole_word
             .then(|| berth_data::continuation_table(cx.tokenizer)),
         padding: cx.padding,
-        pad_id: berth_data::special_tokens(cx.tokenizer)?.pad,
+        pad_id: cx.pad_id,
     })
 }
 

@@ -58,6 +58,8 @@ pub struct TaskContext<'a> {
     /// The run's seed (MLM masks derive from it).
     pub seed: u64,
     pub padding: Padding,
+    /// The tokenizer's pad id, which every batch pads with.
+    pub pad_id: u32,
     pub device: Device,
 }
 

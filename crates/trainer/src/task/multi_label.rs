@@ -71,7 +71,7 @@ impl MultiLabelClassification {
         Ok(MultiLabelClassification {
             threshold: config.threshold,
             padding: cx.padding,
-            pad_id: berth_data::special_tokens(cx.tokenizer)?.pad,
+            pad_id: cx.pad_id,
             device: cx.device.clone(),
         })
     }
