@@ -438,8 +438,9 @@ fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("train") => {}
         Some("chunk") => return bench_chunk(&args[1..]),
+        Some("long-docs") => return bench_long_docs(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]\n       cargo xtask bench chunk [--python PYTHON] [--repeat N] [--num-proc N]"
+            "usage: cargo xtask bench train [--device cpu|cuda] [--precision f32|bf16] [--steps N] [--warmup N] [--config bert-base|minilm-l6|minilm-l6-mlm] [--torch PYTHON]\n       cargo xtask bench chunk [--python PYTHON] [--repeat N] [--num-proc N]\n       cargo xtask bench long-docs [--chunks N] [--group N] [--no-baseline]"
         ),
     }
     let mut passed: Vec<String> = Vec::new();
@@ -601,6 +602,112 @@ fn bench_chunk(args: &[String]) -> Result<()> {
     if let [(_, b, _), (_, h, _)] = rows[..] {
         println!("berth / HF speed: {:.2}x", h / b);
     }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// `cargo xtask bench long-docs [--chunks N] [--group N] [--no-baseline]`: peak RSS
+/// of `berth train` (chunk classification, MiniLM, chunks of 126 word-pieces) with
+/// `chunk_group_size = G` on texts of 4 chunks and on texts of N chunks (default 200),
+/// and, as the baseline, N-chunk texts without grouping. The goal: the N-chunk peak
+/// within 1.3x of the 4-chunk peak.
+fn bench_long_docs(args: &[String]) -> Result<()> {
+    let (mut chunks, mut group, mut baseline) = (200usize, 4usize, true);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--chunks" => chunks = it.next().context("--chunks needs a value")?.parse()?,
+            "--group" => group = it.next().context("--group needs a value")?.parse()?,
+            "--no-baseline" => baseline = false,
+            other => bail!("unknown bench long-docs option '{other}'"),
+        }
+    }
+    let model = fixtures()?;
+    run(cargo().args(["build", "--release", "--quiet", "-p", "berth-cli"]))?;
+    let berth = release_binary("berth")?;
+    let work = std::env::temp_dir().join(format!("berth-bench-long-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    // Words that are one word-piece each in bert-base-uncased's vocabulary, so a
+    // text of 126 N words is N chunks of 126.
+    const WORDS: [&str; 12] = [
+        "the", "cat", "dog", "house", "tree", "water", "good", "bad", "movie", "film", "great",
+        "time",
+    ];
+    let write = |name: &str, per_text: usize| -> Result<PathBuf> {
+        let path = work.join(name);
+        let mut out = String::new();
+        for t in 0..2usize {
+            let text: Vec<&str> = (0..126 * per_text)
+                .map(|i| WORDS[(i * 7 + t * 5 + i / 13) % WORDS.len()])
+                .collect();
+            out.push_str(&format!(
+                "{{\"text\": \"{}\", \"label\": {t}}}\n",
+                text.join(" ")
+            ));
+        }
+        std::fs::write(&path, out)?;
+        Ok(path)
+    };
+    let short = write("short.jsonl", 4)?;
+    let long = write("long.jsonl", chunks)?;
+    let config = work.join("long-docs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "task = \"chunk_classification\"\nmodel = {:?}\n[data]\ntrain = \"unused\"\n\
+             [chunking]\nchunk_size = 126\nstride = 126\n[training]\noutput_dir = {:?}\n\
+             max_steps = 2\nper_device_train_batch_size = 1\nsave_strategy = \"no\"\n\
+             logging_steps = 1\ndisable_tqdm = true\nseed = 42\ndevice = \"cpu\"\n",
+            model.display().to_string(),
+            work.join("run").display().to_string(),
+        ),
+    )?;
+    let train = |data: &Path, group: Option<usize>| -> Result<(f64, f64)> {
+        let mut cmd = Command::new(&berth);
+        cmd.arg("train").arg("--config").arg(&config);
+        cmd.arg("--set")
+            .arg(format!("data.train={:?}", data.display().to_string()));
+        if let Some(g) = group {
+            cmd.arg("--set")
+                .arg(format!("chunking.chunk_group_size={g}"));
+        }
+        timed(&mut cmd)
+    };
+    println!("bench long-docs: MiniLM, chunks of 126, 2 steps of 1 text, chunk_group_size {group}");
+    let mut rows = vec![
+        (
+            format!("4 chunks, group {group}"),
+            4,
+            Some(group),
+            train(&short, Some(group))?,
+        ),
+        (
+            format!("{chunks} chunks, group {group}"),
+            chunks,
+            Some(group),
+            train(&long, Some(group))?,
+        ),
+    ];
+    if baseline {
+        rows.push((
+            format!("{chunks} chunks, ungrouped"),
+            chunks,
+            None,
+            train(&long, None)?,
+        ));
+    }
+    println!("\n| run | wall s | peak RSS MiB |\n| --- | --- | --- |");
+    for (what, _, _, (wall, rss)) in &rows {
+        println!("| {what} | {wall:.2} | {rss:.0} |");
+    }
+    for (_, n, g, (wall, rss)) in &rows {
+        let g = g.map_or("null".to_string(), |g| g.to_string());
+        println!(
+            "{{\"bench\":\"long-docs\",\"chunks_per_text\":{n},\"chunk_group_size\":{g},\"wall_s\":{wall},\"peak_rss_mib\":{rss:.1}}}"
+        );
+    }
+    let ratio = rows[1].3.1 / rows[0].3.1;
+    println!("peak RSS, {chunks} chunks / 4 chunks with group {group}: {ratio:.2}x (goal <= 1.3x)");
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -220,6 +220,10 @@ struct PredictArgs {
     /// How chunk logits of a text are reduced: mean or max.
     #[arg(long, default_value = "mean")]
     pool: String,
+    /// At most this many chunks per forward pass, however long a text (bounded
+    /// memory); by default all chunks of a batch's texts at once.
+    #[arg(long)]
+    chunk_group_size: Option<usize>,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,

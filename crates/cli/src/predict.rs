@@ -22,7 +22,10 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
         .as_ref()
         .and_then(|v| v.first())
         .map_or("", String::as_str);
-    let chunked = a.chunk_size.is_some() || a.stride.is_some() || a.maximal_text_length.is_some();
+    let chunked = a.chunk_size.is_some()
+        || a.stride.is_some()
+        || a.maximal_text_length.is_some()
+        || a.chunk_group_size.is_some();
     let lm = |task: TaskConfig| {
         if chunked {
             bail!("chunk options apply to sequence classifiers, not to a {arch}");
@@ -39,11 +42,9 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
         "BertForSequenceClassification"
             if config.problem_type.as_deref() == Some("multi_label_classification") =>
         {
-            if chunked {
-                bail!("chunk options apply to single-label classifiers");
-            }
             Ok(TaskConfig::MultiLabelClassification {
                 multi_label: Default::default(),
+                chunking: chunked.then(|| chunking(a, config)).transpose()?,
             })
         }
         // Any other checkpoint is read as a sequence classifier; one without a
@@ -53,20 +54,27 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
             if a.pair_column.is_some() {
                 bail!("--pair-column cannot be combined with chunking");
             }
-            let size = a.chunk_size.unwrap_or(config.max_position_embeddings - 2);
             Ok(TaskConfig::ChunkClassification {
-                chunking: ChunkingConfig {
-                    chunk_size: size,
-                    stride: a.stride.unwrap_or(size),
-                    min_chunk_len: a.minimal_chunk_length,
-                    max_text_len: a.maximal_text_length,
-                    eval_max_text_len: None,
-                    pool: a.pool.parse().map_err(anyhow::Error::msg)?,
-                },
+                chunking: chunking(a, config)?,
             })
         }
         _ => Ok(TaskConfig::Classification {}),
     }
+}
+
+/// The chunking that `predict`'s chunk options ask for.
+fn chunking(a: &PredictArgs, config: &BertConfig) -> Result<ChunkingConfig> {
+    let size = a.chunk_size.unwrap_or(config.max_position_embeddings - 2);
+    Ok(ChunkingConfig {
+        chunk_size: size,
+        stride: a.stride.unwrap_or(size),
+        min_chunk_len: a.minimal_chunk_length,
+        max_text_len: a.maximal_text_length,
+        eval_max_text_len: None,
+        pool: a.pool.parse().map_err(anyhow::Error::msg)?,
+        chunk_group_size: a.chunk_group_size,
+        train_chunks_per_doc: None,
+    })
 }
 
 pub(crate) fn run(a: PredictArgs) -> Result<()> {

@@ -243,7 +243,9 @@ impl BertModel {
         let q = layer.query.forward_with(x, ops)?;
         let k = layer.key.forward_with(x, ops)?;
         let v = layer.value.forward_with(x, ops)?;
-        let probs_dropout = mode.next_dropout(self.config.attention_probs_dropout_prob);
+        let (_, l, h) = x.dims3()?;
+        let probs_dropout =
+            mode.next_dropout(self.config.attention_probs_dropout_prob, heads * l * l);
         let context = if ops.fused_on(x.device()) {
             fused::attention(
                 &q,
@@ -265,7 +267,6 @@ impl BertModel {
             )?
         };
         let (context, x, rows) = if first_only {
-            let (_, l, h) = x.dims3()?;
             let first = |t: &Tensor| t.narrow(1, 0, 1);
             // Row b of the slice is row b * L of the full [B * L, H] activations.
             let rows = move |k: crate::fused::DropoutKey| k.every_nth_row(h, l);
@@ -274,7 +275,7 @@ impl BertModel {
             (context, x.clone(), None)
         };
         let hidden_dropout = || {
-            let key = mode.next_dropout(self.config.hidden_dropout_prob);
+            let key = mode.next_dropout(self.config.hidden_dropout_prob, l * h);
             match rows {
                 Some(rows) => key.map(rows),
                 None => key,

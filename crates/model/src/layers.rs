@@ -18,6 +18,9 @@ pub struct Mode {
     train: bool,
     seed: u64,
     site: Cell<u64>,
+    /// The first sample of the batch this forward runs, within the batch whose
+    /// masks it reproduces ([`Mode::starting_at_sample`]).
+    first_sample: u64,
     ops: Ops,
 }
 
@@ -28,6 +31,7 @@ impl Mode {
             train: false,
             seed: 0,
             site: Cell::new(0),
+            first_sample: 0,
             ops: Ops::from_env(),
         }
     }
@@ -38,6 +42,7 @@ impl Mode {
             train: true,
             seed,
             site: Cell::new(0),
+            first_sample: 0,
             ops: Ops::from_env(),
         }
     }
@@ -46,6 +51,21 @@ impl Mode {
     pub fn with_ops(mut self, ops: Ops) -> Self {
         self.ops = ops;
         self
+    }
+
+    /// A fresh mode (sites from the first) for a forward over samples `first..` of a
+    /// batch: every site draws the masks those samples get in one forward over the
+    /// whole batch (same seed, same sequence length), so a batch run in groups of
+    /// samples, as chunk classification's bounded-memory step does, drops exactly the
+    /// same elements, and two passes over one group drop the same elements twice.
+    pub fn starting_at_sample(&self, first: usize) -> Self {
+        Mode {
+            train: self.train,
+            seed: self.seed,
+            site: Cell::new(0),
+            first_sample: first as u64,
+            ops: self.ops,
+        }
     }
 
     pub fn ops(&self) -> Ops {
@@ -57,8 +77,9 @@ impl Mode {
     }
 
     /// The key of the next dropout call site with probability `p`, or `None` when
-    /// dropout is off (eval mode or `p == 0`); each call takes a new site.
-    pub fn next_dropout(&self, p: f64) -> Option<DropoutKey> {
+    /// dropout is off (eval mode or `p == 0`); each call takes a new site. The site's
+    /// tensor is sample-major with `per_sample` elements per sample.
+    pub fn next_dropout(&self, p: f64, per_sample: usize) -> Option<DropoutKey> {
         if !self.train || p <= 0.0 {
             return None;
         }
@@ -69,12 +90,17 @@ impl Mode {
             site,
             p: p as f32,
             rows: None,
+            offset: self.first_sample * per_sample as u64,
         })
     }
 
     /// Inverted dropout with probability `p`; identity in eval mode.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        match self.next_dropout(p) {
+        let per_sample = match x.dims().first() {
+            Some(&b) if b > 0 => x.elem_count() / b,
+            _ => x.elem_count(),
+        };
+        match self.next_dropout(p, per_sample) {
             None => Ok(x.clone()),
             Some(key) => apply_dropout(x, key, self.ops),
         }

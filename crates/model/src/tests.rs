@@ -741,3 +741,52 @@ fn a_pytorch_pickle_checkpoint_loads_as_transformers_loads_it() {
         }
     }
 }
+
+#[test]
+fn a_batch_run_in_groups_of_samples_drops_what_one_pass_drops() {
+    // Chunk classification's bounded-memory step runs a batch's chunks in groups:
+    // with `starting_at_sample`, each group's masks are the whole batch's, so the
+    // logits are the same rows, on both paths; without it they differ.
+    let dev = Device::Cpu;
+    let mut cfg = BertConfig::tiny();
+    cfg.hidden_dropout_prob = 0.3;
+    cfg.attention_probs_dropout_prob = 0.3;
+    let ids = Tensor::new(
+        &[
+            [1u32, 7, 9, 12, 2, 0],
+            [1, 30, 31, 2, 0, 0],
+            [1, 5, 6, 7, 8, 2],
+            [1, 44, 2, 0, 0, 0],
+            [1, 9, 9, 9, 2, 0],
+        ],
+        &dev,
+    )
+    .unwrap();
+    let mask = ids.ne(0u32).unwrap().to_dtype(DType::U32).unwrap();
+    let types = ids.zeros_like().unwrap();
+    let mut p = Params::random(&dev, 0, cfg.initializer_range);
+    let cls = SequenceClassifier::new(&cfg, &mut p).unwrap();
+    for ops in [Ops::Fused, Ops::Composed] {
+        let run = |s: usize, n: usize, offset: bool| {
+            let mode = Mode::train(21).with_ops(ops);
+            let mode = if offset {
+                mode.starting_at_sample(s)
+            } else {
+                mode
+            };
+            let part = |t: &Tensor| t.narrow(0, s, n).unwrap();
+            cls.forward(&part(&ids), Some(&part(&types)), Some(&part(&mask)), &mode)
+                .unwrap()
+        };
+        let full = run(0, 5, true);
+        for (s, n) in [(0, 2), (2, 2), (4, 1), (1, 3)] {
+            let d = scaled_diff(&run(s, n, true), &full.narrow(0, s, n).unwrap());
+            assert!(d < 1e-6, "{ops:?}: samples {s}..{}: {d}", s + n);
+        }
+        let d = scaled_diff(&run(2, 2, false), &full.narrow(0, 2, 2).unwrap());
+        assert!(
+            d > 1e-3,
+            "{ops:?}: without the offset the masks should differ"
+        );
+    }
+}

@@ -37,6 +37,14 @@ pub enum TaskConfig {
     MultiLabelClassification {
         #[serde(default, deserialize_with = "section::multi_label")]
         multi_label: MultiLabelConfig,
+        /// With a `[chunking]` section, long texts: the chunks' logits are pooled
+        /// per text, then the sigmoid.
+        #[serde(
+            default,
+            deserialize_with = "section::some_chunking",
+            skip_serializing_if = "Option::is_none"
+        )]
+        chunking: Option<ChunkingConfig>,
     },
 }
 
@@ -63,6 +71,12 @@ mod section {
 
     pub fn chunking<'de, D: Deserializer<'de>>(d: D) -> Result<super::ChunkingConfig, D::Error> {
         read("chunking", d)
+    }
+
+    pub fn some_chunking<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<super::ChunkingConfig>, D::Error> {
+        read("chunking", d).map(Some)
     }
 
     pub fn mlm<'de, D: Deserializer<'de>>(d: D) -> Result<super::MlmConfig, D::Error> {
@@ -233,6 +247,16 @@ pub struct ChunkingConfig {
     pub eval_max_text_len: Option<usize>,
     /// `mean` or `max`.
     pub pool: berth_model::Pool,
+    /// At most this many chunks in one forward (off by default). Training takes the
+    /// two-pass exact gradient (every chunk without a graph, then groups of this
+    /// many with one), so a step's memory is bounded whatever a text's length;
+    /// evaluation and prediction run chunks in groups of this many too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_group_size: Option<usize>,
+    /// Train on this many chunks of each longer text per epoch, drawn at random
+    /// (seeded, part of the data order); evaluation always uses every chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_chunks_per_doc: Option<usize>,
 }
 
 impl Default for ChunkingConfig {
@@ -244,7 +268,25 @@ impl Default for ChunkingConfig {
             max_text_len: None,
             eval_max_text_len: None,
             pool: berth_model::Pool::Mean,
+            chunk_group_size: None,
+            train_chunks_per_doc: None,
         }
+    }
+}
+
+impl ChunkingConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("chunk_group_size", self.chunk_group_size),
+            ("train_chunks_per_doc", self.train_chunks_per_doc),
+        ] {
+            if v == Some(0) {
+                return Err(TrainError::Config(format!(
+                    "chunking.{name} must be at least 1 (leave it out to turn it off)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -675,6 +717,14 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.training.validate()?;
+        if let TaskConfig::ChunkClassification { chunking }
+        | TaskConfig::MultiLabelClassification {
+            chunking: Some(chunking),
+            ..
+        } = &self.task
+        {
+            chunking.validate()?;
+        }
         if let Some(f) = self.data.validation_split
             && !(f > 0.0 && f < 1.0)
         {
@@ -869,6 +919,34 @@ train = "t.jsonl"
         };
         assert_eq!((chunking.chunk_size, chunking.stride), (126, 510));
         assert_eq!(chunking.pool, berth_model::Pool::Mean);
+        assert_eq!(chunking.chunk_group_size, None);
+        // Multi-label reads long texts with a [chunking] section, short ones without.
+        let multi = |section: &str| with("multi_label_classification", section).task;
+        let TaskConfig::MultiLabelClassification { chunking, .. } =
+            multi("[chunking]\nchunk_group_size = 4\ntrain_chunks_per_doc = 2\n")
+        else {
+            panic!("not multi-label")
+        };
+        let chunking = chunking.expect("chunked");
+        assert_eq!(
+            (chunking.chunk_group_size, chunking.train_chunks_per_doc),
+            (Some(4), Some(2))
+        );
+        let TaskConfig::MultiLabelClassification { chunking, .. } = multi("") else {
+            panic!("not multi-label")
+        };
+        assert!(chunking.is_none());
+        let e = RunConfig::from_toml(
+            &MIN.replace("\"classification\"", "\"chunk_classification\""),
+            &["chunking.chunk_group_size=0".into()],
+            "c.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("chunking.chunk_group_size must be at least 1"),
+            "{e}"
+        );
         // A task without its section takes the section's defaults.
         assert_eq!(
             with("nsp", "").task,

@@ -74,6 +74,19 @@ impl TaskModel {
         }
     }
 
+    /// One training micro-batch (see [`Head::train_step`]): the loss parts' values,
+    /// the gradients handed to `sink`.
+    pub fn train_step(
+        &self,
+        b: &TaskBatch,
+        mode: &Mode,
+        weights: &[f64],
+        sink: &mut dyn FnMut(candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        self.head
+            .train_step(self.eval_head.as_ref(), b, mode, weights, sink)
+    }
+
     /// The class names of the checkpoint's `id2label`, in id order (empty without).
     pub fn class_names(&self) -> Vec<String> {
         match &self.config.id2label {

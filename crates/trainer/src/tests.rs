@@ -7,7 +7,7 @@ use berth_data::tokenizers::Tokenizer;
 use berth_model::{BertConfig, BertModel, Params};
 use candle_core::Device;
 
-use crate::task::{LabelledSequences, Pairs, Sequences, Texts};
+use crate::task::{Documents, LabelledSequences, Pairs, Sequences, Texts};
 use crate::*;
 
 const SPECIAL: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
@@ -443,6 +443,135 @@ fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
     }
 }
 
+/// Nine texts of 1 to 9 chunks (3 to 8 ids each), labelled 0/1 alternately.
+fn chunked_texts() -> Documents {
+    let chunks: Vec<Vec<Vec<u32>>> = (0..9usize)
+        .map(|d| {
+            (0..=d)
+                .map(|c| {
+                    let len = 3 + (d * 5 + c * 3) % 6;
+                    let mut row = vec![2];
+                    row.extend((0..len).map(|k| 5 + ((d * 11 + c * 7 + k * 3) % 59) as u32));
+                    row.push(3);
+                    row
+                })
+                .collect()
+        })
+        .collect();
+    Documents {
+        chunks,
+        labels: (0..9).map(|d| (d % 2) as i64).collect(),
+    }
+}
+
+#[test]
+fn grouped_chunks_give_the_gradients_of_one_pass() {
+    // chunk_group_size: every chunk without a graph, the pooled loss's gradient per
+    // chunk, then groups with a graph. Every parameter's gradient must be one pass's
+    // over all chunks, for mean and max pooling, dropout off and on (each group
+    // draws the whole batch's masks).
+    let root = tempfile::tempdir().unwrap();
+    for dropout in [0.0, 0.2] {
+        let mut cfg = BertConfig::tiny();
+        cfg.hidden_dropout_prob = dropout;
+        cfg.attention_probs_dropout_prob = dropout;
+        let dir = model_dir(root.path(), &format!("tiny-dropout-{dropout}"), &cfg);
+        for pool in [berth_model::Pool::Mean, berth_model::Pool::Max] {
+            // Chunk classification, or chunked multi-label (BCE on the pooled logits).
+            let run = |group: Option<usize>, multi: bool| {
+                let mut run = config(&root.path().join("out"), &[]);
+                let chunking = ChunkingConfig {
+                    pool,
+                    chunk_group_size: group,
+                    ..ChunkingConfig::default()
+                };
+                let rows = if multi {
+                    run.task = TaskConfig::MultiLabelClassification {
+                        multi_label: MultiLabelConfig::default(),
+                        chunking: Some(chunking),
+                    };
+                    let d = chunked_texts();
+                    Rows::new(Documents {
+                        labels: (0..9)
+                            .map(|i| vec![(i % 2) as f32, (i % 3 == 0) as u8 as f32])
+                            .collect(),
+                        chunks: d.chunks,
+                    })
+                } else {
+                    run.task = TaskConfig::ChunkClassification { chunking };
+                    Rows::new(chunked_texts())
+                };
+                let t = trainer(run, &dir, rows);
+                window_gradients(&t, &[(0..9).collect()])
+            };
+            let (one, one_loss) = run(None, false);
+            for (group, multi) in [(1, false), (2, false), (3, false), (2, true)] {
+                let (one, one_loss) = if multi {
+                    run(None, true)
+                } else {
+                    (one.clone(), one_loss)
+                };
+                let (g, loss) = run(Some(group), multi);
+                let what = format!("dropout {dropout} {pool:?} group {group} multi-label {multi}");
+                assert!(
+                    (loss - one_loss).abs() < 1e-6 * one_loss.abs().max(1.0),
+                    "{what}: loss {loss} vs {one_loss}"
+                );
+                assert_eq!(g.len(), one.len());
+                for ((name, a), (_, b)) in g.iter().zip(&one) {
+                    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+                    assert!(d < 1e-5, "{what} {name}: gradients differ by {d}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn train_chunks_per_doc_samples_per_epoch_and_evaluation_reads_every_chunk() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let mut run = config(&root.path().join("out"), &[]);
+    run.task = TaskConfig::ChunkClassification {
+        chunking: ChunkingConfig {
+            train_chunks_per_doc: Some(2),
+            ..ChunkingConfig::default()
+        },
+    };
+    let t = trainer(run, &dir, Rows::new(chunked_texts()));
+    let rows = &t.data.train.rows;
+    let all: Vec<usize> = (0..9).collect();
+    let offsets = |b: &TaskBatch| b.doc_offsets.clone().unwrap();
+    let chunks_of = |b: &TaskBatch| {
+        let ids = b.input_ids.to_vec2::<u32>().unwrap();
+        offsets(b)
+            .windows(2)
+            .map(|w| ids[w[0]..w[1]].iter().map(|r| r[1]).collect::<Vec<u32>>())
+            .collect::<Vec<_>>()
+    };
+    let e0 = t.task.train_batch(rows, &all, 0).unwrap();
+    let e0_again = t.task.train_batch(rows, &all, 0).unwrap();
+    let e1 = t.task.train_batch(rows, &all, 1).unwrap();
+    // k = 2 of each text with more, all of a shorter one; in the text's order.
+    let per: Vec<usize> = offsets(&e0).windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(per, vec![1, 2, 2, 2, 2, 2, 2, 2, 2]);
+    let docs = chunked_texts();
+    for (d, picked) in chunks_of(&e0).iter().enumerate() {
+        let firsts: Vec<u32> = docs.chunks[d].iter().map(|c| c[1]).collect();
+        let pos: Vec<usize> = picked
+            .iter()
+            .map(|f| firsts.iter().position(|x| x == f).unwrap())
+            .collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "text {d}: {pos:?}");
+    }
+    assert_eq!(chunks_of(&e0), chunks_of(&e0_again), "seeded");
+    assert_ne!(chunks_of(&e0), chunks_of(&e1), "a new draw each epoch");
+    // Evaluation batches every chunk.
+    let eval = t.task.batch(rows, &all, 0).unwrap();
+    assert_eq!(*offsets(&eval).last().unwrap(), 45);
+}
+
 /// Records each step it sees and stops the run at `stop_at`.
 struct StopAt {
     stop_at: usize,
@@ -685,6 +814,7 @@ fn a_multi_label_set_converges_and_saves_its_problem_type() {
     );
     cfg.task = TaskConfig::MultiLabelClassification {
         multi_label: MultiLabelConfig::default(),
+        chunking: None,
     };
     // Two independent classes, both read from the first word (one of five words
     // per combination), then filler.

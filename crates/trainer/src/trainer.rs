@@ -9,7 +9,7 @@ use std::time::Instant;
 use berth_collate::{BatchSampler, LengthGroupedSampler, Padding, RandomSampler};
 use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde_json::{Map, json};
 
 use crate::batch::TaskBatch;
@@ -41,17 +41,6 @@ pub(crate) struct Window {
     pub loss: f64,
     pub tokens: u64,
     pub non_finite: Option<f32>,
-}
-
-/// A micro-batch's share of its window's loss, `Σ part x weight`. A part with no
-/// items weighs 0 but stays in the graph, so its parameters still get (zero)
-/// gradients and AdamW still decays them.
-fn window_loss(parts: &[Tensor], weights: &[f64]) -> Result<Tensor> {
-    let mut scaled = parts.iter().zip(weights).map(|(p, &w)| p * w);
-    let first = scaled
-        .next()
-        .ok_or_else(|| TrainError::Config("a head with no loss".into()))??;
-    Ok(scaled.try_fold(first, |t, s| t + s?)?)
 }
 
 /// A dropout seed per (run seed, optimizer step, micro-batch): resuming at a step
@@ -154,7 +143,7 @@ impl Trainer {
     ) -> Result<Vec<(TaskBatch, Vec<f64>)>> {
         let batches = group
             .iter()
-            .map(|idx| self.task.batch(&self.data.train.rows, idx, epoch))
+            .map(|idx| self.task.train_batch(&self.data.train.rows, idx, epoch))
             .collect::<Result<Vec<_>>>()?;
         let items = batches
             .iter()
@@ -197,29 +186,20 @@ impl Trainer {
         for (micro, (batch, weights)) in self.window_batches(group, epoch)?.iter().enumerate() {
             let t0 = Instant::now();
             let mode = Mode::train(dropout_seed(self.config.training.seed, step, micro));
-            let outp = self.model.forward(batch, &mode)?;
-            // Each part read once (a device sync each on a GPU); their sum is the loss.
-            let values = outp
-                .parts
-                .iter()
-                .map(|p| p.to_scalar::<f32>())
-                .collect::<candle_core::Result<Vec<f32>>>()?;
+            let values = self.model.train_step(batch, &mode, weights, &mut |g| {
+                opt.accumulate(&mut w.grads, &g)
+            })?;
             let loss: f32 = values.iter().sum();
-            let t1 = Instant::now();
             if !loss.is_finite() {
                 w.non_finite = Some(loss);
                 return Ok(w);
             }
-            let g = window_loss(&outp.parts, weights)?.backward()?;
-            opt.accumulate(&mut w.grads, &g)?;
-            drop(g);
             tracing::debug!(
-                "step {} micro {micro}: {} items {} tokens, forward {:.2}s backward {:.2}s",
+                "step {} micro {micro}: {} items {} tokens, forward and backward {:.2}s",
                 step + 1,
                 batch.items,
                 batch.real_tokens,
-                (t1 - t0).as_secs_f64(),
-                t1.elapsed().as_secs_f64()
+                t0.elapsed().as_secs_f64()
             );
             w.loss += values
                 .iter()

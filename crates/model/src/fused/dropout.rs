@@ -56,6 +56,11 @@ pub struct DropoutKey {
     /// `r step width + c`. The first tokens `[B, 1, H]` of a `[B, L, H]` site are
     /// `(H, L)`: the slice is dropped exactly as the full tensor's first tokens.
     pub rows: Option<(u64, u64)>,
+    /// Where element 0 of the site's full tensor sits in the site's stream: a
+    /// forward over samples `s..` of a batch draws from `s x` (elements per sample),
+    /// so that running a batch in groups of samples drops exactly what one pass over
+    /// the whole batch drops (see [`crate::Mode::starting_at_sample`]).
+    pub offset: u64,
 }
 
 impl DropoutKey {
@@ -81,12 +86,12 @@ impl DropoutKey {
                     while o < out.len() {
                         let (r, c) = (idx / width, idx % width);
                         let n = ((width - c) as usize).min(out.len() - o);
-                        self.fill_with(r * step * width + c, &mut out[o..o + n]);
+                        self.fill_with(self.offset + r * step * width + c, &mut out[o..o + n]);
                         o += n;
                         idx += n as u64;
                     }
                 }
-                _ => self.fill_with(start, out),
+                _ => self.fill_with(self.offset + start, out),
             },
         )
     }

@@ -127,6 +127,7 @@ fn layer_norm_case(rows: usize, h: usize, p: f32, seed: u64) {
         site: 3,
         p,
         rows: None,
+        offset: 0,
     });
     let f = |t: &[Tensor], ops: Ops| {
         let ln = LayerNorm {
@@ -212,6 +213,7 @@ fn attention_case(b: usize, l: usize, heads: usize, d: usize, masked: &[usize], 
         site: 1,
         p,
         rows: None,
+        offset: 0,
     });
     let f = |t: &[Tensor], ops: Ops| match ops {
         Ops::Fused => attention(&t[0], &t[1], &t[2], heads, Some(mask.clone()), key).unwrap(),
@@ -359,6 +361,7 @@ fn dropout_masks_are_keyed_and_keep_one_minus_p() {
         site: 7,
         p: 0.1,
         rows: None,
+        offset: 0,
     };
     let a = keep_mask(&key, 1_000_000);
     assert_eq!(a, keep_mask(&key, 1_000_000), "same key, same mask");
@@ -409,6 +412,7 @@ fn a_row_slice_draws_the_full_tensors_mask_for_its_rows() {
         site: 4,
         p: 0.3,
         rows: None,
+        offset: 0,
     };
     let full = keep_mask(&key, b * l * h);
     let first = keep_mask(&key.every_nth_row(h, l), b * h);
@@ -588,6 +592,7 @@ fn dropout_mask_follows_its_documented_mapping() {
         site: (3 << 32) | 5,
         p: 0.3,
         rows: None,
+        offset: 0,
     };
     let n = 64 * 40 + 17;
     let mask = keep_mask(&key, n);
@@ -648,6 +653,7 @@ fn vectorised_ops_give_the_same_bits_as_baseline_x86() {
             site,
             p: 0.1,
             rows: None,
+            offset: 0,
         })
     };
     // Odd widths, so that the lane loops' tails run too.

@@ -6,8 +6,10 @@ use berth_collate::{Document, Padding, collate_chunks};
 use berth_data::Dataset;
 use berth_data::arrow::datatypes::UInt32Type;
 use berth_data::berth_chunking::ChunkConfig;
-use berth_model::{BertConfig, BertModel, ChunkPooledClassifier, Mode, Params};
-use candle_core::Device;
+use berth_model::{BertConfig, BertModel, ChunkPooledClassifier, Mode, Params, pool_chunks};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
 
 use super::{
     ClassPredictor, ClassScorer, Head, PredictContext, Predictor, Scorer, Task, TaskContext,
@@ -17,15 +19,41 @@ use crate::config::ChunkingConfig;
 use crate::data::{Prepare, RowSet, Rows, Stage};
 use crate::error::{Result, TrainError};
 
-/// A long text's chunks (each `[CLS] .. [SEP]`) and its class (`labels` is empty
-/// when the rows are unlabelled, for prediction).
+/// Long texts' chunks (each `[CLS] .. [SEP]`) and their labels: a class id (`i64`,
+/// chunk classification) or a 0/1 vector (`Vec<f32>`, multi-label). `labels` is
+/// empty when the rows are unlabelled, for prediction.
 #[derive(Clone, Debug)]
-pub struct Documents {
+pub struct Documents<L = i64> {
     pub chunks: Vec<Vec<Vec<u32>>>,
-    pub labels: Vec<i64>,
+    pub labels: Vec<L>,
 }
 
-impl RowSet for Documents {
+/// A text's label as a batch holds it.
+pub trait DocLabel: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// The labels of one batch: `[B]` class ids or `[B, K]` 0/1 vectors.
+    fn tensor(labels: Vec<&Self>, device: &Device) -> Result<Tensor>;
+}
+
+impl DocLabel for i64 {
+    fn tensor(labels: Vec<&Self>, device: &Device) -> Result<Tensor> {
+        let n = labels.len();
+        Ok(Tensor::from_vec(
+            labels.into_iter().copied().collect::<Vec<_>>(),
+            n,
+            device,
+        )?)
+    }
+}
+
+impl DocLabel for Vec<f32> {
+    fn tensor(labels: Vec<&Self>, device: &Device) -> Result<Tensor> {
+        let (n, k) = (labels.len(), labels.first().map_or(0, |l| l.len()));
+        let flat: Vec<f32> = labels.into_iter().flatten().copied().collect();
+        Ok(Tensor::from_vec(flat, (n, k), device)?)
+    }
+}
+
+impl<L: DocLabel> RowSet for Documents<L> {
     fn len(&self) -> usize {
         self.chunks.len()
     }
@@ -38,7 +66,7 @@ impl RowSet for Documents {
     fn first(&self, n: usize) -> Rows {
         Rows::new(Documents {
             chunks: self.chunks[..n].to_vec(),
-            labels: self.labels.iter().take(n).copied().collect(),
+            labels: self.labels.iter().take(n).cloned().collect(),
         })
     }
 
@@ -59,36 +87,32 @@ impl RowSet for Documents {
     }
 }
 
-/// The task; see the module docs.
-pub struct ChunkClassification {
-    chunking: ChunkingConfig,
+/// What chunk classification and chunked multi-label share: cutting a split's texts
+/// into chunks, batching a text's chunks (all of them, or `train_chunks_per_doc`
+/// sampled ones in training) and the pooled head.
+pub(super) struct Chunker {
+    pub config: ChunkingConfig,
     padding: Padding,
     pad_id: u32,
+    seed: u64,
     device: Device,
 }
 
-impl ChunkClassification {
-    pub fn new(chunking: ChunkingConfig, cx: &TaskContext<'_>) -> Result<Self> {
-        Ok(ChunkClassification {
-            chunking,
+impl Chunker {
+    pub fn new(config: ChunkingConfig, cx: &TaskContext<'_>) -> Result<Self> {
+        config.validate()?;
+        Ok(Chunker {
+            config,
             padding: cx.padding,
             pad_id: cx.pad_id,
+            seed: cx.seed,
             device: cx.device.clone(),
         })
     }
-}
 
-impl Task for ChunkClassification {
-    fn architecture(&self) -> &'static str {
-        "BertForSequenceClassification"
-    }
-
-    fn classifies(&self) -> bool {
-        true
-    }
-
-    fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
-        let c = &self.chunking;
+    /// Every text of `ds` as chunks.
+    pub fn chunks(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Vec<Vec<Vec<u32>>>> {
+        let c = &self.config;
         let max_text_len = match (prep.stage, c.eval_max_text_len) {
             (Stage::Eval | Stage::Predict, Some(0)) => None,
             (Stage::Eval | Stage::Predict, Some(n)) => Some(n),
@@ -103,41 +127,250 @@ impl Task for ChunkClassification {
         )
         .map_err(|e| TrainError::Config(format!("chunking: {e}")))?;
         let t = ds.chunk_texts(prep.tokenizer, &prep.data.text_column, cc)?;
-        Ok(Rows::new(Documents {
-            chunks: t.nested_list_rows::<UInt32Type>("chunks")?,
-            labels: prep.labels(ds)?,
-        }))
+        Ok(t.nested_list_rows::<UInt32Type>("chunks")?)
     }
 
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
-        Ok(Box::new(ChunkHead(ChunkPooledClassifier::new(
-            config,
-            params,
-            self.chunking.pool,
-        )?)))
-    }
-
-    fn batch(&self, rows: &Rows, indices: &[usize], _epoch: u64) -> Result<TaskBatch> {
-        let r = rows.get::<Documents>()?;
-        let labelled = !r.labels.is_empty();
+    /// Texts `indices` with all their chunks, or (`sample_epoch`, training with
+    /// `train_chunks_per_doc = k`) k of each text's chunks drawn for that epoch: a
+    /// function of (seed, epoch, text), kept in the text's order.
+    pub fn batch<L: DocLabel>(
+        &self,
+        rows: &Rows,
+        indices: &[usize],
+        sample_epoch: Option<u64>,
+    ) -> Result<TaskBatch> {
+        let r = rows.get::<Documents<L>>()?;
+        let k = sample_epoch.and(self.config.train_chunks_per_doc);
         let docs: Vec<Document> = indices
             .iter()
-            .map(|&i| Document {
-                chunks: r.chunks[i].iter().map(Vec::as_slice).collect(),
-                label: labelled.then(|| r.labels[i]),
+            .map(|&i| {
+                let all = &r.chunks[i];
+                let chunks = match (k, sample_epoch) {
+                    (Some(k), Some(epoch)) if all.len() > k => {
+                        sample_chunks(self.seed, epoch, i, all.len(), k)
+                            .into_iter()
+                            .map(|c| all[c].as_slice())
+                            .collect()
+                    }
+                    _ => all.iter().map(Vec::as_slice).collect(),
+                };
+                Document {
+                    chunks,
+                    label: None,
+                }
             })
             .collect();
         let b = collate_chunks(&docs, &self.padding, self.pad_id, &self.device)?;
+        let labels = if r.labels.is_empty() {
+            None
+        } else {
+            let picked = indices.iter().map(|&i| &r.labels[i]).collect();
+            Some(L::tensor(picked, &self.device)?)
+        };
         Ok(TaskBatch {
             input_ids: b.input_ids,
             attention_mask: b.attention_mask,
             token_type_ids: b.token_type_ids,
-            labels: b.labels,
+            labels,
             doc_offsets: Some(b.doc_offsets),
             next_sentence_label: None,
             items: indices.len(),
             real_tokens: b.real_tokens,
         })
+    }
+
+    /// The pooled head over `params`, with `loss` on the pooled logits.
+    pub fn head(
+        &self,
+        config: &BertConfig,
+        params: &mut Params,
+        loss: PooledLoss,
+    ) -> Result<Box<dyn Head>> {
+        Ok(Box::new(PooledHead {
+            model: ChunkPooledClassifier::new(config, params, self.config.pool)?,
+            loss,
+            group: self.config.chunk_group_size,
+        }))
+    }
+}
+
+/// `k` distinct chunk indices of `0..n`, sorted, drawn from (seed, epoch, text).
+fn sample_chunks(seed: u64, epoch: u64, text: usize, n: usize, k: usize) -> Vec<usize> {
+    let mut x = seed ^ 0xC2B2_AE3D_27D4_EB4F;
+    for v in [epoch, text as u64] {
+        x = (x ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 29;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(x);
+    let mut picked = rand::seq::index::sample(&mut rng, n, k).into_vec();
+    picked.sort_unstable();
+    picked
+}
+
+/// The loss on pooled logits.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum PooledLoss {
+    /// The sequence classifier's: cross-entropy (MSE for one label).
+    Class,
+    /// Sigmoid and binary cross-entropy per class.
+    MultiLabel,
+}
+
+/// belt_nlp's head: the sequence classifier on every chunk, logits pooled per text,
+/// the loss on the pooled logits.
+///
+/// With `group = Some(n)` no forward holds more than n chunks. Training takes the
+/// two-pass exact gradient: the loss depends on the chunks only through the pooled
+/// logits, so (1) every chunk runs without a graph, (2) the pooled loss gives the
+/// gradient of each chunk's logits (mean: the pooled gradient / K; max: the arg-max
+/// chunk of each class), (3) the chunks run again n at a time with a graph, each
+/// group backpropagating its logits times that gradient. The sum over groups is the
+/// one-pass gradient, for one extra forward. Each group's dropout masks are those
+/// of the whole batch ([`Mode::starting_at_sample`]), so pass 1 and pass 2 agree.
+struct PooledHead {
+    model: ChunkPooledClassifier,
+    loss: PooledLoss,
+    group: Option<usize>,
+}
+
+impl PooledHead {
+    fn loss(&self, pooled: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        Ok(match self.loss {
+            PooledLoss::Class => self.model.loss(pooled, labels)?,
+            PooledLoss::MultiLabel => berth_model::bce_with_logits(pooled, labels)?,
+        })
+    }
+
+    /// The logits of chunk rows `first..first + n`, dropout as in one pass over all.
+    fn rows(&self, b: &TaskBatch, first: usize, n: usize, mode: &Mode) -> Result<Tensor> {
+        let part = |t: &Tensor| t.narrow(0, first, n);
+        let (ids, types, mask) = (
+            part(&b.input_ids)?,
+            part(&b.token_type_ids)?,
+            part(&b.attention_mask)?,
+        );
+        let m = mode.starting_at_sample(first);
+        Ok(self
+            .model
+            .inner
+            .forward(&ids, Some(&types), Some(&mask), &m)?)
+    }
+
+    /// Chunk row groups `(first, n)`: one of all rows when ungrouped.
+    fn groups(&self, rows: usize) -> Vec<(usize, usize)> {
+        let n = self.group.unwrap_or(rows).max(1);
+        (0..rows).step_by(n).map(|s| (s, n.min(rows - s))).collect()
+    }
+
+    fn offsets<'b>(&self, b: &'b TaskBatch) -> Result<&'b [usize]> {
+        b.doc_offsets
+            .as_deref()
+            .ok_or_else(|| TrainError::Config("chunk classification needs chunked batches".into()))
+    }
+}
+
+impl Head for PooledHead {
+    fn forward(&self, b: &TaskBatch, mode: &Mode) -> Result<Output> {
+        let offsets = self.offsets(b)?;
+        let logits = self.chunk_logits(b, mode)?;
+        let pooled = pool_chunks(&logits, offsets, self.model.pool)?;
+        super::classification::class_output(pooled, b.labels.as_ref(), |l, y| self.loss(l, y))
+    }
+
+    fn chunk_logits(&self, b: &TaskBatch, mode: &Mode) -> Result<Tensor> {
+        let rows = b.input_ids.dim(0)?;
+        if self.group.is_none() {
+            let (ids, types, mask) = (&b.input_ids, &b.token_type_ids, &b.attention_mask);
+            return Ok(self
+                .model
+                .inner
+                .forward(ids, Some(types), Some(mask), mode)?);
+        }
+        let parts = self
+            .groups(rows)
+            .into_iter()
+            .map(|(s, n)| self.rows(b, s, n, mode))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    fn train_step(
+        &self,
+        detached: &dyn Head,
+        b: &TaskBatch,
+        mode: &Mode,
+        weights: &[f64],
+        sink: &mut dyn FnMut(GradStore) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        if self.group.is_none() {
+            return super::one_pass_step(self, b, mode, weights, sink);
+        }
+        let offsets = self.offsets(b)?;
+        // Pass 1: every chunk, no graph (the detached weights), grouped.
+        let logits = detached.chunk_logits(b, mode)?.to_dtype(DType::F32)?;
+        let logits = Var::from_tensor(&logits)?;
+        let pooled = pool_chunks(logits.as_tensor(), offsets, self.model.pool)?;
+        let loss = self.loss(&pooled, b.labels()?)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Ok(vec![value]);
+        }
+        let weight = weights.first().copied().unwrap_or(1.0);
+        let d = (loss * weight)?.backward()?;
+        let d_logits = d
+            .get(logits.as_tensor())
+            .ok_or_else(|| TrainError::Config("pooled loss has no chunk gradient".into()))?
+            .clone();
+        drop(d);
+        // Pass 2: each group again with a graph, its logits weighted by their gradient.
+        for (s, n) in self.groups(d_logits.dim(0)?) {
+            let group = self.rows(b, s, n, mode)?;
+            let g = d_logits.narrow(0, s, n)?.to_dtype(group.dtype())?.detach();
+            sink((group * g)?.sum_all()?.backward()?)?;
+        }
+        Ok(vec![value])
+    }
+
+    fn bert_mut(&mut self) -> &mut BertModel {
+        &mut self.model.inner.bert
+    }
+}
+
+/// The task; see the module docs.
+pub struct ChunkClassification(Chunker);
+
+impl ChunkClassification {
+    pub fn new(chunking: ChunkingConfig, cx: &TaskContext<'_>) -> Result<Self> {
+        Ok(ChunkClassification(Chunker::new(chunking, cx)?))
+    }
+}
+
+impl Task for ChunkClassification {
+    fn architecture(&self) -> &'static str {
+        "BertForSequenceClassification"
+    }
+
+    fn classifies(&self) -> bool {
+        true
+    }
+
+    fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
+        Ok(Rows::new(Documents {
+            chunks: self.0.chunks(ds, prep)?,
+            labels: prep.labels(ds)?,
+        }))
+    }
+
+    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+        self.0.head(config, params, PooledLoss::Class)
+    }
+
+    fn batch(&self, rows: &Rows, indices: &[usize], _epoch: u64) -> Result<TaskBatch> {
+        self.0.batch::<i64>(rows, indices, None)
+    }
+
+    fn train_batch(&self, rows: &Rows, indices: &[usize], epoch: u64) -> Result<TaskBatch> {
+        self.0.batch::<i64>(rows, indices, Some(epoch))
     }
 
     fn scorer(&self, num_classes: usize) -> Box<dyn Scorer> {
@@ -149,34 +382,13 @@ impl Task for ChunkClassification {
     }
 }
 
-struct ChunkHead(ChunkPooledClassifier);
-
-impl Head for ChunkHead {
-    fn forward(&self, b: &TaskBatch, mode: &Mode) -> Result<Output> {
-        let offsets = b.doc_offsets.as_deref().ok_or_else(|| {
-            TrainError::Config("chunk classification needs chunked batches".into())
-        })?;
-        let (ids, types, mask) = (
-            &b.input_ids,
-            Some(&b.token_type_ids),
-            Some(&b.attention_mask),
-        );
-        let logits = self.0.forward(ids, types, mask, offsets, mode)?;
-        super::classification::class_output(logits, b.labels.as_ref(), |l, y| self.0.loss(l, y))
-    }
-
-    fn bert_mut(&mut self) -> &mut BertModel {
-        &mut self.0.inner.bert
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_report_counts_chunks_per_text() {
-        let d = Documents {
+        let d: Documents = Documents {
             chunks: vec![
                 vec![vec![1]],
                 vec![vec![1], vec![2]],

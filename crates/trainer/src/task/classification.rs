@@ -126,10 +126,7 @@ struct SequenceHead(SequenceClassifier);
 pub(super) fn class_output(
     logits: candle_core::Tensor,
     labels: Option<&candle_core::Tensor>,
-    loss: impl Fn(
-        &candle_core::Tensor,
-        &candle_core::Tensor,
-    ) -> berth_model::Result<candle_core::Tensor>,
+    loss: impl Fn(&candle_core::Tensor, &candle_core::Tensor) -> Result<candle_core::Tensor>,
 ) -> Result<Output> {
     let logits = logits.to_dtype(DType::F32)?;
     let parts = match labels {
@@ -147,7 +144,7 @@ impl Head for SequenceHead {
             Some(&b.attention_mask),
         );
         let logits = self.0.forward(ids, types, mask, mode)?;
-        class_output(logits, b.labels.as_ref(), |l, y| self.0.loss(l, y))
+        class_output(logits, b.labels.as_ref(), |l, y| Ok(self.0.loss(l, y)?))
     }
 
     fn bert_mut(&mut self) -> &mut BertModel {

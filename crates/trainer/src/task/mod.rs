@@ -15,7 +15,8 @@ use berth_data::Dataset;
 use berth_data::arrow::array::ArrayRef;
 use berth_data::tokenizers::Tokenizer;
 use berth_model::{BertConfig, BertModel, Mode, Params};
-use candle_core::Device;
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
 
 use crate::batch::{Output, TaskBatch};
 use crate::config::TaskConfig;
@@ -29,7 +30,7 @@ mod masked_lm;
 mod multi_label;
 mod pre_training;
 
-pub use chunk_classification::{ChunkClassification, Documents};
+pub use chunk_classification::{ChunkClassification, DocLabel, Documents};
 pub use classification::{ClassPredictor, ClassScorer, Classification, Sequences};
 pub use masked_lm::{FillMaskPredictor, LmScorer, MaskedLanguageModeling, Texts};
 pub use multi_label::{LabelledSequences, MultiLabelClassification, multi_label_metrics};
@@ -45,9 +46,14 @@ impl TaskConfig {
             }
             TaskConfig::Mlm { mlm } => Box::new(MaskedLanguageModeling::new(mlm, cx)?),
             TaskConfig::Nsp { mlm } => Box::new(PreTraining::new(mlm, cx)?),
-            TaskConfig::MultiLabelClassification { multi_label } => {
-                Box::new(MultiLabelClassification::new(multi_label, cx)?)
-            }
+            TaskConfig::MultiLabelClassification {
+                multi_label,
+                chunking,
+            } => Box::new(MultiLabelClassification::new(
+                multi_label,
+                chunking.as_ref(),
+                cx,
+            )?),
         })
     }
 }
@@ -105,6 +111,12 @@ pub trait Task: Send + Sync {
     /// (masks depend on seed, epoch and row index only).
     fn batch(&self, rows: &Rows, indices: &[usize], epoch: u64) -> Result<TaskBatch>;
 
+    /// Items `indices` of `rows` as a training step reads them (chunked texts may
+    /// sample `train_chunks_per_doc` chunks); evaluation reads [`Task::batch`].
+    fn train_batch(&self, rows: &Rows, indices: &[usize], epoch: u64) -> Result<TaskBatch> {
+        self.batch(rows, indices, epoch)
+    }
+
     /// Items `indices` of unlabelled `rows` as prediction reads them (no masking,
     /// no labels).
     fn predict_batch(&self, rows: &Rows, indices: &[usize]) -> Result<TaskBatch> {
@@ -122,8 +134,65 @@ pub trait Task: Send + Sync {
 pub trait Head: Send + Sync {
     /// The loss (when the batch has labels), its parts and the logits.
     fn forward(&self, batch: &TaskBatch, mode: &Mode) -> Result<Output>;
+
+    /// One micro-batch of training: the values of its loss parts (in
+    /// [`Output::parts`]' order) and, when their sum is finite, the gradients of
+    /// `Σ part x weight` handed to `sink` (possibly in pieces, which add up).
+    /// `detached` is this head over detached weights, for a pass without a graph.
+    /// By default one forward with a graph and one backward.
+    fn train_step(
+        &self,
+        detached: &dyn Head,
+        batch: &TaskBatch,
+        mode: &Mode,
+        weights: &[f64],
+        sink: &mut dyn FnMut(GradStore) -> Result<()>,
+    ) -> Result<Vec<f32>> {
+        let _ = detached;
+        one_pass_step(self, batch, mode, weights, sink)
+    }
+
+    /// The logits of every row of the batch before pooling (chunk heads only).
+    fn chunk_logits(&self, _batch: &TaskBatch, _mode: &Mode) -> Result<Tensor> {
+        Err(crate::error::TrainError::Config(
+            "this head does not pool chunks".into(),
+        ))
+    }
+
     /// The encoder, to set its compute dtype.
     fn bert_mut(&mut self) -> &mut BertModel;
+}
+
+/// [`Head::train_step`]'s default: forward with a graph, each part read once (a
+/// device sync each on a GPU), then one backward of the weighted parts.
+pub(crate) fn one_pass_step<H: Head + ?Sized>(
+    head: &H,
+    batch: &TaskBatch,
+    mode: &Mode,
+    weights: &[f64],
+    sink: &mut dyn FnMut(GradStore) -> Result<()>,
+) -> Result<Vec<f32>> {
+    let out = head.forward(batch, mode)?;
+    let values = out
+        .parts
+        .iter()
+        .map(|p| p.to_scalar::<f32>())
+        .collect::<candle_core::Result<Vec<f32>>>()?;
+    if values.iter().sum::<f32>().is_finite() {
+        sink(window_loss(&out.parts, weights)?.backward()?)?;
+    }
+    Ok(values)
+}
+
+/// A micro-batch's share of its window's loss, `Σ part x weight`. A part with no
+/// items weighs 0 but stays in the graph, so its parameters still get (zero)
+/// gradients and AdamW still decays them.
+fn window_loss(parts: &[Tensor], weights: &[f64]) -> Result<Tensor> {
+    let mut scaled = parts.iter().zip(weights).map(|(p, &w)| p * w);
+    let first = scaled
+        .next()
+        .ok_or_else(|| crate::error::TrainError::Config("a head with no loss".into()))??;
+    Ok(scaled.try_fold(first, |t, s| t + s?)?)
 }
 
 /// Evaluation metrics over batches.

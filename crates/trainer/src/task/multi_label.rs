@@ -20,10 +20,12 @@ use berth_data::arrow::datatypes::DataType;
 use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
 use candle_core::{Device, Tensor};
 
+use super::Documents;
+use super::chunk_classification::{Chunker, PooledLoss};
 use super::classification::class_output;
 use super::{Head, PredictContext, Predictor, Scorer, Task, TaskContext};
 use crate::batch::{Output, TaskBatch};
-use crate::config::MultiLabelConfig;
+use crate::config::{ChunkingConfig, MultiLabelConfig};
 use crate::data::{Prepare, RowSet, Rows, Stage};
 use crate::error::{Result, TrainError};
 
@@ -58,10 +60,16 @@ pub struct MultiLabelClassification {
     padding: Padding,
     pad_id: u32,
     device: Device,
+    /// Long texts: rows are [`Documents`] and the head pools chunk logits.
+    chunker: Option<Chunker>,
 }
 
 impl MultiLabelClassification {
-    pub fn new(config: &MultiLabelConfig, cx: &TaskContext<'_>) -> Result<Self> {
+    pub fn new(
+        config: &MultiLabelConfig,
+        chunking: Option<&ChunkingConfig>,
+        cx: &TaskContext<'_>,
+    ) -> Result<Self> {
         if !(config.threshold > 0.0 && config.threshold < 1.0) {
             return Err(TrainError::Config(format!(
                 "multi_label.threshold must be in (0, 1), not {}",
@@ -73,6 +81,7 @@ impl MultiLabelClassification {
             padding: cx.padding,
             pad_id: cx.pad_id,
             device: cx.device.clone(),
+            chunker: chunking.map(|c| Chunker::new(c.clone(), cx)).transpose()?,
         })
     }
 }
@@ -104,21 +113,40 @@ impl Task for MultiLabelClassification {
     }
 
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
-        let (ids, types) = prep.tokenize(ds, true)?;
         let labels = match prep.stage {
             Stage::Predict => Vec::new(),
             _ => multi_hot(ds, &prep.data.label_column, prep.class_names)?,
         };
+        if let Some(chunker) = &self.chunker {
+            return Ok(Rows::new(Documents {
+                chunks: chunker.chunks(ds, prep)?,
+                labels,
+            }));
+        }
+        let (ids, types) = prep.tokenize(ds, true)?;
         Ok(Rows::new(LabelledSequences { ids, types, labels }))
     }
 
     fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+        if let Some(chunker) = &self.chunker {
+            return chunker.head(config, params, PooledLoss::MultiLabel);
+        }
         Ok(Box::new(MultiLabelHead(SequenceClassifier::new(
             config, params,
         )?)))
     }
 
+    fn train_batch(&self, rows: &Rows, indices: &[usize], epoch: u64) -> Result<TaskBatch> {
+        match &self.chunker {
+            Some(chunker) => chunker.batch::<Vec<f32>>(rows, indices, Some(epoch)),
+            None => self.batch(rows, indices, epoch),
+        }
+    }
+
     fn batch(&self, rows: &Rows, indices: &[usize], _epoch: u64) -> Result<TaskBatch> {
+        if let Some(chunker) = &self.chunker {
+            return chunker.batch::<Vec<f32>>(rows, indices, None);
+        }
         let r = rows.get::<LabelledSequences>()?;
         let ex: Vec<Example> = indices
             .iter()
@@ -172,7 +200,7 @@ impl Head for MultiLabelHead {
         );
         let logits = self.0.forward(ids, types, mask, mode)?;
         class_output(logits, b.labels.as_ref(), |l, y| {
-            berth_model::bce_with_logits(l, y)
+            Ok(berth_model::bce_with_logits(l, y)?)
         })
     }
 
