@@ -42,10 +42,21 @@ pub fn load_tokenizer(spec: &str, hub: &HubOptions) -> Result<Tokenizer> {
             message: "not a tokenizer.json, a model directory, or a hub id owner/name".into(),
         });
     };
-    Tokenizer::from_file(&file).map_err(|e| DataError::Tokenizer {
+    let text = std::fs::read_to_string(&file).map_err(|e| DataError::io(&file, e))?;
+    let bad = |message: String| DataError::Tokenizer {
         what: file.display().to_string(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    // Valid JSON that is not a tokenizers file would otherwise be reported as a
+    // syntax error at its first key.
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && v.get("model").is_none()
+    {
+        return Err(bad(
+            "valid JSON, but not a tokenizer.json: it has no \"model\" (a tokenizers file holds version, normalizer, pre_tokenizer, model, ...)".into(),
+        ));
+    }
+    text.parse::<Tokenizer>().map_err(|e| bad(e.to_string()))
 }
 
 /// What to tokenize and how.
@@ -305,6 +316,28 @@ mod tests {
     fn minilm() -> Option<Tokenizer> {
         let dir = berth_testkit::minilm_dir()?;
         Some(load_tokenizer(dir.to_str().unwrap(), &HubOptions::offline("/nonexistent")).unwrap())
+    }
+
+    #[test]
+    fn json_that_is_not_a_tokenizer_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("tokenizer.json");
+        std::fs::write(&p, br#"{"a":1}"#).unwrap();
+        let e = load_tokenizer(p.to_str().unwrap(), &HubOptions::offline("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokenizer.json")
+                && e.contains("not a tokenizer.json")
+                && e.contains("\"model\""),
+            "{e}"
+        );
+        // Broken JSON keeps the parser's line and column.
+        std::fs::write(&p, b"{\"a\":").unwrap();
+        let e = load_tokenizer(p.to_str().unwrap(), &HubOptions::offline("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1 column"), "{e}");
     }
 
     fn ids(ds: &Dataset, col: &str, row: usize) -> Vec<u32> {

@@ -227,6 +227,8 @@ impl Callback for Evaluation {
             return Ok(());
         }
         let t = &s.config.training;
+        s.log
+            .println(&format!("Running evaluation at step {}", step.step));
         let m = s.evaluate()?;
         s.log.println(&format!(
             "eval at step {}: {}",
@@ -307,6 +309,8 @@ impl Callback for Checkpointing {
             .as_ref()
             .map(|e| e.1.clone())
             .unwrap_or_default();
+        s.log
+            .println(&format!("Saving model checkpoint to {}", dir.display()));
         save_checkpoint(s, &dir, &metrics)?;
         c.last_checkpoint = Some(dir);
         rotate_checkpoints(out, s.state, t.save_total_limit)
@@ -314,7 +318,7 @@ impl Callback for Checkpointing {
 }
 
 /// Model, optimizer, scheduler and trainer state (with the data position), written
-/// to a temp dir and renamed into place.
+/// to a temp dir with its manifest last, and renamed into place.
 /// Each one is a complete HF model repo too (tokenizer files and a model card with
 /// the newest eval metrics), so `from_pretrained` and `berth predict` open it.
 fn save_checkpoint(s: &Session<'_>, dir: &Path, metrics: &BTreeMap<String, f64>) -> Result<()> {
@@ -351,7 +355,9 @@ fn save_checkpoint(s: &Session<'_>, dir: &Path, metrics: &BTreeMap<String, f64>)
             let path = tmp.join(file);
             std::fs::write(&path, bytes).map_err(|e| TrainError::io(&path, e))?;
         }
-        s.state.write(&tmp.join("trainer_state.json"))
+        s.state.write(&tmp.join("trainer_state.json"))?;
+        // Last: the manifest vouches for every file above.
+        crate::manifest::write(tmp)
     })
 }
 

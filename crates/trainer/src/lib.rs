@@ -21,6 +21,7 @@ mod config;
 mod data;
 mod error;
 mod inference;
+pub mod manifest;
 mod metrics;
 mod model;
 mod optim;

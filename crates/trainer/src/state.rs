@@ -98,23 +98,153 @@ pub fn checkpoints(output_dir: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
-/// The checkpoint `spec` names: `latest` (the newest in `output_dir`) or a path.
+/// The checkpoint `spec` names: `latest` (the newest valid one in `output_dir`) or a
+/// path. A checkpoint whose files do not match its manifest (truncated by a copy,
+/// corrupted) is passed over with a warning for `latest`, and is an error naming the
+/// bad file and the newest valid checkpoint when named.
 pub fn resolve_checkpoint(spec: &str, output_dir: &Path) -> Result<PathBuf> {
     if spec == "latest" || spec == "true" {
-        return checkpoints(output_dir)
-            .pop()
-            .map(|(_, p)| p)
-            .ok_or_else(|| {
-                TrainError::checkpoint(output_dir, "no checkpoint-<step> to resume from")
-            });
+        let all = checkpoints(output_dir);
+        if all.is_empty() {
+            return Err(TrainError::checkpoint(
+                output_dir,
+                "no checkpoint-<step> to resume from",
+            ));
+        }
+        return newest_valid(output_dir).ok_or_else(|| {
+            TrainError::checkpoint(
+                output_dir,
+                format!(
+                    "none of its {} checkpoints matches its manifest (see the warnings)",
+                    all.len()
+                ),
+            )
+        });
     }
     let p = PathBuf::from(spec);
-    if p.join("trainer_state.json").is_file() {
-        Ok(p)
-    } else {
-        Err(TrainError::checkpoint(
+    if !p.join("trainer_state.json").is_file() {
+        return Err(TrainError::checkpoint(
             &p,
             "not a checkpoint (no trainer_state.json)",
-        ))
+        ));
+    }
+    if let Err(e) = crate::manifest::verify(&p) {
+        let newest = p
+            .parent()
+            .and_then(newest_valid)
+            .map_or_else(|| "none".to_string(), |d| d.display().to_string());
+        return Err(TrainError::checkpoint(
+            &p,
+            format!("is damaged: {e}. The newest valid checkpoint: {newest}"),
+        ));
+    }
+    Ok(p)
+}
+
+/// The newest checkpoint of `output_dir` whose files match its manifest; each one
+/// passed over is named in a warning.
+pub fn newest_valid(output_dir: &Path) -> Option<PathBuf> {
+    for (_, dir) in checkpoints(output_dir).into_iter().rev() {
+        match crate::manifest::verify(&dir) {
+            Ok(()) => return Some(dir),
+            Err(e) => tracing::warn!("passing over {}: {e}", dir.display()),
+        }
+    }
+    None
+}
+
+/// Clears what a killed run's checkpoint writes left in `output_dir`: a temp copy
+/// (`.checkpoint-N.tmp-*`) is removed; an old copy renamed aside
+/// (`.checkpoint-N.old-*`, a kill between the two renames of a swap) is put back
+/// when `checkpoint-N` is missing, else removed. Run before a run writes there.
+pub fn tidy_output_dir(output_dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(output_dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".checkpoint-") else {
+            continue;
+        };
+        let path = e.path();
+        if let Some((step, _)) = rest.split_once(".old-") {
+            let target = output_dir.join(format!("checkpoint-{step}"));
+            if !target.exists() {
+                tracing::warn!(
+                    "{}: a swap was interrupted; putting the previous copy back as {}",
+                    path.display(),
+                    target.display()
+                );
+                std::fs::rename(&path, &target).map_err(|e| TrainError::io(&path, e))?;
+                continue;
+            }
+        } else if !rest.contains(".tmp-") {
+            continue;
+        }
+        tracing::info!("removing {} (left by an interrupted write)", path.display());
+        std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake `checkpoint-<step>` with a weights file and its manifest.
+    fn checkpoint(out: &Path, step: usize) -> PathBuf {
+        let dir = out.join(format!("checkpoint-{step}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("trainer_state.json"), b"{}").unwrap();
+        std::fs::write(dir.join("model.safetensors"), vec![step as u8; 4096]).unwrap();
+        crate::manifest::write(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn latest_passes_over_a_damaged_checkpoint_and_a_named_one_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        let (two, four) = (checkpoint(out, 2), checkpoint(out, 4));
+        assert_eq!(resolve_checkpoint("latest", out).unwrap(), four);
+        // checkpoint-4's weights truncated by a copy.
+        std::fs::write(four.join("model.safetensors"), vec![4u8; 100]).unwrap();
+        assert_eq!(resolve_checkpoint("latest", out).unwrap(), two);
+        let e = resolve_checkpoint(four.to_str().unwrap(), out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains("100 bytes")
+                && e.contains(&format!("newest valid checkpoint: {}", two.display())),
+            "{e}"
+        );
+        // Both damaged: a clear error, not a resume from nothing.
+        std::fs::write(two.join("model.safetensors"), b"x").unwrap();
+        let e = resolve_checkpoint("latest", out).unwrap_err().to_string();
+        assert!(e.contains("none of its 2 checkpoints"), "{e}");
+    }
+
+    #[test]
+    fn a_killed_write_leaves_nothing_after_tidying() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        checkpoint(out, 2);
+        // Killed mid-write of checkpoint-4: its temp copy.
+        std::fs::create_dir_all(out.join(".checkpoint-4.tmp-77-0")).unwrap();
+        // Killed between the two renames replacing checkpoint-6: only the old copy.
+        let six = checkpoint(out, 6);
+        std::fs::rename(&six, out.join(".checkpoint-6.old-78-1")).unwrap();
+        // Killed after both renames, before the old copy was removed.
+        checkpoint(out, 8);
+        std::fs::create_dir_all(out.join(".checkpoint-8.old-79-2")).unwrap();
+        tidy_output_dir(out).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["checkpoint-2", "checkpoint-6", "checkpoint-8"]);
+        crate::manifest::verify(&six).unwrap();
     }
 }

@@ -304,6 +304,7 @@ impl Trainer {
         };
         let metrics_log = out.join("metrics.jsonl");
 
+        crate::state::tidy_output_dir(&out)?;
         if let Some(spec) = &t.resume_from_checkpoint {
             let ckpt = resolve_checkpoint(spec, &out)?;
             self.restore(&ckpt, &mut opt, &mut state)?;
@@ -692,6 +693,7 @@ pub(crate) fn load_model(
     device: &Device,
     class_names: &[String],
 ) -> Result<TaskModel> {
+    crate::manifest::verify_if_present(model_dir)?;
     let mut model = TaskModel::load(task, model_dir, device, config.training.seed, class_names)?;
     if config.training.precision == Precision::Bf16 {
         model.set_compute_dtype(DType::BF16);

@@ -112,12 +112,21 @@ pub fn load(path: &str, format: Option<Format>, opts: &LoadOptions) -> Result<Da
             ))
         })?,
     };
-    match format {
+    let parquet = matches!(format, Format::Parquet);
+    let ds = match format {
         Format::Parquet => load_parquet(path, opts),
         Format::Csv(c) => load_csv(Path::new(path), &c, opts),
         Format::Json => load_jsonl(Path::new(path), opts),
         Format::Text(s) => load_text(Path::new(path), s, opts),
+    }?;
+    // A text format with no rows is an empty file (a parquet file may legitimately
+    // hold a schema and no rows).
+    if ds.num_columns() == 0 || (!parquet && ds.num_rows() == 0) {
+        return Err(DataError::InvalidArgument(format!(
+            "{path}: the file is empty (no rows to read)"
+        )));
     }
+    Ok(ds)
 }
 
 /// The fingerprint of data read from `files`: their canonical paths, sizes and
@@ -165,6 +174,24 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("x.jsonl")), Some(Format::Json));
         assert_eq!(Format::from_path(Path::new("x.bin")), None);
         assert!(Format::from_name("xml").is_err());
+    }
+
+    #[test]
+    fn an_empty_file_says_it_is_empty() {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["e.jsonl", "e.csv", "e.txt"] {
+            let p = d.path().join(name);
+            std::fs::write(&p, b"").unwrap();
+            let err = load(p.to_str().unwrap(), None, &LoadOptions::in_memory())
+                .unwrap_err()
+                .to_string();
+            // CSV says it at its header: "line 1: empty file: no header row".
+            assert!(
+                err.contains(name)
+                    && (err.contains("the file is empty") || err.contains("empty file")),
+                "{name}: {err}"
+            );
+        }
     }
 
     #[test]
