@@ -22,10 +22,15 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
         .as_ref()
         .and_then(|v| v.first())
         .map_or("", String::as_str);
-    let chunked = a.chunk_size.is_some()
-        || a.stride.is_some()
-        || a.maximal_text_length.is_some()
-        || a.chunk_group_size.is_some();
+    let chunked = a.chunk_size.is_some() || a.stride.is_some() || a.maximal_text_length.is_some();
+    if a.chunk_group_size.is_some() && !chunked {
+        bail!(
+            "--chunk-group-size bounds the chunks per forward of chunked prediction; add --chunk-size, --stride or --max-text-len"
+        );
+    }
+    if chunked && a.pair_column.is_some() {
+        bail!("--pair-column cannot be combined with chunking");
+    }
     let lm = |task: TaskConfig| {
         if chunked {
             bail!("chunk options apply to sequence classifiers, not to a {arch}");
@@ -50,14 +55,9 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
         // Any other checkpoint is read as a sequence classifier; one without a
         // classifier (a bare BertModel) gets a fresh one, named in a warning, as
         // transformers does.
-        _ if chunked => {
-            if a.pair_column.is_some() {
-                bail!("--pair-column cannot be combined with chunking");
-            }
-            Ok(TaskConfig::ChunkClassification {
-                chunking: chunking(a, config)?,
-            })
-        }
+        _ if chunked => Ok(TaskConfig::ChunkClassification {
+            chunking: chunking(a, config)?,
+        }),
         _ => Ok(TaskConfig::Classification {}),
     }
 }

@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use berth_model::{BertConfig, BertModel, Params};
 use candle_core::Device;
 
@@ -89,8 +91,11 @@ fn leftovers(out: &Path) -> Vec<String> {
 
 #[test]
 fn sigkill_at_any_moment_then_resume_gives_the_same_weights() {
-    let data = berth_testkit::data_dir().expect("shared data");
-    let minilm = berth_testkit::minilm_dir().expect("MiniLM fixture");
+    // Missing fixtures panic in CI (BERTH_REQUIRE_FIXTURES) and are named elsewhere.
+    let (Some(data), Some(minilm)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir())
+    else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path(), &minilm);
     let cache = tmp.path().join("cache");
@@ -101,18 +106,7 @@ fn sigkill_at_any_moment_then_resume_gives_the_same_weights() {
             format!(
                 r##"task = "classification"
 model = {model:?}
-[data]
-data_dir = {data:?}
-format = "tsv"
-train = "mrpc/train.tsv"
-eval = "mrpc/dev.tsv"
-text_column = "#1 String"
-pair_column = "#2 String"
-label_column = "Quality"
-max_length = 48
-max_train_samples = 96
-max_eval_samples = 64
-[training]
+{data}[training]
 output_dir = {out:?}
 max_steps = 24
 per_device_train_batch_size = 8
@@ -128,7 +122,7 @@ seed = 11
 disable_tqdm = true
 "##,
                 model = model.display().to_string(),
-                data = data.display().to_string(),
+                data = common::mrpc_data(&data, 48, 96, 64),
                 out = out.display().to_string(),
             ),
         )

@@ -18,18 +18,7 @@ fn train_then_eval_mrpc_pairs() {
         format!(
             r##"task = "classification"
 model = {model:?}
-[data]
-data_dir = {data:?}
-format = "tsv"
-train = "mrpc/train.tsv"
-eval = "mrpc/dev.tsv"
-text_column = "#1 String"
-pair_column = "#2 String"
-label_column = "Quality"
-max_length = 64
-max_train_samples = 48
-max_eval_samples = 32
-[training]
+{data}[training]
 output_dir = {out:?}
 max_steps = 4
 per_device_train_batch_size = 8
@@ -45,7 +34,7 @@ metric_for_best_model = "accuracy"
 logging_steps = 1
 "##,
             model = model.display().to_string(),
-            data = data.display().to_string(),
+            data = common::mrpc_data(&data, 64, 48, 32),
             out = out.display().to_string(),
         ),
     )

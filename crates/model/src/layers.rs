@@ -53,8 +53,8 @@ impl Mode {
         self
     }
 
-    /// A fresh mode (sites from the first) for a forward over samples `first..` of a
-    /// batch: every site draws the masks those samples get in one forward over the
+    /// A fresh mode (sites from the first) for a forward over samples `first..` of
+    /// this mode's batch (offsets add up, so groups of groups draw right): every site draws the masks those samples get in one forward over the
     /// whole batch (same seed, same sequence length), so a batch run in groups of
     /// samples, as chunk classification's bounded-memory step does, drops exactly the
     /// same elements, and two passes over one group drop the same elements twice.
@@ -63,7 +63,7 @@ impl Mode {
             train: self.train,
             seed: self.seed,
             site: Cell::new(0),
-            first_sample: first as u64,
+            first_sample: self.first_sample + first as u64,
             ops: self.ops,
         }
     }

@@ -101,6 +101,15 @@ pub fn verify(dir: &Path) -> Result<()> {
     let m: Manifest = serde_json::from_slice(&text)
         .map_err(|e| TrainError::checkpoint(&path, format!("unreadable manifest: {e}")))?;
     for (rel, want) in &m.files {
+        let inside = Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!("lists '{rel}', which is not a path inside the checkpoint"),
+            ));
+        }
         let file = dir.join(rel);
         let size = match std::fs::metadata(&file) {
             Ok(md) => md.len(),
@@ -115,7 +124,7 @@ pub fn verify(dir: &Path) -> Result<()> {
             return Err(TrainError::checkpoint(
                 &file,
                 format!(
-                    "is {size} bytes, the manifest says {} (truncated or changed)",
+                    "is {size} bytes, {MANIFEST} says {} (truncated or changed; if you edited it on purpose, delete {MANIFEST} to accept the edit)",
                     want.size
                 ),
             ));
@@ -123,7 +132,9 @@ pub fn verify(dir: &Path) -> Result<()> {
         if digest(&file)?.sha256 != want.sha256 {
             return Err(TrainError::checkpoint(
                 &file,
-                "does not match its sha256 in the manifest (corrupted or changed)",
+                format!(
+                    "does not match its sha256 in {MANIFEST} (corrupted or changed; if you edited it on purpose, delete {MANIFEST} to accept the edit)"
+                ),
             ));
         }
     }

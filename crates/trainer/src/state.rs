@@ -182,7 +182,14 @@ pub fn tidy_output_dir(output_dir: &Path) -> Result<()> {
             continue;
         }
         tracing::info!("removing {} (left by an interrupted write)", path.display());
-        std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            tracing::warn!("could not remove {}: {e}", path.display());
+        }
     }
     Ok(())
 }

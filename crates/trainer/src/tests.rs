@@ -397,6 +397,25 @@ fn window_gradients(t: &Trainer, group: &[Vec<usize>]) -> (Vec<(String, Vec<f32>
     (grads, w.loss)
 }
 
+/// The same loss (1e-6 relative) and every parameter's gradient within 1e-5 of the
+/// largest of its reference.
+fn assert_same_step(
+    what: &str,
+    (got, loss): &(Vec<(String, Vec<f32>)>, f64),
+    (want, want_loss): &(Vec<(String, Vec<f32>)>, f64),
+) {
+    assert!(
+        (loss - want_loss).abs() < 1e-6 * want_loss.abs().max(1.0),
+        "{what}: loss {loss} vs {want_loss}"
+    );
+    assert_eq!(got.len(), want.len());
+    for ((name, a), (_, b)) in got.iter().zip(want) {
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        assert!(d < 1e-5, "{what} {name}: gradients differ by {d}");
+    }
+}
+
 #[test]
 fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
     // transformers' num_items_in_batch: the loss of an accumulation window is the
@@ -428,18 +447,11 @@ fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
             .map(|c| c.to_vec())
             .collect();
         let whole = vec![(0..n).collect::<Vec<usize>>()];
-        let (acc, acc_loss) = window_gradients(&t, &micro);
-        let (one, one_loss) = window_gradients(&t, &whole);
-        assert!(
-            (acc_loss - one_loss).abs() < 1e-6 * one_loss.abs().max(1.0),
-            "{task:?}: loss {acc_loss} vs {one_loss}"
+        assert_same_step(
+            &format!("{task:?}"),
+            &window_gradients(&t, &micro),
+            &window_gradients(&t, &whole),
         );
-        assert_eq!(acc.len(), one.len());
-        for ((name, a), (_, b)) in acc.iter().zip(&one) {
-            let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-            let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
-            assert!(d < 1e-5, "{task:?} {name}: gradients differ by {d}");
-        }
     }
 }
 
@@ -504,25 +516,10 @@ fn grouped_chunks_give_the_gradients_of_one_pass() {
                 let t = trainer(run, &dir, rows);
                 window_gradients(&t, &[(0..9).collect()])
             };
-            let (one, one_loss) = run(None, false);
+            let one = [run(None, false), run(None, true)];
             for (group, multi) in [(1, false), (2, false), (3, false), (2, true)] {
-                let (one, one_loss) = if multi {
-                    run(None, true)
-                } else {
-                    (one.clone(), one_loss)
-                };
-                let (g, loss) = run(Some(group), multi);
                 let what = format!("dropout {dropout} {pool:?} group {group} multi-label {multi}");
-                assert!(
-                    (loss - one_loss).abs() < 1e-6 * one_loss.abs().max(1.0),
-                    "{what}: loss {loss} vs {one_loss}"
-                );
-                assert_eq!(g.len(), one.len());
-                for ((name, a), (_, b)) in g.iter().zip(&one) {
-                    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-                    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
-                    assert!(d < 1e-5, "{what} {name}: gradients differ by {d}");
-                }
+                assert_same_step(&what, &run(Some(group), multi), &one[multi as usize]);
             }
         }
     }

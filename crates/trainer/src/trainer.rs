@@ -499,6 +499,7 @@ impl Trainer {
             && let Some(best) = state.best_model_checkpoint.clone()
         {
             self.log(&format!("loading the best model from {best}"));
+            crate::manifest::verify_if_present(Path::new(&best))?;
             self.load_weights(Path::new(&best))?;
             reloaded_best = true;
         }

@@ -27,6 +27,26 @@ pub fn berth_ok(args: &[&str], cache: &Path) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The `[data]` section of an MRPC run (sentence pairs, `max_length` ids, the first
+/// `train` shuffled train rows and `eval` dev rows).
+pub fn mrpc_data(data: &Path, max_length: usize, train: usize, eval: usize) -> String {
+    format!(
+        r##"[data]
+data_dir = {data:?}
+format = "tsv"
+train = "mrpc/train.tsv"
+eval = "mrpc/dev.tsv"
+text_column = "#1 String"
+pair_column = "#2 String"
+label_column = "Quality"
+max_length = {max_length}
+max_train_samples = {train}
+max_eval_samples = {eval}
+"##,
+        data = data.display().to_string()
+    )
+}
+
 /// The rows of a JSON Lines file.
 pub fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

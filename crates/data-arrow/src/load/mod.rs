@@ -123,7 +123,7 @@ pub fn load(path: &str, format: Option<Format>, opts: &LoadOptions) -> Result<Da
     // hold a schema and no rows).
     if ds.num_columns() == 0 || (!parquet && ds.num_rows() == 0) {
         return Err(DataError::InvalidArgument(format!(
-            "{path}: the file is empty (no rows to read)"
+            "{path}: the file is empty (no data rows to read)"
         )));
     }
     Ok(ds)

@@ -12,6 +12,10 @@
 //! 16 blocks be computed in the lanes of one vector register and each output word
 //! stored as 16 contiguous elements (a CUDA kernel maps a thread to a block the same
 //! way).
+//!
+//! A tensor holding part of a site draws the elements of the site's full tensor it
+//! holds: `offset` (samples `s..` of a batch start at `s x` elements per sample, see
+//! [`DropoutKey::offset`]) plus, for a slice of rows, [`DropoutKey::rows`]' mapping.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -73,7 +77,9 @@ impl DropoutKey {
         1.0 / (1.0 - self.p)
     }
 
-    /// Writes `scale` or 0 for elements `start..start + out.len()` of this site.
+    /// Writes `scale` or 0 for elements `start..start + out.len()` of this tensor:
+    /// site elements `offset + start..` (each row at its place in the full tensor when
+    /// [`DropoutKey::rows`] maps rows).
     /// Compiled for the CPU's widest vectors ([`super::simd`]); integer operations
     /// only, so the same bits on every ISA.
     pub fn fill(&self, start: u64, out: &mut [f32]) {

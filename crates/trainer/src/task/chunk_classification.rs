@@ -112,6 +112,12 @@ impl Chunker {
 
     /// Every text of `ds` as chunks.
     pub fn chunks(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Vec<Vec<Vec<u32>>>> {
+        if let Some(pair) = &prep.data.pair_column {
+            return Err(TrainError::Config(format!(
+                "chunking reads one text column ('{}'); data.pair_column = '{pair}' cannot be chunked with it",
+                prep.data.text_column
+            )));
+        }
         let c = &self.config;
         let max_text_len = match (prep.stage, c.eval_max_text_len) {
             (Stage::Eval | Stage::Predict, Some(0)) => None,
@@ -140,13 +146,13 @@ impl Chunker {
         sample_epoch: Option<u64>,
     ) -> Result<TaskBatch> {
         let r = rows.get::<Documents<L>>()?;
-        let k = sample_epoch.and(self.config.train_chunks_per_doc);
+        let sample = sample_epoch.zip(self.config.train_chunks_per_doc);
         let docs: Vec<Document> = indices
             .iter()
             .map(|&i| {
                 let all = &r.chunks[i];
-                let chunks = match (k, sample_epoch) {
-                    (Some(k), Some(epoch)) if all.len() > k => {
+                let chunks = match sample {
+                    Some((epoch, k)) if all.len() > k => {
                         sample_chunks(self.seed, epoch, i, all.len(), k)
                             .into_iter()
                             .map(|c| all[c].as_slice())
@@ -272,7 +278,8 @@ impl PooledHead {
 impl Head for PooledHead {
     fn forward(&self, b: &TaskBatch, mode: &Mode) -> Result<Output> {
         let offsets = self.offsets(b)?;
-        let logits = self.chunk_logits(b, mode)?;
+        // Pooled in f32, as the two-pass step pools (bf16 logits would pool otherwise).
+        let logits = self.chunk_logits(b, mode)?.to_dtype(DType::F32)?;
         let pooled = pool_chunks(&logits, offsets, self.model.pool)?;
         super::classification::class_output(pooled, b.labels.as_ref(), |l, y| self.loss(l, y))
     }
@@ -315,6 +322,7 @@ impl Head for PooledHead {
         if !value.is_finite() {
             return Ok(vec![value]);
         }
+        debug_assert_eq!(weights.len(), 1, "a pooled head has one loss part");
         let weight = weights.first().copied().unwrap_or(1.0);
         let d = (loss * weight)?.backward()?;
         let d_logits = d
