@@ -285,20 +285,17 @@ impl Head for PooledHead {
     }
 
     fn chunk_logits(&self, b: &TaskBatch, mode: &Mode) -> Result<Tensor> {
-        let rows = b.input_ids.dim(0)?;
-        if self.group.is_none() {
-            let (ids, types, mask) = (&b.input_ids, &b.token_type_ids, &b.attention_mask);
-            return Ok(self
-                .model
-                .inner
-                .forward(ids, Some(types), Some(mask), mode)?);
-        }
-        let parts = self
-            .groups(rows)
+        // One group (the whole batch) when ungrouped; each group draws the masks of
+        // one pass over the batch, so the groups' logits are one pass's rows.
+        let mut parts = self
+            .groups(b.input_ids.dim(0)?)
             .into_iter()
             .map(|(s, n)| self.rows(b, s, n, mode))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&parts, 0)?)
+        Ok(match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, 0)?,
+        })
     }
 
     fn train_step(
