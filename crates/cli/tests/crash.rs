@@ -3,32 +3,12 @@
 //! a run never interrupted (a tiny random BERT with MiniLM's vocabulary, on MRPC).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-
-use berth_model::{BertConfig, BertModel, Params};
-use candle_core::Device;
-
-/// A random BERT small enough that a run takes seconds, with MiniLM's tokenizer.
-fn tiny_model(root: &Path, minilm: &Path) -> PathBuf {
-    let dir = root.join("tiny-bert");
-    let mut cfg = BertConfig::tiny();
-    cfg.vocab_size = 30522;
-    cfg.hidden_size = 32;
-    cfg.max_position_embeddings = 64;
-    let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
-    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
-    let (varmap, _) = p.finish();
-    berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
-    for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"] {
-        std::fs::copy(minilm.join(f), dir.join(f)).unwrap();
-    }
-    dir
-}
 
 /// Lines of the child's stderr as they come, with the time each was read.
 fn lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
@@ -97,7 +77,7 @@ fn sigkill_at_any_moment_then_resume_gives_the_same_weights() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path(), &minilm);
+    let model = common::tiny_model(tmp.path(), &minilm);
     let cache = tmp.path().join("cache");
     let config = |out: &Path| {
         let path = out.with_extension("toml");

@@ -56,6 +56,33 @@ pub fn temp_sibling(target: &Path, what: &str) -> PathBuf {
     target.with_file_name(format!(".{name}.{what}-{}-{n}{ext}", std::process::id()))
 }
 
+/// What a name made by [`temp_sibling`] stands for: `(target, what)` of
+/// `.{target}.{what}-{pid}-{n}[.ext]`, so that a run can clear what a killed
+/// process left behind; `None` for any other name.
+pub fn parse_temp_name(name: &str) -> Option<(&str, &str)> {
+    let body = name.strip_prefix('.')?;
+    for (i, _) in body.rmatch_indices('.') {
+        let (target, rest) = (&body[..i], &body[i + 1..]);
+        let Some((what, rest)) = rest.split_once('-') else {
+            continue;
+        };
+        let Some((pid, rest)) = rest.split_once('-') else {
+            continue;
+        };
+        let n_end = rest.find('.').unwrap_or(rest.len());
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !target.is_empty()
+            && !what.is_empty()
+            && what.bytes().all(|b| b.is_ascii_lowercase())
+            && digits(pid)
+            && digits(&rest[..n_end])
+        {
+            return Some((target, what));
+        }
+    }
+    None
+}
+
 /// The directory that will hold `path`, created if missing.
 fn ensure_parent(path: &Path) -> Result<()> {
     match path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -77,8 +104,9 @@ impl AtomicFile {
     pub fn create(target: &Path) -> Result<(Self, File)> {
         ensure_parent(target)?;
         let tmp = temp_sibling(target, "tmp");
-        // `create` truncates a stale file of the same name (a crashed process's).
-        let file = File::create(&tmp).map_err(|e| Error::new(&tmp, e))?;
+        // `create` truncates a stale file of the same name (a crashed process's). An
+        // error names the target: the temp name means nothing to the user.
+        let file = File::create(&tmp).map_err(|e| Error::new(target, e))?;
         let guard = AtomicFile {
             tmp,
             target: target.to_path_buf(),
@@ -119,9 +147,37 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     file.write_all(bytes)
         .and_then(|()| file.flush())
-        .map_err(|e| Error::new(guard.temp_path(), e))?;
+        .map_err(|e| Error::new(guard.target(), e))?;
     drop(file);
     guard.commit()
+}
+
+/// Appends `bytes` at the end of `file` whole or not at all: a write that
+/// fails part way (a full disk) is cut back to the length the file had, so a log
+/// never ends in half a record. `path` names the file in the error.
+pub fn append_to(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let before = file.metadata().map_err(|e| Error::new(path, e))?.len();
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.flush()) {
+        // Best effort: the error to report is the write's. The seek matters for a
+        // file not opened in append mode, whose position is past the cut.
+        use std::io::Seek;
+        let _ = file.set_len(before);
+        let _ = file.seek(std::io::SeekFrom::Start(before));
+        return Err(Error::new(path, e));
+    }
+    Ok(())
+}
+
+/// [`append_to`] on `path`, created if missing (its directory too).
+pub fn append(path: &Path, bytes: &[u8]) -> Result<()> {
+    ensure_parent(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::new(path, e))?;
+    append_to(&mut file, path, bytes)
 }
 
 /// Builds a directory with `build` under a temp name beside `dir`, then puts it in
@@ -139,7 +195,7 @@ pub fn replace_dir<E: From<Error>>(
     let tmp = temp_sibling(dir, "tmp");
     // A crashed process with the same pid may have left this name: start empty.
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::new(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::new(dir, e))?;
     if let Err(e) = build(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -220,6 +276,24 @@ mod tests {
     }
 
     #[test]
+    fn an_append_that_does_not_fit_leaves_the_file_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        append(&p, b"{\"loss\": 1}\n").unwrap();
+        append(&p, b"{\"loss\": 2}\n").unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"{\"loss\": 1}\n{\"loss\": 2}\n"
+        );
+        // /dev/full takes nothing: every write fails with ENOSPC, as on a full disk.
+        let full = Path::new("/dev/full");
+        let mut f = std::fs::OpenOptions::new().append(true).open(full).unwrap();
+        let e = append_to(&mut f, full, b"{\"loss\": 3}\n").unwrap_err();
+        assert_eq!(e.source.raw_os_error(), Some(28), "{e}");
+        assert!(e.to_string().starts_with("/dev/full: "), "{e}");
+    }
+
+    #[test]
     fn a_directory_is_replaced_whole_and_no_copy_is_left() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("checkpoint-1");
@@ -241,6 +315,31 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("disk full"));
         assert_eq!(std::fs::read(dir.join("model")).unwrap(), b"good");
         assert_eq!(entries(d.path()), vec!["run"]);
+    }
+
+    #[test]
+    fn temp_names_parse_back_to_their_target() {
+        for (target, what) in [
+            ("model.safetensors", "tmp"),
+            ("checkpoint-12", "old"),
+            ("trainer_state.json", "tmp"),
+            ("model", "save"),
+            ("a.b.c", "tmp"),
+        ] {
+            let p = temp_sibling(&Path::new("/run").join(target), what);
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert_eq!(parse_temp_name(name), Some((target, what)), "{name}");
+        }
+        for other in [
+            "model.safetensors",
+            ".hidden",
+            ".x.tmp-12",
+            ".x.tmp-a-1",
+            ".x.TMP-1-2",
+            "..tmp-1-2",
+        ] {
+            assert_eq!(parse_temp_name(other), None, "{other}");
+        }
     }
 
     #[test]

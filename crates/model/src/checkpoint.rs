@@ -77,8 +77,17 @@ pub fn save_into(
         serde_json::to_string_pretty(&config).map_err(|e| ModelError::Checkpoint(e.to_string()))?;
     std::fs::write(dir.join("config.json"), json)
         .map_err(|e| ModelError::io(dir.join("config.json"), e))?;
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-    Ok(())
+    let file = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &file).map_err(|e| io_error(&file, e))
+}
+
+/// A candle write error as the I/O error it is, naming the file (candle's own message
+/// does not).
+pub fn io_error(file: &Path, e: candle_core::Error) -> ModelError {
+    match e {
+        candle_core::Error::Io(io) => ModelError::io(file, io),
+        e => ModelError::Checkpoint(format!("{}: {e}", file.display())),
+    }
 }
 
 /// Fills a fresh temp sibling of `dir` with `write`, then moves it into place: a

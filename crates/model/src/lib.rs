@@ -29,7 +29,10 @@ mod loss;
 mod params;
 
 pub use bert::{BertModel, BertOutput};
-pub use checkpoint::{open_dir, resolve_model_dir, save, save_into, write_dir_atomically};
+pub use checkpoint::{
+    io_error as checkpoint_io_error, open_dir, resolve_model_dir, save, save_into,
+    write_dir_atomically,
+};
 pub use config::BertConfig;
 pub use error::{ModelError, Result};
 pub use fused::Ops;

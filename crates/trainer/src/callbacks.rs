@@ -5,7 +5,6 @@
 //! [`Session`] (what the run holds) and the [`Control`] they share.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use berth_data::tokenizers::Tokenizer;
@@ -86,12 +85,8 @@ impl MetricsLog {
         let file = &self.path;
         let line = serde_json::to_string(&entry)
             .map_err(|e| TrainError::checkpoint(file, e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(file)
-            .map_err(|e| TrainError::io(file, e))?;
-        writeln!(f, "{line}").map_err(|e| TrainError::io(file, e))?;
+        // Whole lines or nothing, so a full disk never leaves half a record.
+        berth_fs::append(file, format!("{line}\n").as_bytes())?;
         if let Some(tb) = &self.tensorboard {
             let mut tb = tb
                 .lock()
@@ -311,7 +306,20 @@ impl Callback for Checkpointing {
             .unwrap_or_default();
         s.log
             .println(&format!("Saving model checkpoint to {}", dir.display()));
-        save_checkpoint(s, &dir, &metrics)?;
+        save_checkpoint(s, &dir, &metrics).map_err(|e| {
+            // The write went to a temp copy that is gone now: say which checkpoint
+            // it was and that the ones before it stand.
+            TrainError::checkpoint(
+                &dir,
+                format!(
+                    "not written: {e}; the previous checkpoints are as they were{}",
+                    c.last_checkpoint
+                        .as_ref()
+                        .map(|p| format!(" (latest: {})", p.display()))
+                        .unwrap_or_default()
+                ),
+            )
+        })?;
         c.last_checkpoint = Some(dir);
         rotate_checkpoints(out, s.state, t.save_total_limit)
     }

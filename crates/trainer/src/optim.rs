@@ -373,7 +373,8 @@ impl AdamW {
             tensors.insert(format!("exp_avg_sq.{}", s.name), v);
         }
         let file = dir.join("optimizer.safetensors");
-        candle_core::safetensors::save(&tensors, &file)?;
+        candle_core::safetensors::save(&tensors, &file)
+            .map_err(|e| berth_model::checkpoint_io_error(&file, e))?;
         let meta = OptimizerMeta {
             step: self.step,
             config: self.config,

@@ -153,8 +153,9 @@ pub fn newest_valid(output_dir: &Path) -> Option<PathBuf> {
     None
 }
 
-/// Clears what a killed run's checkpoint writes left in `output_dir`: a temp copy
-/// (`.checkpoint-N.tmp-*`) is removed; an old copy renamed aside
+/// Clears what a killed (or failed) run's writes left in `output_dir`: a temp copy
+/// (`.checkpoint-N.tmp-*`, `.trainer_state.json.tmp-*`, `.model.save-*`, any name
+/// [`berth_fs::parse_temp_name`] reads) is removed; an old copy renamed aside
 /// (`.checkpoint-N.old-*`, a kill between the two renames of a swap) is put back
 /// when `checkpoint-N` is missing, else removed. Run before a run writes there.
 pub fn tidy_output_dir(output_dir: &Path) -> Result<()> {
@@ -163,12 +164,12 @@ pub fn tidy_output_dir(output_dir: &Path) -> Result<()> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(".checkpoint-") else {
+        let Some((target, what)) = berth_fs::parse_temp_name(&name) else {
             continue;
         };
         let path = e.path();
-        if let Some((step, _)) = rest.split_once(".old-") {
-            let target = output_dir.join(format!("checkpoint-{step}"));
+        if what == "old" {
+            let target = output_dir.join(target);
             if !target.exists() {
                 tracing::warn!(
                     "{}: a swap was interrupted; putting the previous copy back as {}",
@@ -178,7 +179,7 @@ pub fn tidy_output_dir(output_dir: &Path) -> Result<()> {
                 std::fs::rename(&path, &target).map_err(|e| TrainError::io(&path, e))?;
                 continue;
             }
-        } else if !rest.contains(".tmp-") {
+        } else if !matches!(what, "tmp" | "save") {
             continue;
         }
         tracing::info!("removing {} (left by an interrupted write)", path.display());
@@ -245,13 +246,20 @@ mod tests {
         // Killed after both renames, before the old copy was removed.
         checkpoint(out, 8);
         std::fs::create_dir_all(out.join(".checkpoint-8.old-79-2")).unwrap();
+        // Killed (or out of disk) mid-write of the run's own files.
+        std::fs::write(out.join(".trainer_state.json.tmp-80-3.json"), b"{").unwrap();
+        std::fs::create_dir_all(out.join(".model.save-81-4")).unwrap();
+        std::fs::write(out.join(".keep.me"), b"a user's file").unwrap();
         tidy_output_dir(out).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(out)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["checkpoint-2", "checkpoint-6", "checkpoint-8"]);
+        assert_eq!(
+            names,
+            [".keep.me", "checkpoint-2", "checkpoint-6", "checkpoint-8"]
+        );
         crate::manifest::verify(&six).unwrap();
     }
 }

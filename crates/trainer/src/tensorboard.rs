@@ -8,7 +8,6 @@
 //! protobuf or TensorFlow dependency.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, TrainError};
@@ -84,10 +83,8 @@ impl EventWriter {
         rec.extend_from_slice(&masked_crc(&len).to_le_bytes());
         rec.extend_from_slice(data);
         rec.extend_from_slice(&masked_crc(data).to_le_bytes());
-        self.file
-            .write_all(&rec)
-            .and_then(|_| self.file.flush())
-            .map_err(|e| TrainError::io(&self.path, e))
+        // A whole record or none: TensorBoard's reader stops at a torn one.
+        Ok(berth_fs::append_to(&mut self.file, &self.path, &rec)?)
     }
 }
 

@@ -599,17 +599,22 @@ impl Trainer {
     /// replaced whole).
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         let tmp = berth_fs::temp_sibling(&dir.join("model"), "save");
-        berth_model::save(
-            &tmp,
-            &self.model.config,
-            self.task.architecture(),
-            &self.model.varmap,
-        )?;
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::rename(tmp.join(f), dir.join(f))
-                .map_err(|e| TrainError::io(dir.join(f), e))?;
-        }
+        let moved = (|| -> Result<()> {
+            berth_model::save(
+                &tmp,
+                &self.model.config,
+                self.task.architecture(),
+                &self.model.varmap,
+            )?;
+            for f in ["config.json", "model.safetensors"] {
+                std::fs::rename(tmp.join(f), dir.join(f))
+                    .map_err(|e| TrainError::io(dir.join(f), e))?;
+            }
+            Ok(())
+        })();
+        // Whether or not it got there (a full disk), nothing is left behind.
         let _ = std::fs::remove_dir_all(&tmp);
+        moved?;
         crate::repo::write_tokenizer_files(
             dir,
             &self.tokenizer,

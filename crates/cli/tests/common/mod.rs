@@ -1,8 +1,11 @@
 //! Helpers shared by the CLI's end-to-end tests.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use berth_model::{BertConfig, BertModel, Params};
+use candle_core::Device;
 
 /// Runs `berth` offline with its cache under `cache`.
 pub fn berth_output(args: &[&str], cache: &Path) -> Output {
@@ -54,4 +57,21 @@ pub fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// A random BERT small enough that a run takes seconds, with MiniLM's tokenizer.
+pub fn tiny_model(root: &Path, minilm: &Path) -> PathBuf {
+    let dir = root.join("tiny-bert");
+    let mut cfg = BertConfig::tiny();
+    cfg.vocab_size = 30522;
+    cfg.hidden_size = 32;
+    cfg.max_position_embeddings = 64;
+    let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
+    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    let (varmap, _) = p.finish();
+    berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
+    for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(minilm.join(f), dir.join(f)).unwrap();
+    }
+    dir
 }
