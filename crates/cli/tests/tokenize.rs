@@ -124,7 +124,7 @@ fn bad_input_names_file_row_and_column_and_writes_nothing() {
     std::fs::write(&rows, "{\"text\": \"fine\"}\n{\"text\": null}\n").unwrap();
     let err = run(&rows, &[]);
     assert!(
-        err.contains("rows.jsonl: row 1 (0-based), column 'text': text is null"),
+        err.contains("rows.jsonl: line 2, column 'text': text is null"),
         "{err}"
     );
 

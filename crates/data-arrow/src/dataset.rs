@@ -54,6 +54,30 @@ pub struct Dataset {
     source: Arc<str>,
     cache: CacheMode,
     cache_file: Option<PathBuf>,
+    /// Where each row came from in the file that was loaded, kept through `select`,
+    /// `shuffle`, splits and maps that keep every row, so that an error found late
+    /// (a bad label) names the user's line, not a shuffled index. `None` for a dataset
+    /// built in memory, or once an op changed the rows (a filter).
+    origin: Option<Origin>,
+}
+
+/// Rows' places in their source file.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Origin {
+    /// Per row, its 0-based row in the file; `None` while the rows are the file's, in
+    /// order.
+    rows: Option<Arc<Vec<usize>>>,
+    /// Per file row, its 1-based line (the text formats).
+    lines: Option<Arc<Vec<u64>>>,
+}
+
+/// Where a row came from, as [`Dataset::origin_of`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowOrigin {
+    /// 0-based row in the source file.
+    pub file_row: usize,
+    /// 1-based line in the source file, for CSV/TSV, JSON Lines and text.
+    pub line: Option<u64>,
 }
 
 impl Dataset {
@@ -114,6 +138,69 @@ impl Dataset {
             source,
             cache,
             cache_file,
+            origin: None,
+        }
+    }
+
+    /// The same rows, each the file row of its index (a loader's output), with the
+    /// 1-based line of each when the format has lines.
+    pub(crate) fn with_file_rows(mut self, lines: Option<Vec<u64>>) -> Self {
+        let lines = lines.filter(|l| l.len() == self.num_rows()).map(Arc::new);
+        self.origin = Some(Origin { rows: None, lines });
+        self
+    }
+
+    /// `self`'s provenance carried to a dataset whose row `i` is `self`'s row
+    /// `picks[i]` (`None`: the same rows, in order).
+    pub(crate) fn carry_origin(&self, mut to: Dataset, picks: Option<&[usize]>) -> Dataset {
+        to.origin = self.origin.as_ref().and_then(|o| match picks {
+            None if to.num_rows() == self.num_rows() => Some(o.clone()),
+            None => None,
+            Some(picks) => Some(Origin {
+                rows: Some(Arc::new(
+                    picks
+                        .iter()
+                        .map(|&i| o.rows.as_ref().map_or(i, |r| r[i]))
+                        .collect(),
+                )),
+                lines: o.lines.clone(),
+            }),
+        });
+        to
+    }
+
+    /// Where row `row` came from in the loaded file, when that is known.
+    pub fn origin_of(&self, row: usize) -> Option<RowOrigin> {
+        let o = self.origin.as_ref()?;
+        let file_row = match &o.rows {
+            Some(r) => *r.get(row)?,
+            None if row < self.num_rows() => row,
+            None => return None,
+        };
+        Some(RowOrigin {
+            file_row,
+            line: o.lines.as_ref().and_then(|l| l.get(file_row).copied()),
+        })
+    }
+
+    /// An error about row `row`'s value in `column`, at the user's coordinates: the
+    /// source file's line where it has lines, else its row in the file (not its place
+    /// after a shuffle).
+    pub fn value_error(&self, row: usize, column: &str, message: impl Into<String>) -> DataError {
+        let origin = self.origin_of(row);
+        match origin.and_then(|o| o.line) {
+            Some(line) => DataError::Parse {
+                path: PathBuf::from(self.source_name()),
+                line,
+                column: Some(column.to_string()),
+                message: message.into(),
+            },
+            None => DataError::Value {
+                source_name: self.source_name().to_string(),
+                row: origin.map_or(row, |o| o.file_row),
+                column: column.to_string(),
+                message: message.into(),
+            },
         }
     }
 
@@ -195,14 +282,16 @@ impl Dataset {
         batches: Vec<RecordBatch>,
         fingerprint: Fingerprint,
     ) -> Self {
-        Self::assemble(
+        let mut out = Self::assemble(
             schema,
             batches,
             fingerprint,
             self.source.clone(),
             self.cache.clone(),
             None,
-        )
+        );
+        out.origin = self.origin.clone();
+        out
     }
 
     pub fn schema(&self) -> SchemaRef {

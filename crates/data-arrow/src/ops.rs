@@ -106,13 +106,22 @@ impl Dataset {
             .derive(op.name(), op.version(), &op.params());
         let windows = self.windows(opts.batch_size);
         let source: Arc<str> = self.source_name().into();
-        Dataset::materialize(self.cache_mode(), fp, source.clone(), |emit| {
+        let out = Dataset::materialize(self.cache_mode(), fp, source.clone(), |emit| {
             // Only when the op runs (a cached result shows nothing).
             let progress =
                 crate::progress::Progress::new(format!("Map ({})", op.name()), self.num_rows());
             let run = |(start, len): (usize, usize)| -> Result<RecordBatch> {
                 let batch = self.slice(start, len)?;
-                let out = op.apply(&batch, start, &source);
+                // A bad value is reported at the file's line, not the row's index here.
+                let out = op.apply(&batch, start, &source).map_err(|e| match e {
+                    DataError::Value {
+                        row,
+                        column,
+                        message,
+                        ..
+                    } => self.value_error(row, &column, message),
+                    e => e,
+                });
                 progress.inc(len);
                 out
             };
@@ -143,7 +152,8 @@ impl Dataset {
             }
             progress.finish();
             Ok(())
-        })
+        })?;
+        Ok(self.carry_origin(out, None))
     }
 
     /// Keeps the rows for which `predicate` is true (nulls count as false).
@@ -217,7 +227,7 @@ impl Dataset {
             )));
         }
         let fp = self.fingerprint().derive(op, 1, params);
-        Dataset::materialize(self.cache_mode(), fp, self.source_name().into(), |emit| {
+        let out = Dataset::materialize(self.cache_mode(), fp, self.source_name().into(), |emit| {
             if indices.is_empty() {
                 return emit(RecordBatch::new_empty(self.schema()));
             }
@@ -229,7 +239,8 @@ impl Dataset {
                 emit(batch)?;
             }
             Ok(())
-        })
+        })?;
+        Ok(self.carry_origin(out, Some(indices)))
     }
 
     /// Drops the named columns (all must exist).

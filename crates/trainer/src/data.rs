@@ -179,17 +179,12 @@ fn text_labels(ds: &Dataset, column: &str) -> Result<Option<Vec<Option<String>>>
 }
 
 /// The label column as class ids; a missing or out-of-range label is an error naming
-/// the file, row and column.
+/// the file and line (or row) it came from, the column, the value and the classes.
+/// With no `names` (they are being derived from this column) any id from 0 up is a
+/// class; a negative one is not.
 pub fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i64>> {
     let col = ds.column(column)?;
-    let bad = |row: usize, what: String| {
-        TrainError::Data(berth_data::DataError::Value {
-            source_name: ds.source_name().into(),
-            row,
-            column: column.to_string(),
-            message: what,
-        })
-    };
+    let bad = |row: usize, what: String| TrainError::Data(ds.value_error(row, column, what));
     let values: Vec<Option<i64>> = if let Some(text) = text_labels(ds, column)? {
         text.into_iter()
             .enumerate()
@@ -203,11 +198,21 @@ pub fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i6
             })
             .collect::<Result<_>>()?
     } else {
+        if let Some(row) = non_integer_row(&col) {
+            let value = berth_data::arrow::util::display::array_value_to_string(&col, row)
+                .unwrap_or_default();
+            return Err(bad(
+                row,
+                format!("label {value} is not a class id (an integer from 0)"),
+            ));
+        }
         let c = cast(&col, &DataType::Int64).map_err(|e| {
-            bad(
-                0,
-                format!("labels of type {} are not class ids ({e})", col.data_type()),
-            )
+            TrainError::Data(berth_data::DataError::ColumnType {
+                source_name: ds.source_name().into(),
+                column: column.to_string(),
+                expected: format!("class ids or names ({e})"),
+                found: col.data_type().to_string(),
+            })
         })?;
         let c = c
             .as_any()
@@ -215,23 +220,45 @@ pub fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i6
             .ok_or_else(|| bad(0, "labels are not integers".into()))?;
         c.iter().collect()
     };
+    let classes = || {
+        if names.is_empty() {
+            let seen: BTreeSet<i64> = values.iter().flatten().copied().collect();
+            format!("labels seen: {seen:?}")
+        } else {
+            format!("classes {names:?}")
+        }
+    };
     values
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(row, v)| {
             let v = v.ok_or_else(|| bad(row, "missing label".into()))?;
             if v < 0 || (!names.is_empty() && v as usize >= names.len()) {
+                let range = if names.is_empty() {
+                    "class ids count from 0".to_string()
+                } else {
+                    format!("class ids are 0..{}", names.len())
+                };
                 return Err(bad(
                     row,
-                    format!(
-                        "label {v} is outside 0..{} (classes {names:?})",
-                        names.len()
-                    ),
+                    format!("label {v} is not a class id: {range} ({})", classes()),
                 ));
             }
             Ok(v)
         })
         .collect()
+}
+
+/// The first row of a float label column that is not a whole number (NaN, inf, 0.5),
+/// which a cast to integers would drop or truncate without a word.
+fn non_integer_row(col: &berth_data::arrow::array::ArrayRef) -> Option<usize> {
+    use berth_data::arrow::array::{Array, Float64Array};
+    if !col.data_type().is_floating() {
+        return None;
+    }
+    let f = cast(col, &DataType::Float64).ok()?;
+    let f = f.as_any().downcast_ref::<Float64Array>()?;
+    (0..f.len()).find(|&i| f.is_valid(i) && (!f.value(i).is_finite() || f.value(i).fract() != 0.0))
 }
 
 pub(crate) fn arrow_err(ds: &Dataset, e: berth_data::arrow::error::ArrowError) -> TrainError {

@@ -853,3 +853,145 @@ fn a_multi_label_set_converges_and_saves_its_problem_type() {
     assert_eq!(saved["problem_type"], "multi_label_classification");
     assert_eq!(saved["id2label"]["1"], "b");
 }
+
+/// What preparing the data of a classification run on `files` (name, contents) says,
+/// with `sets` as config overrides.
+fn prepare_error(files: &[(&str, &str)], sets: &[&str]) -> (String, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_path_buf();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let mut overrides = vec![format!("data.data_dir={:?}", dir.display().to_string())];
+    overrides.extend(sets.iter().map(|s| s.to_string()));
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let cfg = config(&dir.join("run"), &overrides);
+    let tok = tiny_tokenizer();
+    let task = crate::trainer::build_task(&cfg, &tok, &Device::Cpu).unwrap();
+    let e = crate::prepare(&cfg, task.as_ref(), &tok, 40).unwrap_err();
+    // The files outlive the message only as a name: keep the directory for it.
+    (e.to_string(), root.keep())
+}
+
+#[test]
+fn a_bad_label_names_the_file_line_value_and_classes_after_a_shuffle() {
+    let rows: String = (0..40)
+        .map(|i| {
+            let label = match i {
+                17 => "-3".to_string(),
+                25 => "7".to_string(),
+                _ => (i % 2).to_string(),
+            };
+            format!("w{} w{},{label}\n", 5 + i % 50, 6 + i % 50)
+        })
+        .collect();
+    let (e, dir) = prepare_error(
+        &[("bad.csv", &format!("text,label\n{rows}"))],
+        &["data.train=\"bad.csv\"", "data.format=\"csv\""],
+    );
+    // Row 17 of the file is its line 19 (the header is line 1), whatever the shuffle.
+    assert_eq!(
+        e,
+        format!(
+            "{}: line 19, column 'label': label -3 is not a class id: class ids count from 0 (labels seen: {{-3, 0, 1, 7}})",
+            dir.join("bad.csv").display()
+        )
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_eval_label_outside_the_train_classes_names_them() {
+    let (e, dir) = prepare_error(
+        &[
+            (
+                "train.jsonl",
+                "{\"text\": \"w5\", \"label\": \"neg\"}\n{\"text\": \"w6\", \"label\": \"pos\"}\n",
+            ),
+            (
+                "dev.jsonl",
+                "{\"text\": \"w5\", \"label\": \"pos\"}\n\n{\"text\": \"w6\", \"label\": \"meh\"}\n",
+            ),
+        ],
+        &["data.train=\"train.jsonl\"", "data.eval=\"dev.jsonl\""],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "{}: line 3, column 'label': label 'meh' is not one of [\"neg\", \"pos\"]",
+            dir.join("dev.jsonl").display()
+        )
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn nan_and_inf_labels_are_not_class_ids() {
+    for (value, shown) in [("nan", "NaN"), ("inf", "inf"), ("0.5", "0.5")] {
+        let (e, dir) = prepare_error(
+            &[(
+                "f.csv",
+                &format!("text,label\nw5,0.0\nw6,1.0\nw7,{value}\nw8,1.0\n"),
+            )],
+            &["data.train=\"f.csv\""],
+        );
+        assert_eq!(
+            e,
+            format!(
+                "{}: line 4, column 'label': label {shown} is not a class id (an integer from 0)",
+                dir.join("f.csv").display()
+            ),
+            "{value}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn a_null_text_a_wrong_column_type_and_a_missing_split_say_so() {
+    let (e, dir) = prepare_error(
+        &[(
+            "t.jsonl",
+            "{\"text\": \"w5\", \"label\": 0}\n{\"text\": null, \"label\": 1}\n",
+        )],
+        &["data.train=\"t.jsonl\""],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "{}: line 2, column 'text': text is null",
+            dir.join("t.jsonl").display()
+        )
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let (e, dir) = prepare_error(
+        &[(
+            "n.jsonl",
+            "{\"text\": 5, \"label\": 0}\n{\"text\": 6, \"label\": 1}\n",
+        )],
+        &["data.train=\"n.jsonl\""],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "{}: column 'text' must be a string column, found Int64",
+            dir.join("n.jsonl").display()
+        )
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let (e, dir) = prepare_error(
+        &[("train.csv", "text,label\nw5,0\nw6,1\n")],
+        &["data.train=\"train.csv\"", "data.eval=\"dev.csv\""],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "config: data file {} does not exist (data_dir {}; set data.data_dir or BERTH_DATA_DIR, or data.hub)",
+            dir.join("dev.csv").display(),
+            dir.display()
+        )
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

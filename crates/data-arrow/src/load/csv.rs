@@ -51,11 +51,14 @@ pub fn load_csv(path: &Path, csv_opts: &CsvOptions, opts: &LoadOptions) -> Resul
         &format!("{csv_opts:?}|batch_size={}", opts.batch_size),
     )?;
     let schema = scan(path, csv_opts)?;
-    Dataset::materialize(&opts.cache, fp, path.display().to_string().into(), |emit| {
+    let mut parsed: Option<Vec<u64>> = None;
+    let ds = Dataset::materialize(&opts.cache, fp, path.display().to_string().into(), |emit| {
         let mut rows = Rows::new(path, csv_opts)?;
         let mut batch = BatchBuilder::new(&schema);
         let mut any = false;
+        let lines = parsed.insert(Vec::new());
         while let Some((line, fields)) = rows.next_row()? {
+            lines.push(line);
             batch.push(path, line, &fields)?;
             if batch.len == opts.batch_size {
                 emit(batch.finish(&schema, path)?)?;
@@ -66,7 +69,8 @@ pub fn load_csv(path: &Path, csv_opts: &CsvOptions, opts: &LoadOptions) -> Resul
             emit(batch.finish(&schema, path)?)?;
         }
         Ok(())
-    })
+    })?;
+    Ok(super::tag_lines(ds, parsed))
 }
 
 /// Reads records, checking UTF-8 and field counts, and strips a leading BOM.

@@ -22,11 +22,15 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         &format!("batch_size={}", opts.batch_size),
     )?;
     let schema = infer(path)?;
-    Dataset::materialize(&opts.cache, fp, path.display().to_string().into(), |emit| {
+    let mut parsed: Option<Vec<u64>> = None;
+    let ds = Dataset::materialize(&opts.cache, fp, path.display().to_string().into(), |emit| {
         let mut pending: Vec<(u64, Value)> = Vec::with_capacity(opts.batch_size);
         let mut any = false;
+        let seen = parsed.insert(Vec::new());
         for item in lines(path)? {
-            pending.push(item?);
+            let item = item?;
+            seen.push(item.0);
+            pending.push(item);
             if pending.len() == opts.batch_size {
                 emit(decode(path, &schema, &pending)?)?;
                 pending.clear();
@@ -37,7 +41,8 @@ pub fn load_jsonl(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
             emit(decode(path, &schema, &pending)?)?;
         }
         Ok(())
-    })
+    })?;
+    Ok(super::tag_lines(ds, parsed))
 }
 
 /// Parsed objects with their 1-based line numbers.

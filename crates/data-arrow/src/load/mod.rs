@@ -101,6 +101,31 @@ impl Format {
     }
 }
 
+/// `ds` as its loader read it from one file, each row tagged with its file row and,
+/// for the text formats, its 1-based line. `parsed` holds the lines when the file was
+/// parsed this time, `None` when the cache answered; they are kept beside the cache
+/// file (`cache-<fp>.lines`) so that a cached load names lines too.
+pub(crate) fn tag_lines(ds: Dataset, parsed: Option<Vec<u64>>) -> Dataset {
+    let sidecar = ds.cache_file().map(|f| f.with_extension("lines"));
+    let lines = match parsed {
+        Some(lines) => {
+            if let Some(p) = &sidecar {
+                let bytes: Vec<u8> = lines.iter().flat_map(|l| l.to_le_bytes()).collect();
+                if let Err(e) = berth_fs::write_file(p, &bytes) {
+                    tracing::debug!("line numbers not cached: {e}");
+                }
+            }
+            Some(lines)
+        }
+        None => sidecar.and_then(|p| std::fs::read(p).ok()).map(|b| {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect()
+        }),
+    };
+    ds.with_file_rows(lines)
+}
+
 /// Loads `path` in `format`, or in the format its extension implies.
 pub fn load(path: &str, format: Option<Format>, opts: &LoadOptions) -> Result<Dataset> {
     let format = match format {

@@ -21,9 +21,11 @@ pub(crate) fn load_parquet_files(
     opts: &LoadOptions,
 ) -> Result<Dataset> {
     let fp = source_fingerprint("parquet", files, &format!("batch_size={}", opts.batch_size))?;
-    Dataset::materialize(&opts.cache, fp, name.into(), |emit| {
+    // Rows are the shards' rows in order: errors name a row of the shards read as one.
+    Ok(Dataset::materialize(&opts.cache, fp, name.into(), |emit| {
         read_shards(files, opts.batch_size, emit)
-    })
+    })?
+    .with_file_rows(None))
 }
 
 /// Every batch of `files` in order, in batches of `batch_size` rows, each with the first

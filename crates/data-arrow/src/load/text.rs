@@ -26,7 +26,8 @@ pub fn load_text(path: &Path, sample_by: SampleBy, opts: &LoadOptions) -> Result
         &[path.to_path_buf()],
         &format!("{sample_by:?}|batch_size={}", opts.batch_size),
     )?;
-    Dataset::materialize(&opts.cache, fp, path.display().to_string().into(), |emit| {
+    let mut parsed: Option<Vec<u64>> = None;
+    let ds = Dataset::materialize(&opts.cache, fp, path.display().to_string().into(), |emit| {
         let mut bytes = Vec::new();
         open(path)?
             .read_to_end(&mut bytes)
@@ -45,10 +46,12 @@ pub fn load_text(path: &Path, sample_by: SampleBy, opts: &LoadOptions) -> Result
             }
         })?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let rows: Vec<&str> = match sample_by {
-            SampleBy::Line => text.lines().collect(),
-            SampleBy::Paragraph => paragraphs(text),
+        // A leading BOM is on line 1 all the same.
+        let (rows, lines): (Vec<&str>, Vec<u64>) = match sample_by {
+            SampleBy::Line => text.lines().zip(1..).unzip(),
+            SampleBy::Paragraph => paragraphs_with_lines(text).into_iter().unzip(),
         };
+        parsed = Some(lines);
         let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
         let chunks: Vec<&[&str]> = rows.chunks(opts.batch_size.max(1)).collect();
         if chunks.is_empty() {
@@ -62,30 +65,32 @@ pub fn load_text(path: &Path, sample_by: SampleBy, opts: &LoadOptions) -> Result
             )?;
         }
         Ok(())
-    })
+    })?;
+    Ok(super::tag_lines(ds, parsed))
 }
 
-/// Blank-line-separated paragraphs, trimmed, without empty ones.
-pub(crate) fn paragraphs(text: &str) -> Vec<&str> {
+/// Blank-line-separated paragraphs, trimmed, without empty ones, each with the
+/// 1-based line it starts on.
+fn paragraphs_with_lines(text: &str) -> Vec<(&str, u64)> {
     let mut out = Vec::new();
-    let mut start: Option<usize> = None;
+    let mut start: Option<(usize, u64)> = None;
     let mut end = 0;
     let mut pos = 0;
-    for line in text.split_inclusive('\n') {
+    for (line, number) in text.split_inclusive('\n').zip(1..) {
         if line.trim().is_empty() {
-            if let Some(s) = start.take() {
-                out.push(text[s..end].trim());
+            if let Some((s, first)) = start.take() {
+                out.push((text[s..end].trim(), first));
             }
         } else {
             if start.is_none() {
-                start = Some(pos);
+                start = Some((pos, number));
             }
             end = pos + line.len();
         }
         pos += line.len();
     }
-    if let Some(s) = start {
-        out.push(text[s..end].trim());
+    if let Some((s, first)) = start {
+        out.push((text[s..end].trim(), first));
     }
     out
 }
@@ -94,9 +99,20 @@ pub(crate) fn paragraphs(text: &str) -> Vec<&str> {
 mod tests {
     use super::*;
 
+    fn paragraphs(text: &str) -> Vec<&str> {
+        paragraphs_with_lines(text)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
     #[test]
     fn paragraphs_split_on_blank_lines() {
         assert_eq!(paragraphs("a b\nc\n\n\n  \nd\n"), vec!["a b\nc", "d"]);
+        assert_eq!(
+            paragraphs_with_lines("a b\nc\n\n\n  \nd\n"),
+            vec![("a b\nc", 1), ("d", 6)]
+        );
         assert!(paragraphs("\n\n").is_empty());
     }
 

@@ -338,12 +338,7 @@ enum LabelLists {
 }
 
 fn bad(ds: &Dataset, column: &str, row: usize, message: String) -> TrainError {
-    TrainError::Data(berth_data::DataError::Value {
-        source_name: ds.source_name().into(),
-        row,
-        column: column.to_string(),
-        message,
-    })
+    TrainError::Data(ds.value_error(row, column, message))
 }
 
 fn label_lists(ds: &Dataset, column: &str) -> Result<LabelLists> {
