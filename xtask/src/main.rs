@@ -14,6 +14,7 @@ commands:
   ci         fixtures, cargo fmt --check, clippy -D warnings, and every test
   finetune   set up and run the main job (see README)
   bench      `bench train`: training throughput (see benches/README.md)
+  fuzz       run the fuzz targets under libFuzzer: fuzz [--seconds N] [--runs N] [TARGET...]
 ";
 
 fn main() -> Result<()> {
@@ -32,6 +33,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("finetune") => finetune(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -709,6 +711,150 @@ fn bench_long_docs(args: &[String]) -> Result<()> {
     let ratio = rows[1].3.1 / rows[0].3.1;
     println!("peak RSS, {chunks} chunks / 4 chunks with group {group}: {ratio:.2}x (goal <= 1.3x)");
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+const FUZZ_USAGE: &str = "\
+usage: cargo xtask fuzz [--seconds N] [--runs N] [TARGET...]
+
+Runs each fuzz target (all of fuzz/fuzz_targets by default) under libFuzzer, through
+cargo-fuzz (installed when missing; built on the stable toolchain with
+RUSTC_BOOTSTRAP=1), on its corpus in fuzz/corpus/<target> (seeded from
+../shared/data), for N seconds (default 60) or N executions, whichever comes first.
+Inputs are capped at 1 MiB, memory at 2 GiB RSS, each input at 10 s. Prints a table
+and a JSON line per target; fails if any target crashed, hung or ran out of memory
+(the input is kept under fuzz/artifacts/<target>).";
+
+/// `cargo xtask fuzz`: libFuzzer over every target, one after the other.
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut seconds: u64 = 60;
+    let mut runs: Option<u64> = None;
+    let mut targets: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut number = |what: &str| -> Result<u64> {
+            let v = it.next().with_context(|| format!("{a} needs a value"))?;
+            v.parse()
+                .with_context(|| format!("{what} '{v}' is not a whole number"))
+        };
+        match a.as_str() {
+            "--seconds" => seconds = number("--seconds")?,
+            "--runs" => runs = Some(number("--runs")?),
+            "-h" | "--help" => {
+                println!("{FUZZ_USAGE}");
+                return Ok(());
+            }
+            t if !t.starts_with('-') => targets.push(t.to_string()),
+            other => bail!("unknown fuzz option '{other}'\n{FUZZ_USAGE}"),
+        }
+    }
+    let root = workspace_root();
+    let mut known: Vec<String> = std::fs::read_dir(root.join("fuzz/fuzz_targets"))
+        .context("reading fuzz/fuzz_targets")?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    known.sort();
+    if targets.is_empty() {
+        targets = known.clone();
+    }
+    if let Some(t) = targets.iter().find(|t| !known.contains(t)) {
+        bail!("no fuzz target '{t}' (targets: {})", known.join(", "));
+    }
+    let has_cargo_fuzz = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        eprintln!("fuzz: cargo install cargo-fuzz");
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let corpus = root.join("fuzz/corpus");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "berth-fuzzing",
+            "--bin",
+            "fuzz-seeds",
+            "--",
+        ])
+        .arg(&corpus))?;
+    let fuzz_cmd = || {
+        let mut c = cargo();
+        c.env("RUSTC_BOOTSTRAP", "1").args(["fuzz"]);
+        c
+    };
+    eprintln!("fuzz: building {} targets", targets.len());
+    run(fuzz_cmd().args(["build", "-s", "none"]))?;
+    println!(
+        "{:<14} {:>12} {:>9} {:>10} {:>9}  result",
+        "target", "executions", "seconds", "exec/s", "peak MiB"
+    );
+    let mut failed = Vec::new();
+    for t in &targets {
+        let mut cmd = fuzz_cmd();
+        cmd.args(["run", "-s", "none", t])
+            .arg(corpus.join(t))
+            .args([
+                "--",
+                "-max_len=1048576",
+                "-rss_limit_mb=2048",
+                "-timeout=10",
+                "-print_final_stats=1",
+            ])
+            .arg(format!("-max_total_time={seconds}"));
+        if let Some(n) = runs {
+            cmd.arg(format!("-runs={n}"));
+        }
+        let started = std::time::Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("running the fuzz target {t}"))?;
+        let secs = started.elapsed().as_secs_f64();
+        let log = String::from_utf8_lossy(&out.stderr);
+        let stat = |key: &str| -> u64 {
+            log.lines()
+                .filter_map(|l| l.strip_prefix(key))
+                .filter_map(|v| v.trim().trim_start_matches(':').trim().parse().ok())
+                .next_back()
+                .unwrap_or(0)
+        };
+        let execs = stat("stat::number_of_executed_units");
+        let peak = stat("stat::peak_rss_mb");
+        let result = if out.status.success() {
+            "ok".to_string()
+        } else {
+            let why = log
+                .lines()
+                .find(|l| l.contains("ERROR: libFuzzer") || l.contains("panicked at"))
+                .unwrap_or("failed")
+                .trim()
+                .to_string();
+            failed.push(t.clone());
+            let log_path = root.join("fuzz/artifacts").join(format!("{t}.log"));
+            if let Some(dir) = log_path.parent() {
+                std::fs::create_dir_all(dir).ok();
+            }
+            std::fs::write(&log_path, log.as_bytes()).ok();
+            format!("FAILED: {why} (log: {})", log_path.display())
+        };
+        println!(
+            "{t:<14} {execs:>12} {secs:>9.0} {:>10.0} {peak:>9}  {result}",
+            execs as f64 / secs.max(1e-9)
+        );
+        println!(
+            "{{\"bench\": \"fuzz\", \"target\": \"{t}\", \"executions\": {execs}, \"seconds\": {secs:.1}, \"peak_rss_mb\": {peak}, \"ok\": {}}}",
+            out.status.success()
+        );
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {}", failed.join(", "));
+    }
     Ok(())
 }
 
