@@ -773,17 +773,14 @@ fn fuzz(args: &[String]) -> Result<()> {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let corpus = root.join("fuzz/corpus");
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            "berth-fuzzing",
-            "--bin",
-            "fuzz-seeds",
-            "--",
-        ])
-        .arg(&corpus))?;
+    // Built with the whole workspace's features, so the test build's artifacts serve.
+    run(cargo().args(["build", "--quiet", "--workspace", "--bin", "fuzz-seeds"]))?;
+    let seeds = release_binary("fuzz-seeds")?
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("debug/fuzz-seeds"))
+        .context("the target directory")?;
+    run(Command::new(seeds).arg(&corpus))?;
     let fuzz_cmd = || {
         let mut c = cargo();
         c.env("RUSTC_BOOTSTRAP", "1").args(["fuzz"]);

@@ -23,6 +23,27 @@ pub enum Backend {
     Tokenizers,
 }
 
+/// The longest text (in UTF-8 bytes) each backend takes by default: tokenizing holds
+/// about 10 bytes per byte of text with `berth-wordpiece` (a 100 MB text peaks near
+/// 1 GB) and about 120 with the `tokenizers` crate (a 20 MB text, 2.4 GB), so a
+/// longer text is refused with an error rather than taking the machine down.
+/// `BERTH_MAX_TEXT_BYTES` sets the limit for both.
+pub const MAX_TEXT_BYTES_WORDPIECE: usize = 128 << 20;
+/// See [`MAX_TEXT_BYTES_WORDPIECE`].
+pub const MAX_TEXT_BYTES_TOKENIZERS: usize = 8 << 20;
+
+/// `BERTH_MAX_TEXT_BYTES`, when set.
+fn max_text_bytes_from_env() -> Result<Option<usize>> {
+    match std::env::var("BERTH_MAX_TEXT_BYTES") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map(Some).map_err(|_| {
+            DataError::InvalidArgument(format!(
+                "BERTH_MAX_TEXT_BYTES='{v}' is not a number of bytes"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
 /// A tokenizer with padding off and truncation (`longest_first` to `max_length`) set.
 pub struct TextEncoder {
     fast: Option<WordPiece>,
@@ -30,6 +51,8 @@ pub struct TextEncoder {
     opts: EncodeOptions,
     /// Hash of the configured tokenizer's serialized form, for fingerprints.
     digest: String,
+    /// Longer texts are refused (see [`MAX_TEXT_BYTES_WORDPIECE`]).
+    max_text_bytes: usize,
 }
 
 /// Logs once per process why the fast tokenizer is not used.
@@ -84,11 +107,60 @@ impl TextEncoder {
             add_special_tokens,
             truncation: max_length.map(Truncation::longest_first),
         };
+        let max_text_bytes = max_text_bytes_from_env()?.unwrap_or(if fast.is_some() {
+            MAX_TEXT_BYTES_WORDPIECE
+        } else {
+            MAX_TEXT_BYTES_TOKENIZERS
+        });
         Ok(TextEncoder {
             fast,
             hf,
             opts,
             digest,
+            max_text_bytes,
+        })
+    }
+
+    /// Refuse texts longer than `bytes` (instead of the backend's default).
+    pub fn with_max_text_bytes(mut self, bytes: usize) -> Self {
+        self.max_text_bytes = bytes;
+        self
+    }
+
+    /// The longest text taken, in UTF-8 bytes.
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_text_bytes
+    }
+
+    /// An error for the first text over the limit, naming its row.
+    fn check_lengths(
+        &self,
+        texts: &[&str],
+        first_row: usize,
+        source: &str,
+        column: &str,
+    ) -> Result<()> {
+        let Some((row, text)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > self.max_text_bytes)
+        else {
+            return Ok(());
+        };
+        let (backend, per_byte) = match self.backend() {
+            Backend::WordPiece => ("berth-wordpiece", 10),
+            Backend::Tokenizers => ("the tokenizers crate", 120),
+        };
+        Err(DataError::Value {
+            source_name: source.to_string(),
+            row: first_row + row,
+            column: column.to_string(),
+            message: format!(
+                "the text is {} bytes, over the limit of {} bytes for one text: tokenizing it with {backend} would take about {} MB of memory. Split it, or raise the limit with BERTH_MAX_TEXT_BYTES",
+                text.len(),
+                self.max_text_bytes,
+                text.len().saturating_mul(per_byte) >> 20
+            ),
         })
     }
 
@@ -120,6 +192,10 @@ impl TextEncoder {
         source: &str,
         column: &str,
     ) -> Result<BatchEncoding> {
+        self.check_lengths(first, first_row, source, column)?;
+        if let Some(second) = second {
+            self.check_lengths(second, first_row, source, column)?;
+        }
         match &self.fast {
             Some(wp) => wp
                 .encode_batch(first, second, &self.opts)
@@ -175,6 +251,74 @@ impl TextEncoder {
                 }
                 Ok(out)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORDPIECE: &str = r###"{
+      "added_tokens": [],
+      "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                     "strip_accents": null, "lowercase": true},
+      "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100,
+                "vocab": {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "ab": 4}}
+    }"###;
+
+    /// The same vocabulary as a WordLevel model, which only `tokenizers` encodes.
+    const WORDLEVEL: &str = r###"{
+      "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+      "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+      "model": {"type": "WordLevel", "unk_token": "[UNK]",
+                "vocab": {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "ab": 4}}
+    }"###;
+
+    #[test]
+    fn a_text_over_the_limit_is_refused_by_row_and_one_at_it_is_taken() {
+        for (json, backend, name) in [
+            (WORDPIECE, Backend::WordPiece, "berth-wordpiece"),
+            (WORDLEVEL, Backend::Tokenizers, "the tokenizers crate"),
+        ] {
+            let tok: Tokenizer = json.parse().unwrap();
+            let enc = TextEncoder::new(&tok, None, true).unwrap();
+            assert_eq!(enc.backend(), backend);
+            let default = match backend {
+                Backend::WordPiece => MAX_TEXT_BYTES_WORDPIECE,
+                Backend::Tokenizers => MAX_TEXT_BYTES_TOKENIZERS,
+            };
+            if std::env::var_os("BERTH_MAX_TEXT_BYTES").is_none() {
+                assert_eq!(enc.max_text_bytes(), default);
+            }
+            let enc = enc.with_max_text_bytes(8);
+            let at_limit = "ab ab ab";
+            let out = enc
+                .encode(&["ab", at_limit], None, 10, "f.jsonl", "text")
+                .unwrap();
+            assert_eq!(out.ids, vec![2, 4, 3, 2, 4, 4, 4, 3]);
+            let e = enc
+                .encode(&["ab", "ab ab ab ", "ab"], None, 10, "f.jsonl", "text")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "f.jsonl: row 11 (0-based), column 'text': the text is 9 bytes, over the limit of 8 bytes for one text: tokenizing it with {name} would take"
+                )),
+                "{e}"
+            );
+            assert!(
+                e.ends_with("Split it, or raise the limit with BERTH_MAX_TEXT_BYTES"),
+                "{e}"
+            );
+            // The second text of a pair is held to the same limit.
+            assert!(
+                enc.encode(&["ab"], Some(&["ab ab ab ab"]), 0, "f", "text")
+                    .is_err()
+            );
         }
     }
 }

@@ -40,7 +40,7 @@ mod tokenize;
 
 pub use chunk_op::ChunkOp;
 pub use dataset::{CacheMode, Dataset, DatasetDict, berth_cache_root};
-pub use encoder::{Backend, TextEncoder};
+pub use encoder::{Backend, MAX_TEXT_BYTES_TOKENIZERS, MAX_TEXT_BYTES_WORDPIECE, TextEncoder};
 pub use error::{DataError, Result};
 pub use fingerprint::Fingerprint;
 pub use load::{
