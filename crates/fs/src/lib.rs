@@ -70,12 +70,20 @@ pub fn parse_temp_name(name: &str) -> Option<(&str, &str)> {
             continue;
         };
         let n_end = rest.find('.').unwrap_or(rest.len());
+        // temp_sibling ends the name in the target's extension, and in nothing else.
+        let ext = Path::new(target).extension().map(|e| e.to_string_lossy());
+        let suffix_ok = match (&ext, &rest[n_end..]) {
+            (None, "") => true,
+            (Some(e), tail) => tail.strip_prefix('.') == Some(e.as_ref()),
+            (None, _) => false,
+        };
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if !target.is_empty()
             && !what.is_empty()
             && what.bytes().all(|b| b.is_ascii_lowercase())
             && digits(pid)
             && digits(&rest[..n_end])
+            && suffix_ok
         {
             return Some((target, what));
         }
@@ -337,6 +345,8 @@ mod tests {
             ".x.tmp-a-1",
             ".x.TMP-1-2",
             "..tmp-1-2",
+            ".backup.old-2024-05.tar.gz",
+            ".db.tmp-2024-01.sql",
         ] {
             assert_eq!(parse_temp_name(other), None, "{other}");
         }

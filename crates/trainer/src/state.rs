@@ -168,7 +168,8 @@ pub fn tidy_output_dir(output_dir: &Path) -> Result<()> {
             continue;
         };
         let path = e.path();
-        if what == "old" {
+        // Only checkpoint directories are swapped through an old copy.
+        if what == "old" && target.starts_with("checkpoint-") {
             let target = output_dir.join(target);
             if !target.exists() {
                 tracing::warn!(
