@@ -17,6 +17,11 @@ pub struct Chunk {
 /// `split_overlapping`: `i..min(i + chunk_size, len)` for `i = 0, stride, ...` while
 /// `i < len`; with more than one window, those shorter than `minimal_chunk_length`
 /// are dropped. An empty text has no window.
+///
+/// Where every window is shorter than `minimal_chunk_length` (a text longer than the
+/// stride but shorter than the minimum), the first window is kept: belt_nlp would be
+/// left with no chunk and fail in `torch.stack`, and dropping the whole text would
+/// silently classify it as if it were empty.
 pub fn window_ranges(len: usize, cfg: &ChunkConfig) -> Vec<Range<usize>> {
     let len = cfg.maximal_text_length().map_or(len, |m| len.min(m));
     let all: Vec<Range<usize>> = (0..len)
@@ -24,9 +29,12 @@ pub fn window_ranges(len: usize, cfg: &ChunkConfig) -> Vec<Range<usize>> {
         .map(|i| i..(i + cfg.chunk_size()).min(len))
         .collect();
     if all.len() > 1 {
-        all.into_iter()
+        let first = all[0].clone();
+        let kept: Vec<Range<usize>> = all
+            .into_iter()
             .filter(|r| r.len() >= cfg.minimal_chunk_length())
-            .collect()
+            .collect();
+        if kept.is_empty() { vec![first] } else { kept }
     } else {
         all
     }
@@ -116,6 +124,23 @@ mod tests {
     }
 
     #[test]
+    fn a_text_whose_every_window_is_under_the_minimum_keeps_its_first() {
+        // len 5, chunk 4, stride 2, minimum 4: of 0..4, 2..5 and 4..5 only the full
+        // first window is long enough, as belt_nlp keeps it.
+        let ids: Vec<u32> = (1..=5).collect();
+        assert_eq!(
+            chunk_ids(&ids, &cfg(4, 2, 4, None), &SP),
+            vec![vec![101, 1, 2, 3, 4, 102]]
+        );
+        // len 3, chunk 8, stride 2, minimum 8: windows 0..3 and 2..3, both short.
+        assert_eq!(window_ranges(3, &cfg(8, 2, 8, None)), vec![0..3]);
+        assert_eq!(
+            chunk_ids(&[7, 8, 9], &cfg(8, 2, 8, None), &SP),
+            vec![vec![101, 7, 8, 9, 102]]
+        );
+    }
+
+    #[test]
     fn maximal_text_length_truncates_first() {
         let ids: Vec<u32> = (1..=10).collect();
         assert_eq!(
@@ -175,7 +200,9 @@ mod tests {
                 prop_assert!(cover.iter().any(|r| r.contains(&t)), "token {} uncovered", t);
             }
             let filtered = window_ranges(len, &c);
-            if w.len() > 1 {
+            // A non-empty text always keeps a window: no text is read as empty.
+            prop_assert_eq!(filtered.is_empty(), kept == 0);
+            if w.len() > 1 && filtered.len() > 1 {
                 let dropped: Vec<_> = w.iter().filter(|r| !filtered.contains(r)).collect();
                 prop_assert!(dropped.iter().all(|r| r.len() < min));
             }

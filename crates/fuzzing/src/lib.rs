@@ -294,6 +294,12 @@ pub fn chunk(data: &[u8]) {
     let chunks = chunk_ids(&ids, &cfg, &special);
     let windows = window_ranges(ids.len(), &cfg);
     assert!(!chunks.is_empty(), "every text has a chunk");
+    let kept = maximal.map_or(ids.len(), |m| ids.len().min(m));
+    assert_eq!(
+        windows.is_empty(),
+        kept == 0,
+        "a non-empty text lost every window"
+    );
     if windows.is_empty() {
         assert_eq!(chunks, vec![vec![special.cls, special.sep]]);
         return;
@@ -334,7 +340,8 @@ pub fn mlm(data: &[u8]) {
         mask: 4,
         pad: 0,
         special_ids: vec![1, 2, 3, 4],
-        vocab_size: u32::from(head[4]),
+        // The tokenizer's vocabulary holds at least the specials above.
+        vocab_size: u32::from(head[4]).max(5),
     };
     let ids = ids_of(body);
     let starts = word_starts_from_continuations(&ids, |id| id % 3 == 0);
