@@ -91,6 +91,32 @@ pub fn parse_temp_name(name: &str) -> Option<(&str, &str)> {
     None
 }
 
+/// `message` with every name made by [`temp_sibling`] shown as its target's name: an
+/// error raised while a copy was built under a temp name then names the file the user
+/// knows, not one that no longer exists.
+pub fn without_temp_names(message: &str) -> String {
+    let is_delimiter =
+        |c: char| c == '/' || c == ':' || c == '\'' || c == '"' || c == ',' || c.is_whitespace();
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find('.') {
+        // A temp name is a whole path component starting at this dot.
+        let starts_component = i == 0 || rest[..i].ends_with(is_delimiter);
+        let end = rest[i + 1..]
+            .find(is_delimiter)
+            .map_or(rest.len(), |e| i + 1 + e);
+        out.push_str(&rest[..i]);
+        let candidate = &rest[i..end];
+        match parse_temp_name(candidate).filter(|_| starts_component) {
+            Some((target, _)) => out.push_str(target),
+            None => out.push_str(candidate),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The directory that will hold `path`, created if missing.
 fn ensure_parent(path: &Path) -> Result<()> {
     match path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -164,12 +190,14 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// fails part way (a full disk) is cut back to the length the file had, so a log
 /// never ends in half a record. `path` names the file in the error.
 pub fn append_to(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let before = file.metadata().map_err(|e| Error::new(path, e))?.len();
+    use std::io::{Seek, Write};
+    // At the end whatever the file's position (a file not opened in append mode).
+    let before = file
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| Error::new(path, e))?;
     if let Err(e) = file.write_all(bytes).and_then(|()| file.flush()) {
         // Best effort: the error to report is the write's. The seek matters for a
         // file not opened in append mode, whose position is past the cut.
-        use std::io::Seek;
         let _ = file.set_len(before);
         let _ = file.seek(std::io::SeekFrom::Start(before));
         return Err(Error::new(path, e));
@@ -301,6 +329,54 @@ mod tests {
         assert!(e.to_string().starts_with("/dev/full: "), "{e}");
     }
 
+    /// The record [`an_append_cut_short_by_a_size_limit_is_cut_back`] appends.
+    const CUT_RECORD: &[u8] = b"{\"loss\": 0.123456789}\n";
+
+    #[test]
+    #[ignore = "the child half of an_append_cut_short_by_a_size_limit_is_cut_back"]
+    fn append_under_a_size_limit_child() {
+        let p = std::env::var_os("BERTH_FS_APPEND_CHILD").expect("run by the parent test");
+        let p = Path::new(&p);
+        let e = append(p, CUT_RECORD).unwrap_err();
+        // EFBIG: part of the record went in before the limit stopped it.
+        assert_eq!(e.source.raw_os_error(), Some(27), "{e}");
+        // A record that fits still goes in whole afterwards.
+        append(p, b"ok\n").unwrap();
+    }
+
+    #[test]
+    fn an_append_cut_short_by_a_size_limit_is_cut_back() {
+        // A child under RLIMIT_FSIZE (SIGXFSZ ignored, as the shell's trap passes it
+        // through exec) writes part of a record, gets EFBIG and must cut it back.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let before = b"{\"loss\": 1}\n{\"loss\": 2}\n";
+        std::fs::write(&p, before).unwrap();
+        let limit = before.len() + CUT_RECORD.len() / 2;
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                r#"trap "" XFSZ; exec prlimit --fsize="$1" "$0" --ignored --exact tests::append_under_a_size_limit_child"#,
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .arg(limit.to_string())
+            .env("BERTH_FS_APPEND_CHILD", &p)
+            .output()
+            .expect("bash and util-linux prlimit");
+        assert!(
+            out.status.success(),
+            "the child failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the child test did not run: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), [&before[..], b"ok\n"].concat());
+    }
+
     #[test]
     fn a_directory_is_replaced_whole_and_no_copy_is_left() {
         let d = tempfile::tempdir().unwrap();
@@ -361,5 +437,31 @@ mod tests {
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(".model.safetensors.tmp-"), "{name}");
         assert!(name.ends_with(".safetensors"), "{name}");
+    }
+
+    #[test]
+    fn errors_about_a_temp_copy_name_its_target() {
+        let dir = Path::new("/run/out/checkpoint-4");
+        let tmp = temp_sibling(dir, "tmp");
+        let file = temp_sibling(&tmp.join("config.json"), "tmp");
+        let msg = format!(
+            "{}: No space left on device (os error 28); also {}",
+            file.display(),
+            tmp.display()
+        );
+        assert_eq!(
+            without_temp_names(&msg),
+            "/run/out/checkpoint-4/config.json: No space left on device (os error 28); also /run/out/checkpoint-4"
+        );
+        // Other hidden names, and dots inside other words, stay as they are.
+        for keep in [
+            "/run/out/.checkpoint-4.swp: busy",
+            "/run/out/.cache/x.tmp-1-2: busy",
+            "a.b.tmp-1-2 is not a component",
+            "no dots at all",
+            "",
+        ] {
+            assert_eq!(without_temp_names(keep), keep);
+        }
     }
 }

@@ -86,8 +86,25 @@ pub fn save_into(
 pub fn io_error(file: &Path, e: candle_core::Error) -> ModelError {
     match e {
         candle_core::Error::Io(io) => ModelError::io(file, io),
-        e => ModelError::Checkpoint(format!("{}: {e}", file.display())),
+        // safetensors' own `IoError` (a full disk while serializing, say), found
+        // through the source chain: candle does not re-export its type.
+        e => match io_source(&e) {
+            Some(io) => ModelError::io(file, std::io::Error::new(io.kind(), io.to_string())),
+            None => ModelError::Checkpoint(format!("{}: {e}", file.display())),
+        },
     }
+}
+
+/// The I/O error at the root of `e`'s source chain, if any.
+fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        at = err.source();
+    }
+    None
 }
 
 /// Fills a fresh temp sibling of `dir` with `write`, then moves it into place: a
@@ -152,5 +169,22 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "one");
         assert!(!dir.join("half.txt").exists());
         assert_eq!(siblings(&dir), vec!["final".to_string()]);
+    }
+
+    #[test]
+    fn a_safetensors_write_error_is_the_io_error_it_is_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("gone/model.safetensors");
+        let t = candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+        let e = candle_core::safetensors::save(&std::collections::HashMap::from([("a", t)]), &file)
+            .unwrap_err();
+        match io_error(&file, e) {
+            ModelError::Io { path, source } => {
+                assert_eq!(path, file);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("not an I/O error: {other}"),
+        }
     }
 }

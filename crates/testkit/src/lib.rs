@@ -52,6 +52,15 @@ fn present_or_skip(what: &str, path: PathBuf, probe: &str) -> Option<PathBuf> {
     None
 }
 
+/// What a test needs from the machine (a tool, a privilege) is missing: panics when
+/// fixtures are required (CI), else says the test is skipping.
+pub fn missing(what: &str) {
+    if required() {
+        panic!("missing: {what} (BERTH_REQUIRE_FIXTURES=1)");
+    }
+    eprintln!("SKIPPED: missing: {what}");
+}
+
 /// The real-data directory, if present (panics when required and missing).
 pub fn data_dir() -> Option<PathBuf> {
     present_or_skip("shared data", data_dir_path(), "README.md")

@@ -312,7 +312,8 @@ impl Callback for Checkpointing {
             TrainError::checkpoint(
                 &dir,
                 format!(
-                    "not written: {e}; the previous checkpoints are as they were{}",
+                    "not written: {}; the previous checkpoints are as they were{}",
+                    berth_fs::without_temp_names(&e.to_string()),
                     c.last_checkpoint
                         .as_ref()
                         .map(|p| format!(" (latest: {})", p.display()))
