@@ -182,20 +182,22 @@ impl TextEncoder {
         &self.hf
     }
 
-    /// Encodes rows `first_row..` of a batch (and their pairs) in parallel; errors
-    /// name `source`, the row and `column`.
+    /// Encodes rows `first_row..` of a batch (and their pairs, with the pairs' column)
+    /// in parallel; errors name `source`, the row and `column` (the pair column for a
+    /// pair text over the size limit).
     pub fn encode(
         &self,
         first: &[&str],
-        second: Option<&[&str]>,
+        second: Option<(&[&str], &str)>,
         first_row: usize,
         source: &str,
         column: &str,
     ) -> Result<BatchEncoding> {
         self.check_lengths(first, first_row, source, column)?;
-        if let Some(second) = second {
-            self.check_lengths(second, first_row, source, column)?;
+        if let Some((second, second_column)) = second {
+            self.check_lengths(second, first_row, source, second_column)?;
         }
+        let second = second.map(|(s, _)| s);
         match &self.fast {
             Some(wp) => wp
                 .encode_batch(first, second, &self.opts)
@@ -314,10 +316,14 @@ mod tests {
                 e.ends_with("Split it, or raise the limit with BERTH_MAX_TEXT_BYTES"),
                 "{e}"
             );
-            // The second text of a pair is held to the same limit.
+            // The second text of a pair is held to the same limit, and named by its column.
+            let e = enc
+                .encode(&["ab"], Some((&["ab ab ab ab"], "pair")), 0, "f", "text")
+                .unwrap_err()
+                .to_string();
             assert!(
-                enc.encode(&["ab"], Some(&["ab ab ab ab"]), 0, "f", "text")
-                    .is_err()
+                e.starts_with("f: row 0 (0-based), column 'pair': the text is 11 bytes"),
+                "{e}"
             );
         }
     }

@@ -32,6 +32,14 @@ pub trait BatchOp: Send + Sync {
     /// error messages. The output may have any number of rows and any schema, the same
     /// for every batch.
     fn apply(&self, batch: &RecordBatch, first_row: usize, source: &str) -> Result<RecordBatch>;
+    /// True when output row `i` is always input row `i` (the op adds or replaces
+    /// columns only): the output then keeps each row's place in the loaded file, so
+    /// later errors name the file's line. An op that may drop, add or reorder rows
+    /// keeps the default, and its output has no provenance even where its row count
+    /// happens to match.
+    fn keeps_rows(&self) -> bool {
+        false
+    }
 }
 
 /// A [`BatchOp`] from a closure, its name and its parameters.
@@ -153,7 +161,11 @@ impl Dataset {
             progress.finish();
             Ok(())
         })?;
-        Ok(self.carry_origin(out, None))
+        Ok(if op.keeps_rows() {
+            self.carry_origin(out, None)
+        } else {
+            out
+        })
     }
 
     /// Keeps the rows for which `predicate` is true (nulls count as false).
@@ -494,6 +506,82 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(ns(&out), vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]);
+        }
+    }
+
+    /// Upper-cases column `s`: every row stays where it was.
+    struct Upper;
+
+    impl BatchOp for Upper {
+        fn name(&self) -> &str {
+            "upper"
+        }
+        fn params(&self) -> String {
+            String::new()
+        }
+        fn apply(&self, b: &RecordBatch, _: usize, _: &str) -> Result<RecordBatch> {
+            let s = b.column_by_name("s").unwrap();
+            let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+            let up = StringArray::from_iter(s.iter().map(|v| v.map(str::to_uppercase)));
+            RecordBatch::try_new(b.schema(), vec![b.column(0).clone(), Arc::new(up)])
+                .map_err(|e| DataError::arrow("upper", e))
+        }
+        fn keeps_rows(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn rows_keep_their_file_line_through_shuffles_and_row_keeping_ops_and_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.csv");
+        // Row 1's quoted text spans two lines: rows 0, 1, 2 are on lines 2, 3, 5.
+        std::fs::write(&file, "n,s\n0,a\n1,\"b\nb\"\n2,c\n").unwrap();
+        let opts = crate::LoadOptions {
+            cache: CacheMode::Dir(dir.path().join("cache")),
+            batch_size: 2,
+        };
+        let line_of = |n: i64| [2, 3, 5][n as usize];
+        // Parsed, then answered by the cache (the lines come from the sidecar).
+        for round in 0..2 {
+            let ds = crate::load(file.to_str().unwrap(), None, &opts).unwrap();
+            // The first seed that moves the rows.
+            let shuffled = (0..)
+                .map(|seed| ds.shuffle(seed).unwrap())
+                .find(|d| ns(d) != vec![0, 1, 2])
+                .unwrap();
+            let kept = shuffled
+                .map_batched(&Upper, &MapOptions::default())
+                .unwrap();
+            for d in [&shuffled, &kept] {
+                for (i, n) in ns(d).into_iter().enumerate() {
+                    assert_eq!(
+                        d.origin_of(i),
+                        Some(crate::dataset::RowOrigin {
+                            file_row: n as usize,
+                            line: Some(line_of(n)),
+                        }),
+                        "round {round}, row {i}"
+                    );
+                }
+            }
+            let e = kept.value_error(0, "s", "bad").to_string();
+            let n = ns(&kept)[0];
+            assert_eq!(
+                e,
+                format!("{}: line {}, column 's': bad", file.display(), line_of(n))
+            );
+            // An op that may move rows loses them, even with the same row count.
+            let reversed = FnOp::new("reverse", "", |b: &RecordBatch| {
+                let idx: Vec<u32> = (0..b.num_rows() as u32).rev().collect();
+                arrow::compute::take_record_batch(b, &arrow::array::UInt32Array::from(idx))
+                    .map_err(|e| DataError::arrow("reverse", e))
+            });
+            let moved = shuffled
+                .map_batched(&reversed, &MapOptions::default())
+                .unwrap();
+            assert_eq!(moved.num_rows(), 3);
+            assert_eq!(moved.origin_of(0), None);
         }
     }
 

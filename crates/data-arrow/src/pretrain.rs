@@ -56,6 +56,10 @@ impl MlmOp {
 }
 
 impl BatchOp for MlmOp {
+    fn keeps_rows(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         "mlm"
     }
@@ -126,7 +130,18 @@ impl Dataset {
             let mut first_row = 0;
             for batch in self.iter_batches(1000) {
                 let batch = batch?;
-                let texts = text_values(&batch, text_column, first_row, self.source_name())?;
+                // A bad value is reported at the file's line, not the row's index here.
+                let at_file = |e: DataError| match e {
+                    DataError::Value {
+                        row,
+                        column,
+                        message,
+                        ..
+                    } => self.value_error(row, &column, message),
+                    e => e,
+                };
+                let texts = text_values(&batch, text_column, first_row, self.source_name())
+                    .map_err(at_file)?;
                 for (i, text) in texts.into_iter().enumerate() {
                     let sentences = split_sentences(text);
                     // Errors name the document's row, not the sentence's index.
@@ -140,16 +155,8 @@ impl Dataset {
                         )
                         .map_err(|e| match e {
                             DataError::Value {
-                                source_name,
-                                column,
-                                message,
-                                ..
-                            } => DataError::Value {
-                                source_name,
-                                row: first_row + i,
-                                column,
-                                message,
-                            },
+                                column, message, ..
+                            } => self.value_error(first_row + i, &column, message),
                             other => other,
                         })?;
                     documents.push(
@@ -323,5 +330,34 @@ mod tests {
             b.column("input_ids").unwrap().to_data()
         );
         assert!(a.column_names().contains(&"labels".to_string()));
+    }
+
+    #[test]
+    fn a_bad_document_is_named_by_its_file_line_after_a_shuffle() {
+        let Some(tok) = tok() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.jsonl");
+        let mut lines: Vec<String> = (0..30)
+            .map(|d| format!("{{\"text\": \"Document {d} opens. It ends.\"}}"))
+            .collect();
+        lines[11] = "{\"text\": null}".to_string();
+        // A blank line before it: line numbers are the file's, not the row's.
+        lines.insert(3, String::new());
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let ds = crate::load(
+            path.to_str().unwrap(),
+            None,
+            &crate::LoadOptions::in_memory(),
+        )
+        .unwrap()
+        .shuffle(3)
+        .unwrap();
+        let e = ds
+            .nsp_pairs("text", &tok, &NspConfig::default(), 7)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: line 13, column 'text': text is null", path.display())
+        );
     }
 }

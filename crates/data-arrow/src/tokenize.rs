@@ -269,6 +269,10 @@ pub(crate) fn with_columns(batch: &RecordBatch, new: Vec<(&str, ArrayRef)>) -> R
 }
 
 impl BatchOp for TokenizeOp {
+    fn keeps_rows(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         "tokenize"
     }
@@ -283,9 +287,10 @@ impl BatchOp for TokenizeOp {
             None => None,
             Some(pair) => Some(text_values(batch, pair, first_row, source)?),
         };
+        let pair_column = self.config.pair_column.as_deref().unwrap_or_default();
         let enc = self.encoder.encode(
             &texts,
-            pairs.as_deref(),
+            pairs.as_deref().map(|p| (p, pair_column)),
             first_row,
             source,
             &self.config.text_column,

@@ -218,6 +218,16 @@ pub fn int_labels(ds: &Dataset, column: &str, names: &[String]) -> Result<Vec<i6
             .as_any()
             .downcast_ref::<berth_data::arrow::array::Int64Array>()
             .ok_or_else(|| bad(0, "labels are not integers".into()))?;
+        // A value the cast could not hold (1e30, a u64 past i64) comes out null: it is
+        // a bad label, not a missing one.
+        if let Some(row) = (0..c.len()).find(|&r| col.is_valid(r) && c.is_null(r)) {
+            let value = berth_data::arrow::util::display::array_value_to_string(&col, row)
+                .unwrap_or_default();
+            return Err(bad(
+                row,
+                format!("label {value} is not a class id (an integer from 0)"),
+            ));
+        }
         c.iter().collect()
     };
     let classes = || {

@@ -927,7 +927,13 @@ fn an_eval_label_outside_the_train_classes_names_them() {
 
 #[test]
 fn nan_and_inf_labels_are_not_class_ids() {
-    for (value, shown) in [("nan", "NaN"), ("inf", "inf"), ("0.5", "0.5")] {
+    for (value, shown) in [
+        ("nan", "NaN"),
+        ("inf", "inf"),
+        ("0.5", "0.5"),
+        // Whole, but past any integer: the cast would make it a missing label.
+        ("1e30", "1e30"),
+    ] {
         let (e, dir) = prepare_error(
             &[(
                 "f.csv",
