@@ -715,12 +715,13 @@ fn bench_long_docs(args: &[String]) -> Result<()> {
 }
 
 const FUZZ_USAGE: &str = "\
-usage: cargo xtask fuzz [--seconds N] [--runs N] [TARGET...]
+usage: cargo xtask fuzz [--seconds N] [--runs N] [--jobs N] [TARGET...]
 
 Runs each fuzz target (all of fuzz/fuzz_targets by default) under libFuzzer, through
 cargo-fuzz (installed when missing; built on the stable toolchain with
 RUSTC_BOOTSTRAP=1), on its corpus in fuzz/corpus/<target> (seeded from
-../shared/data), for N seconds (default 60) or N executions, whichever comes first.
+../shared/data), for N seconds (default 60) or N executions, whichever comes first,
+--jobs targets at a time (default 1).
 Inputs are capped at 1 MiB, memory at 2 GiB RSS, each input at 10 s. Prints a table
 and a JSON line per target; fails if any target crashed, hung or ran out of memory
 (the input is kept under fuzz/artifacts/<target>).";
@@ -729,6 +730,7 @@ and a JSON line per target; fails if any target crashed, hung or ran out of memo
 fn fuzz(args: &[String]) -> Result<()> {
     let mut seconds: u64 = 60;
     let mut runs: Option<u64> = None;
+    let mut jobs: usize = 1;
     let mut targets: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -740,6 +742,7 @@ fn fuzz(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--seconds" => seconds = number("--seconds")?,
             "--runs" => runs = Some(number("--runs")?),
+            "--jobs" => jobs = number("--jobs")?.max(1) as usize,
             "-h" | "--help" => {
                 println!("{FUZZ_USAGE}");
                 return Ok(());
@@ -792,8 +795,8 @@ fn fuzz(args: &[String]) -> Result<()> {
         "{:<14} {:>12} {:>9} {:>10} {:>9}  result",
         "target", "executions", "seconds", "exec/s", "peak MiB"
     );
-    let mut failed = Vec::new();
-    for t in &targets {
+    // One libFuzzer process per target, `jobs` at a time; each reports when done.
+    let run_target = |t: &str| -> Result<(u64, f64, u64, Option<String>)> {
         let mut cmd = fuzz_cmd();
         cmd.args(["run", "-s", "none", t])
             .arg(corpus.join(t))
@@ -823,32 +826,74 @@ fn fuzz(args: &[String]) -> Result<()> {
         };
         let execs = stat("stat::number_of_executed_units");
         let peak = stat("stat::peak_rss_mb");
-        let result = if out.status.success() {
-            "ok".to_string()
-        } else {
-            let why = log
-                .lines()
-                .find(|l| l.contains("ERROR: libFuzzer") || l.contains("panicked at"))
-                .unwrap_or("failed")
+        if out.status.success() {
+            return Ok((execs, secs, peak, None));
+        }
+        let lines: Vec<&str> = log.lines().collect();
+        let why = match lines.iter().position(|l| l.contains("panicked at")) {
+            // The panic's place, then its message on the next line.
+            Some(i) => lines[i..lines.len().min(i + 2)]
+                .join(" ")
                 .trim()
-                .to_string();
-            failed.push(t.clone());
-            let log_path = root.join("fuzz/artifacts").join(format!("{t}.log"));
-            if let Some(dir) = log_path.parent() {
-                std::fs::create_dir_all(dir).ok();
-            }
-            std::fs::write(&log_path, log.as_bytes()).ok();
-            format!("FAILED: {why} (log: {})", log_path.display())
+                .to_string(),
+            None => lines
+                .iter()
+                .find(|l| l.contains("ERROR: libFuzzer"))
+                .unwrap_or(&"failed")
+                .trim()
+                .to_string(),
         };
-        println!(
-            "{t:<14} {execs:>12} {secs:>9.0} {:>10.0} {peak:>9}  {result}",
-            execs as f64 / secs.max(1e-9)
-        );
-        println!(
-            "{{\"bench\": \"fuzz\", \"target\": \"{t}\", \"executions\": {execs}, \"seconds\": {secs:.1}, \"peak_rss_mb\": {peak}, \"ok\": {}}}",
-            out.status.success()
-        );
-    }
+        let log_path = root.join("fuzz/artifacts").join(format!("{t}.log"));
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        std::fs::write(&log_path, log.as_bytes()).ok();
+        Ok((
+            execs,
+            secs,
+            peak,
+            Some(format!("{why} (log: {})", log_path.display())),
+        ))
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let report = |t: &str, r: &Result<(u64, f64, u64, Option<String>)>| match r {
+        Ok((execs, secs, peak, failure)) => {
+            let result = failure
+                .as_ref()
+                .map_or("ok".to_string(), |w| format!("FAILED: {w}"));
+            println!(
+                "{t:<14} {execs:>12} {secs:>9.0} {:>10.0} {peak:>9}  {result}",
+                *execs as f64 / secs.max(1e-9)
+            );
+            println!(
+                "{{\"bench\": \"fuzz\", \"target\": \"{t}\", \"executions\": {execs}, \"seconds\": {secs:.1}, \"peak_rss_mb\": {peak}, \"ok\": {}}}",
+                failure.is_none()
+            );
+        }
+        Err(e) => println!("{t:<14} FAILED: {e:#}"),
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(targets.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(t) = targets.get(i) else { break };
+                    let r = run_target(t);
+                    let mut done = results.lock().unwrap_or_else(|e| e.into_inner());
+                    report(t, &r);
+                    done.push((t.clone(), r.is_ok_and(|r| r.3.is_none())));
+                }
+            });
+        }
+    });
+    let failed: Vec<String> = results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(t, _)| t)
+        .collect();
     if !failed.is_empty() {
         bail!("fuzz targets failed: {}", failed.join(", "));
     }
