@@ -228,6 +228,60 @@ fn json_string(json: &str, key: &str) -> Option<String> {
     None
 }
 
+/// The features CI builds the workspace with.
+const CI_FEATURES: &str = "berth-cli/mpi";
+
+/// OpenMPI's `mpirun` and development files, and libclang for the `mpi` crate's
+/// bindgen: installed from Debian's packages when missing (as root), else a clear
+/// error saying what to install.
+fn ensure_openmpi() -> Result<()> {
+    let has = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let libclang = ["/usr/lib", "/usr/lib64", "/usr/lib/x86_64-linux-gnu"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name.starts_with("llvm-") && e.path().join("lib/libclang.so").exists())
+                || name.starts_with("libclang.so")
+        });
+    if has("mpirun", "--version") && has("mpicc", "--showme:version") && libclang {
+        return Ok(());
+    }
+    const PACKAGES: [&str; 3] = ["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || !has("apt-get", "--version") {
+        bail!(
+            "the data-parallel tests need OpenMPI and libclang: install {} (Debian: `sudo apt-get install {}`)",
+            PACKAGES.join(", "),
+            PACKAGES.join(" ")
+        );
+    }
+    println!("ci: apt-get install {}", PACKAGES.join(" "));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !install() {
+            bail!("apt-get install {} failed", PACKAGES.join(" "));
+        }
+    }
+    Ok(())
+}
+
 /// The whole suite, as CI runs it.
 fn ci() -> Result<()> {
     let model = fixtures()?;
@@ -237,20 +291,25 @@ fn ci() -> Result<()> {
         model.display(),
         python.display()
     );
+    ensure_openmpi()?;
     println!("ci: cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    println!("ci: cargo clippy");
+    // One feature set for clippy and the tests: the data-parallel tests need the
+    // `mpi` build, and a second feature set would rebuild the crates above it.
+    println!("ci: cargo clippy ({CI_FEATURES})");
     run(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        CI_FEATURES,
         "--",
         "-D",
         "warnings",
     ]))?;
-    println!("ci: cargo test");
+    println!("ci: cargo test ({CI_FEATURES})");
     run(cargo()
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--features", CI_FEATURES])
         .env("BERTH_REQUIRE_FIXTURES", "1"))?;
     println!("ci: all green");
     Ok(())

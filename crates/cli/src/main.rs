@@ -9,6 +9,7 @@ use berth_data::berth_masking::{MaskStrategy, MlmConfig, NspConfig};
 use berth_data::{Format, HubOptions, LoadOptions, MapOptions, MlmOp, TokenizeConfig, TokenizeOp};
 use clap::{Args, Parser, Subcommand};
 
+mod launch;
 mod predict;
 mod train;
 
@@ -44,6 +45,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a trained model on the eval/test data of a config.
     Eval(train::EvalArgs),
+    /// Start N data-parallel ranks of a berth command, as torchrun does:
+    /// `berth launch --nproc-per-node 2 -- train --config run.toml`. Ranks meet
+    /// through MPI (`mpirun`; a berth built with the `mpi` feature).
+    Launch(launch::LaunchArgs),
 }
 
 /// Where rows come from: shared by every command that reads a dataset.
@@ -261,6 +266,7 @@ fn main() -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
+        Command::Launch(a) => launch::launch(a),
     }
 }
 

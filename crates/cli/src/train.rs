@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_collective::Collective;
 
 use anyhow::{Context, Result};
 use berth_trainer::{Inference, RunConfig, Trainer, summary_table};
@@ -38,13 +41,41 @@ pub(crate) struct EvalArgs {
 }
 
 pub(crate) fn train(a: TrainArgs) -> Result<()> {
+    // One rank of several when started by mpirun (`berth launch`), else alone.
+    let collective: Arc<dyn Collective> = berth_collective::from_env()?.into();
+    if collective.world_size() == 1 {
+        return train_as(a, collective);
+    }
+    match train_as(a, collective.clone()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A rank that fails takes the others down with it: they would wait for
+            // it in the next collective forever.
+            eprintln!("Error (rank {}): {e:?}", collective.rank());
+            collective.abort(1)
+        }
+    }
+}
+
+fn train_as(a: TrainArgs, collective: Arc<dyn Collective>) -> Result<()> {
     let mut set = a.set;
     if let Some(r) = a.resume {
         set.push(format!("training.resume_from_checkpoint={r:?}"));
     }
-    let config = RunConfig::load(&a.config, &set)?;
+    let mut config = RunConfig::load(&a.config, &set)?;
+    if collective.world_size() > 1 && config.training.device == berth_trainer::DeviceSpec::Cuda(0) {
+        // Each rank binds its own GPU, as torchrun's ranks bind cuda:LOCAL_RANK.
+        config.training.device = berth_trainer::DeviceSpec::Cuda(collective.local_rank());
+    }
+    let main = collective.is_main();
+    // Rank 0 shows the progress of the work every rank does.
+    berth_data::hide_progress(!main);
     let mut trainer = Trainer::new(config)?;
+    trainer.set_collective(collective);
     let summary = trainer.train()?;
+    if !main {
+        return Ok(());
+    }
     println!("{}", summary_table(&summary));
     println!(
         "the model (an HF model repo: weights, tokenizer files, model card), trainer_state.json, *_results.json, metrics.jsonl, curves.svg and report.md in {}",

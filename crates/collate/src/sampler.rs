@@ -62,6 +62,44 @@ impl BatchSampler for RandomSampler {
     }
 }
 
+/// torch's `DistributedSampler` over [`RandomSampler`]'s permutation, cut into batches
+/// of `batch_size`: the permutation is padded to a multiple of `world_size` by
+/// repeating its start (as torch does, so every rank has as many items), and rank `r`
+/// takes items `r, r + world_size, ...`. Rank `r`'s batch `b` and the other ranks'
+/// batch `b` together hold exactly [`RandomSampler`]'s batch `b` of
+/// `batch_size * world_size` items: a step of N ranks trains on the batch one process
+/// with N times the batch would.
+#[derive(Clone, Debug)]
+pub struct DistributedSampler {
+    pub len: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub drop_last: bool,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl DistributedSampler {
+    /// This rank's items of epoch `epoch`, in order.
+    pub fn shard(&self, epoch: u64) -> Vec<usize> {
+        let world = self.world_size.max(1);
+        let mut order = epoch_permutation(self.len, self.seed, epoch);
+        let total = self.len.div_ceil(world) * world;
+        let mut i = 0;
+        while order.len() < total && self.len > 0 {
+            order.push(order[i]);
+            i += 1;
+        }
+        order.into_iter().skip(self.rank).step_by(world).collect()
+    }
+}
+
+impl BatchSampler for DistributedSampler {
+    fn batches(&self, epoch: u64) -> Vec<Vec<usize>> {
+        fixed_batches(self.shard(epoch), self.batch_size, self.drop_last)
+    }
+}
+
 /// HF's `LengthGroupedSampler`: a random permutation cut into megabatches of
 /// `min(n / (4 * batch_size), 50)` batches, each sorted by length (longest first),
 /// with the longest item of all moved to the very first batch (so an out-of-memory
@@ -221,6 +259,75 @@ mod tests {
         let mut v: Vec<usize> = b.iter().flatten().copied().collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn distributed_shards_pad_like_torch_and_are_disjoint() {
+        let shard = |rank, world, len| {
+            DistributedSampler {
+                len,
+                batch_size: 2,
+                seed: 3,
+                drop_last: false,
+                rank,
+                world_size: world,
+            }
+            .shard(0)
+        };
+        let perm = epoch_permutation(5, 3, 0);
+        // 5 items on 2 ranks: padded to 6 with the permutation's first item.
+        assert_eq!(shard(0, 2, 5), vec![perm[0], perm[2], perm[4]]);
+        assert_eq!(shard(1, 2, 5), vec![perm[1], perm[3], perm[0]]);
+        // 2 items on 4 ranks: the padding wraps around more than once.
+        let perm2 = epoch_permutation(2, 3, 0);
+        let all: Vec<usize> = (0..4).flat_map(|r| shard(r, 4, 2)).collect();
+        assert_eq!(all, vec![perm2[0], perm2[1], perm2[0], perm2[1]]);
+        assert!(shard(0, 3, 0).is_empty());
+        // One rank is the random sampler.
+        let one = DistributedSampler {
+            len: 11,
+            batch_size: 4,
+            seed: 9,
+            drop_last: true,
+            rank: 0,
+            world_size: 1,
+        };
+        let random = RandomSampler {
+            len: 11,
+            batch_size: 4,
+            seed: 9,
+            drop_last: true,
+        };
+        assert_eq!(one.batches(2), random.batches(2));
+    }
+
+    proptest! {
+        #[test]
+        fn ranks_batch_b_together_are_the_single_process_batch_b(
+            steps in 1usize..6,
+            batch in 1usize..5,
+            world in 1usize..5,
+            seed in any::<u64>(),
+            epoch in 0u64..3,
+        ) {
+            let len = steps * batch * world;
+            let single = RandomSampler { len, batch_size: batch * world, seed, drop_last: false }
+                .batches(epoch);
+            let ranks: Vec<Vec<Vec<usize>>> = (0..world)
+                .map(|rank| {
+                    DistributedSampler { len, batch_size: batch, seed, drop_last: false, rank, world_size: world }
+                        .batches(epoch)
+                })
+                .collect();
+            prop_assert_eq!(single.len(), steps);
+            for (b, want) in single.iter().enumerate() {
+                let mut got: Vec<usize> = ranks.iter().flat_map(|r| r[b].clone()).collect();
+                got.sort();
+                let mut want = want.clone();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]

@@ -4,9 +4,22 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+static HIDDEN: AtomicBool = AtomicBool::new(false);
+
+/// Hides (or shows again) every progress display of this process: a data-parallel
+/// rank other than 0 does the same work as rank 0 and says nothing of it.
+pub fn hide_progress(hidden: bool) {
+    HIDDEN.store(hidden, Ordering::Relaxed);
+}
+
+fn hidden() -> bool {
+    HIDDEN.load(Ordering::Relaxed)
+}
 
 /// Progress of `total` rows of one piece of work.
 pub struct Progress {
@@ -22,7 +35,7 @@ impl Progress {
     /// `label` names the work (`Map (tokenize)`, `Evaluating`).
     pub fn new(label: impl Into<String>, total: usize) -> Self {
         let label = label.into();
-        let bar = (std::io::stderr().is_terminal() && total > 0).then(|| {
+        let bar = (std::io::stderr().is_terminal() && total > 0 && !hidden()).then(|| {
             let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template(
@@ -51,7 +64,7 @@ impl Progress {
         }
         if let Ok(mut p) = self.plain.lock() {
             p.0 += n;
-            if p.1.elapsed() >= Duration::from_secs(10) {
+            if p.1.elapsed() >= Duration::from_secs(10) && !hidden() {
                 p.1 = Instant::now();
                 eprintln!(
                     "{}: {}/{} rows, {:.0} s",
@@ -80,7 +93,7 @@ impl Progress {
             Some(b) => b.finish(),
             None => {
                 let secs = self.started.elapsed().as_secs_f64();
-                if secs > 1.0 {
+                if secs > 1.0 && !hidden() {
                     eprintln!("{}: {} rows in {secs:.1} s", self.label, self.total);
                 }
             }

@@ -75,6 +75,8 @@ pub struct MetricsLog {
     pub progress: Progress,
     /// TensorBoard event file (`report_to = ["tensorboard"]`).
     pub tensorboard: Option<std::sync::Mutex<crate::tensorboard::EventWriter>>,
+    /// A rank other than 0: entries go to the history only, and nothing is printed.
+    pub quiet: bool,
 }
 
 impl MetricsLog {
@@ -83,6 +85,10 @@ impl MetricsLog {
         entry.insert("epoch".into(), json!(state.epoch));
         entry.insert("step".into(), json!(state.global_step));
         let file = &self.path;
+        if self.quiet {
+            state.log_history.push(entry);
+            return Ok(());
+        }
         let line = serde_json::to_string(&entry)
             .map_err(|e| TrainError::checkpoint(file, e.to_string()))?;
         // Whole lines or nothing, so a full disk never leaves half a record.
@@ -99,7 +105,9 @@ impl MetricsLog {
 
     /// A line above the progress bar (or on stderr without one).
     pub fn println(&self, line: &str) {
-        self.progress.println(line);
+        if !self.quiet {
+            self.progress.println(line);
+        }
     }
 }
 
@@ -117,6 +125,8 @@ pub struct Session<'a> {
     pub schedule: &'a Schedule,
     pub state: &'a mut TrainerState,
     pub log: &'a MetricsLog,
+    /// The data-parallel ranks (a single process by default).
+    pub collective: &'a dyn berth_collective::Collective,
 }
 
 impl Session<'_> {
@@ -136,6 +146,7 @@ impl Session<'_> {
             self.config.training.per_device_eval_batch_size,
             self.data.class_names.len(),
             "eval",
+            self.collective,
         )
         .map(|r| r.0)
     }
@@ -304,6 +315,18 @@ impl Callback for Checkpointing {
             .as_ref()
             .map(|e| e.1.clone())
             .unwrap_or_default();
+        if s.collective.world_size() > 1 {
+            // Every rank must hold the weights rank 0 is about to save.
+            s.collective.check_equal(
+                s.opt.weights_checksum()?,
+                &format!("the weights' checksum at step {}", step.step),
+            )?;
+            if !s.collective.is_main() {
+                c.last_checkpoint = Some(dir);
+                // Rank 0 writes; the ranks go on together once it has.
+                return Ok(s.collective.barrier()?);
+            }
+        }
         s.log
             .println(&format!("Saving model checkpoint to {}", dir.display()));
         save_checkpoint(s, &dir, &metrics).map_err(|e| {
@@ -322,7 +345,8 @@ impl Callback for Checkpointing {
             )
         })?;
         c.last_checkpoint = Some(dir);
-        rotate_checkpoints(out, s.state, t.save_total_limit)
+        rotate_checkpoints(out, s.state, t.save_total_limit)?;
+        Ok(s.collective.barrier()?)
     }
 }
 

@@ -18,6 +18,9 @@ pub enum TrainError {
     Collate(#[from] berth_collate::CollateError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Data-parallel ranks could not meet, or disagree.
+    #[error("data-parallel: {0}")]
+    Collective(#[from] berth_collective::CollectiveError),
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     /// The loss stopped being a number; the last good checkpoint is kept.

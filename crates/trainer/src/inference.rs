@@ -112,6 +112,7 @@ impl Inference {
             batch_size,
             self.class_names().len(),
             prefix,
+            &berth_collective::SingleProcess,
         )
         .map(|r| r.0)
     }

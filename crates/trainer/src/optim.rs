@@ -2,6 +2,7 @@
 //! gradient accumulation and global-norm clipping, with state that saves and
 //! restores exactly.
 
+use berth_collective::Collective;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -296,6 +297,109 @@ impl AdamW {
             };
         }
         Ok(total.sqrt())
+    }
+
+    /// Sums `grads` over all ranks, as DDP all-reduces them before clipping (the
+    /// micro-batch weights already divide by the global item count, so the sum is the
+    /// global batch's mean gradient). In buckets of about 25 MiB, DDP's
+    /// `bucket_cap_mb`. A parameter with no gradient on this rank takes part with
+    /// zeros when another rank has one, so every rank updates the same parameters.
+    pub fn all_reduce(&self, grads: &mut Grads, c: &dyn Collective) -> Result<()> {
+        if c.world_size() == 1 {
+            return Ok(());
+        }
+        let mut present: Vec<f64> = grads
+            .0
+            .iter()
+            .map(|g| f64::from(u8::from(g.is_some())))
+            .collect();
+        c.all_reduce_sum_f64(&mut present)?;
+        const BUCKET_FLOATS: usize = 25 * 1024 * 1024 / 4;
+        let mut bucket: Vec<f32> = Vec::new();
+        let mut members: Vec<usize> = Vec::new();
+        for (i, (slot, &anyone)) in self.slots.iter().zip(&present).enumerate() {
+            if anyone == 0.0 {
+                continue;
+            }
+            let var = &slot.var;
+            let g = match grads.0[i].take() {
+                Some(g) => g,
+                None => Tensor::zeros(var.shape(), DType::F32, var.device())?,
+            };
+            bucket.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            members.push(i);
+            if bucket.len() >= BUCKET_FLOATS {
+                self.reduce_bucket(&mut bucket, &mut members, grads, c)?;
+            }
+        }
+        self.reduce_bucket(&mut bucket, &mut members, grads, c)
+    }
+
+    /// All-reduces one bucket and puts its pieces back as the `members`' gradients.
+    fn reduce_bucket(
+        &self,
+        bucket: &mut Vec<f32>,
+        members: &mut Vec<usize>,
+        grads: &mut Grads,
+        c: &dyn Collective,
+    ) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        c.all_reduce_sum(bucket)?;
+        let mut at = 0;
+        for &i in members.iter() {
+            let var = &self.slots[i].var;
+            let n = var.elem_count();
+            let t = Tensor::from_slice(&bucket[at..at + n], var.shape(), var.device())?;
+            grads.0[i] = Some(t);
+            at += n;
+        }
+        bucket.clear();
+        members.clear();
+        Ok(())
+    }
+
+    /// Every rank takes rank 0's weights (DDP's broadcast at wrap time).
+    pub fn broadcast_weights(&self, c: &dyn Collective) -> Result<()> {
+        if c.world_size() == 1 {
+            return Ok(());
+        }
+        for s in &self.slots {
+            let var = &s.var;
+            let mut data = var
+                .as_tensor()
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            c.broadcast(&mut data, 0)?;
+            let t = Tensor::from_vec(data, var.shape(), var.device())?;
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// A checksum of every parameter's values (the first 8 bytes of a SHA-256 over
+    /// them, in name order), to check that ranks hold the same weights.
+    pub fn weights_checksum(&self) -> Result<u64> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for s in &self.slots {
+            h.update(s.name.as_bytes());
+            let v = s
+                .var
+                .as_tensor()
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            for x in v {
+                h.update(x.to_le_bytes());
+            }
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d[..8]);
+        Ok(u64::from_le_bytes(first))
     }
 
     /// Clips to `max_norm` (if > 0) and updates every parameter with rate `lr`.

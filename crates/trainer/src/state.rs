@@ -51,6 +51,13 @@ pub struct Position {
     pub seed: u64,
     /// Training tokens (non-padding) seen so far.
     pub tokens_seen: u64,
+    /// Data-parallel ranks the run trains on (a resume must use as many).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 impl Position {

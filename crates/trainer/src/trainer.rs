@@ -6,11 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use berth_collate::{BatchSampler, LengthGroupedSampler, Padding, RandomSampler};
+use berth_collate::{
+    BatchSampler, DistributedSampler, LengthGroupedSampler, Padding, RandomSampler,
+};
+use berth_collective::{Collective, SingleProcess};
 use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
 use candle_core::{DType, Device};
 use serde_json::{Map, json};
+use std::sync::Arc;
 
 use crate::batch::TaskBatch;
 use crate::callbacks::{
@@ -67,6 +71,8 @@ pub struct Trainer {
     no_bar: bool,
     /// Run after the built-in callbacks, in the order added.
     extra_callbacks: Vec<Box<dyn Callback>>,
+    /// The data-parallel ranks this process trains with (one by default).
+    collective: Arc<dyn Collective>,
 }
 
 impl Trainer {
@@ -128,7 +134,21 @@ impl Trainer {
             device,
             no_bar,
             extra_callbacks: Vec::new(),
+            collective: Arc::new(SingleProcess),
         })
+    }
+
+    /// Trains as one of the ranks of `collective` (`berth_collective::from_env()`
+    /// under `mpirun`): each rank takes its shard of every epoch's permutation, the
+    /// gradients are summed across ranks before clipping, every rank starts from rank
+    /// 0's weights, evaluation is sharded and gathered, and only rank 0 writes.
+    pub fn set_collective(&mut self, collective: Arc<dyn Collective>) {
+        self.collective = collective;
+    }
+
+    /// The ranks this trainer trains with.
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
     }
 
     /// The micro-batches of one optimizer step, each with the weight of each loss
@@ -150,9 +170,16 @@ impl Trainer {
             .map(TaskBatch::loss_items)
             .collect::<Result<Vec<_>>>()?;
         let parts = items.first().map_or(0, Vec::len);
-        let totals: Vec<usize> = (0..parts)
+        let mut totals: Vec<usize> = (0..parts)
             .map(|k| items.iter().map(|v| v[k]).sum())
             .collect();
+        if self.collective.world_size() > 1 {
+            // Each part's items over the global window, on every rank: the ranks'
+            // weighted gradients then sum to the global batch's mean gradient.
+            let mut global: Vec<f64> = totals.iter().map(|&t| t as f64).collect();
+            self.collective.all_reduce_sum_f64(&mut global)?;
+            totals = global.into_iter().map(|t| t as usize).collect();
+        }
         Ok(batches
             .into_iter()
             .zip(items)
@@ -192,7 +219,11 @@ impl Trainer {
             let loss: f32 = values.iter().sum();
             if !loss.is_finite() {
                 w.non_finite = Some(loss);
-                return Ok(w);
+                if self.collective.world_size() == 1 {
+                    return Ok(w);
+                }
+                // The other ranks are on their way to the all-reduce: meet them there.
+                break;
             }
             tracing::debug!(
                 "step {} micro {micro}: {} items {} tokens, forward and backward {:.2}s",
@@ -208,13 +239,42 @@ impl Trainer {
                 .sum::<f64>();
             w.tokens += batch.real_tokens as u64;
         }
+        let c = self.collective.as_ref();
+        if c.world_size() > 1 {
+            let mut sums = [
+                w.loss,
+                w.tokens as f64,
+                f64::from(u8::from(w.non_finite.is_some())),
+            ];
+            c.all_reduce_sum_f64(&mut sums)?;
+            w.loss = sums[0];
+            w.tokens = sums[1] as u64;
+            if sums[2] > 0.0 {
+                // Some rank's loss is not a number: every rank stops at this step.
+                w.non_finite = Some(w.non_finite.unwrap_or(f32::NAN));
+                return Ok(w);
+            }
+            opt.all_reduce(&mut w.grads, c)?;
+        }
         Ok(w)
     }
 
     fn batch_plan(&self, epoch: u64) -> Vec<Vec<usize>> {
         let t = &self.config.training;
         let n = self.data.train.rows.len();
-        if t.group_by_length {
+        let c = self.collective.as_ref();
+        if c.world_size() > 1 {
+            // `group_by_length` is refused with several ranks (see `train`).
+            DistributedSampler {
+                len: n,
+                batch_size: t.per_device_train_batch_size,
+                seed: t.seed,
+                drop_last: t.dataloader_drop_last,
+                rank: c.rank(),
+                world_size: c.world_size(),
+            }
+            .batches(epoch)
+        } else if t.group_by_length {
             LengthGroupedSampler {
                 lengths: self.data.train.rows.lengths(),
                 batch_size: t.per_device_train_batch_size,
@@ -246,8 +306,11 @@ impl Trainer {
         (per_epoch, total)
     }
 
+    /// A line on stderr, from rank 0 only.
     fn log(&self, line: &str) {
-        eprintln!("{line}");
+        if self.collective.is_main() {
+            eprintln!("{line}");
+        }
     }
 
     /// Adds a callback (HF's `trainer.add_callback`), called after each optimizer step
@@ -261,11 +324,21 @@ impl Trainer {
     pub fn train(&mut self) -> Result<RunSummary> {
         let t = self.config.training.clone();
         let out = t.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
-        write_atomic(
-            &out.join("run_config.toml"),
-            self.config.to_toml()?.as_bytes(),
-        )?;
+        let world = self.collective.world_size();
+        let main = self.collective.is_main();
+        if world > 1 && t.group_by_length {
+            return Err(TrainError::Config(format!(
+                "group_by_length is not supported with {world} data-parallel ranks yet: \
+                 turn it off (each rank takes its shard of a random permutation)"
+            )));
+        }
+        if main {
+            std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
+            write_atomic(
+                &out.join("run_config.toml"),
+                self.config.to_toml()?.as_bytes(),
+            )?;
+        }
         let (per_epoch, total_steps) = self.steps();
         let schedule = Schedule::new(
             t.lr_scheduler_type,
@@ -298,16 +371,30 @@ impl Trainer {
             train_batch_size: t.per_device_train_batch_size,
             berth: Position {
                 seed: t.seed,
+                world_size: world,
                 ..Default::default()
             },
             ..Default::default()
         };
         let metrics_log = out.join("metrics.jsonl");
 
-        crate::state::tidy_output_dir(&out)?;
+        if main {
+            crate::state::tidy_output_dir(&out)?;
+        }
+        // The other ranks read checkpoints only once rank 0 has tidied.
+        self.collective.barrier()?;
         if let Some(spec) = &t.resume_from_checkpoint {
             let ckpt = resolve_checkpoint(spec, &out)?;
             self.restore(&ckpt, &mut opt, &mut state)?;
+            if state.berth.world_size != world {
+                return Err(TrainError::checkpoint(
+                    &ckpt,
+                    format!(
+                        "was trained on {} data-parallel rank(s), this run has {world}: each rank's shard of the data order and the global batch would change; resume with {} rank(s)",
+                        state.berth.world_size, state.berth.world_size
+                    ),
+                ));
+            }
             if state.berth.seed != t.seed {
                 return Err(TrainError::checkpoint(
                     &ckpt,
@@ -322,10 +409,12 @@ impl Trainer {
                 ckpt.display(),
                 state.global_step
             ));
-        } else {
+        } else if main {
             // A fresh run starts a fresh metrics log.
             let _ = std::fs::remove_file(&metrics_log);
         }
+        // Every rank starts from rank 0's weights.
+        opt.broadcast_weights(self.collective.as_ref())?;
 
         let n_train = self.data.train.rows.len();
         self.log(&format!(
@@ -339,6 +428,14 @@ impl Trainer {
             t.gradient_accumulation_steps,
             t.device
         ));
+        if world > 1 {
+            self.log(&format!(
+                "data-parallel: {world} ranks ({}), global batch {} x {world} x {} accumulation",
+                self.collective.backend(),
+                t.per_device_train_batch_size,
+                t.gradient_accumulation_steps
+            ));
+        }
         if !self.model.report.newly_initialized.is_empty() {
             self.log(&format!(
                 "newly initialized (not in the checkpoint): {}",
@@ -348,12 +445,12 @@ impl Trainer {
 
         let log = MetricsLog {
             path: metrics_log,
-            progress: report::Progress::new(total_steps, state.global_step, self.no_bar),
-            tensorboard: t
-                .tensorboard()
+            progress: report::Progress::new(total_steps, state.global_step, self.no_bar || !main),
+            tensorboard: (main && t.tensorboard())
                 .then(|| crate::tensorboard::EventWriter::create(&out))
                 .transpose()?
                 .map(std::sync::Mutex::new),
+            quiet: !main,
         };
         // As HF: every callback decides after the flow's defaults and before logging,
         // evaluation and saving act, so an added callback can ask for a save or a stop
@@ -445,6 +542,7 @@ impl Trainer {
                     schedule: &schedule,
                     state: &mut state,
                     log: &log,
+                    collective: self.collective.as_ref(),
                 };
                 for callback in &mut callbacks {
                     callback.on_step_end(&mut session, &step, &mut control)?;
@@ -525,12 +623,44 @@ impl Trainer {
                 test.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
             )?;
         }
-        self.save_model(&out)?;
+        let summary = RunSummary {
+            output_dir: out.clone(),
+            global_step: state.global_step,
+            epoch: state.epoch,
+            train_loss,
+            train_runtime_s: runtime,
+            train_tokens_per_s: tokens_per_s,
+            eval,
+            test,
+            best_model_checkpoint: state.best_model_checkpoint.clone(),
+        };
+        if !main {
+            // Rank 0 writes the model and the reports; wait until it has.
+            self.collective.barrier()?;
+            return Ok(summary);
+        }
+        self.write_outputs(&out, &state, &train_metrics, &summary, &details)?;
+        self.collective.barrier()?;
+        Ok(summary)
+    }
+
+    /// The final model, trainer state, results, model card, curves and report
+    /// (rank 0's part of the end of a run).
+    fn write_outputs(
+        &self,
+        out: &Path,
+        state: &TrainerState,
+        train_metrics: &BTreeMap<String, f64>,
+        summary: &RunSummary,
+        details: &[(String, String)],
+    ) -> Result<()> {
+        let (eval, test) = (&summary.eval, &summary.test);
+        self.save_model(out)?;
         state.write(&out.join("trainer_state.json"))?;
-        crate::repo::write_results(&out, state.epoch, &train_metrics, &eval, &test)?;
+        crate::repo::write_results(out, state.epoch, train_metrics, eval, test)?;
         let card_metrics: BTreeMap<String, f64> = eval
             .iter()
-            .chain(&test)
+            .chain(test)
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         write_atomic(
@@ -544,17 +674,6 @@ impl Trainer {
             )
             .as_bytes(),
         )?;
-        let summary = RunSummary {
-            output_dir: out.clone(),
-            global_step: state.global_step,
-            epoch: state.epoch,
-            train_loss,
-            train_runtime_s: runtime,
-            train_tokens_per_s: tokens_per_s,
-            eval,
-            test,
-            best_model_checkpoint: state.best_model_checkpoint.clone(),
-        };
         if let Err(e) = report::loss_curve(&state.log_history, &out.join("loss_curve.png")) {
             tracing::warn!("loss curve not drawn: {e}");
         }
@@ -563,12 +682,11 @@ impl Trainer {
         }
         report::write_report(
             &self.config,
-            &summary,
+            summary,
             &self.data,
-            &details,
+            details,
             &out.join("report.md"),
-        )?;
-        Ok(summary)
+        )
     }
 
     fn evaluate_scored(
@@ -584,6 +702,7 @@ impl Trainer {
             self.config.training.per_device_eval_batch_size,
             self.data.class_names.len(),
             prefix,
+            self.collective.as_ref(),
         )
     }
 

@@ -190,6 +190,23 @@ impl Scorer for ClassScorer {
             class_names,
         ))
     }
+
+    /// `[n, preds.., labels..]` (class ids are exact in f64).
+    fn state(&self) -> Vec<f64> {
+        let mut v = vec![self.preds.len() as f64];
+        v.extend(self.preds.iter().chain(&self.labels).map(|&x| x as f64));
+        v
+    }
+
+    fn merge(&mut self, state: &[f64]) -> Result<()> {
+        let n = state.first().map_or(0, |&n| n as usize);
+        if state.len() != 1 + 2 * n {
+            return Err(super::bad_state("classification", state.len()));
+        }
+        self.preds.extend(state[1..=n].iter().map(|&x| x as i64));
+        self.labels.extend(state[1 + n..].iter().map(|&x| x as i64));
+        Ok(())
+    }
 }
 
 /// The confusion matrix (rows: true class, columns: predicted) and each class's

@@ -266,6 +266,30 @@ impl Scorer for LmScorer {
     fn metrics(&self) -> BTreeMap<String, f64> {
         self.0.metrics()
     }
+
+    fn state(&self) -> Vec<f64> {
+        let c = &self.0;
+        vec![
+            c.mlm_loss_sum,
+            c.mlm_tokens as f64,
+            c.mlm_correct as f64,
+            c.nsp_correct as f64,
+            c.nsp_total as f64,
+        ]
+    }
+
+    fn merge(&mut self, state: &[f64]) -> Result<()> {
+        let &[loss, tokens, correct, nsp_correct, nsp_total] = state else {
+            return Err(super::bad_state("language-model", state.len()));
+        };
+        let c = &mut self.0;
+        c.mlm_loss_sum += loss;
+        c.mlm_tokens += tokens as u64;
+        c.mlm_correct += correct as u64;
+        c.nsp_correct += nsp_correct as u64;
+        c.nsp_total += nsp_total as u64;
+        Ok(())
+    }
 }
 
 /// HF fill-mask: per `[MASK]` of a row (in order), its token position and the

@@ -204,6 +204,19 @@ pub trait Scorer {
     fn details(&self, _class_names: &[String]) -> Option<String> {
         None
     }
+    /// What this scorer has seen, as numbers another rank's scorer of the same task
+    /// can [`Scorer::merge`] (sharded evaluation gathers them).
+    fn state(&self) -> Vec<f64>;
+    /// Adds another scorer's [`Scorer::state`]: the metrics are then those of both
+    /// scorers' batches together.
+    fn merge(&mut self, state: &[f64]) -> Result<()>;
+}
+
+/// A scorer state that does not have the shape its scorer writes.
+pub(crate) fn bad_state(what: &str, len: usize) -> crate::error::TrainError {
+    crate::error::TrainError::Config(format!(
+        "a gathered {what} scorer state of {len} numbers is malformed (ranks out of step?)"
+    ))
 }
 
 /// Prediction columns over batches, row i of the output for row i of the input.
@@ -214,6 +227,10 @@ pub trait Predictor {
 
 /// The mean loss and the task's metrics over `rows`, batches of `batch_size` in
 /// order, named `<prefix>_<metric>`; with the scorer, for its report details.
+///
+/// With several ranks, batch `i` is evaluated by rank `i % world_size`, and the
+/// losses and scorer states are gathered: every rank gets the metrics a single
+/// process would (up to the order of float sums).
 pub fn evaluate(
     task: &dyn Task,
     forward: &dyn Fn(&TaskBatch) -> Result<Output>,
@@ -221,13 +238,22 @@ pub fn evaluate(
     batch_size: usize,
     num_classes: usize,
     prefix: &str,
+    collective: &dyn berth_collective::Collective,
 ) -> Result<(BTreeMap<String, f64>, Box<dyn Scorer>)> {
     let started = std::time::Instant::now();
     let n = rows.len();
     let mut scorer = task.scorer(num_classes);
     let mut loss_sum = 0f64;
-    let progress = berth_data::Progress::new(format!("Evaluating ({prefix})"), n);
-    for indices in sequential(n, batch_size) {
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let batches: Vec<Vec<usize>> = sequential(n, batch_size)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % world == rank)
+        .map(|(_, b)| b)
+        .collect();
+    let mine: usize = batches.iter().map(Vec::len).sum();
+    let progress = berth_data::Progress::new(format!("Evaluating ({prefix})"), mine);
+    for indices in batches {
         let batch = task.batch(rows, &indices, 0)?;
         let out = forward(&batch)?;
         progress.inc(indices.len());
@@ -239,6 +265,25 @@ pub fn evaluate(
         scorer.add(&batch, &out)?;
     }
     progress.finish_and_clear();
+    if world > 1 {
+        let mut sums = [loss_sum];
+        collective.all_reduce_sum_f64(&mut sums)?;
+        loss_sum = sums[0];
+        let bytes: Vec<u8> = scorer
+            .state()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut all = task.scorer(num_classes);
+        for part in collective.all_gather_bytes(&bytes)? {
+            let state: Vec<f64> = part
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect();
+            all.merge(&state)?;
+        }
+        scorer = all;
+    }
     let mut m = scorer.metrics();
     m.insert("loss".into(), loss_sum / n.max(1) as f64);
     let runtime = started.elapsed().as_secs_f64();

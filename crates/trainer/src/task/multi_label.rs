@@ -288,6 +288,34 @@ impl Scorer for MultiLabelScorer {
     fn metrics(&self) -> BTreeMap<String, f64> {
         multi_label_metrics(&self.predicted, &self.truth)
     }
+
+    /// `[rows, classes, predicted.., truth..]` as 0/1, row by row.
+    fn state(&self) -> Vec<f64> {
+        let k = self.predicted.first().map_or(0, Vec::len);
+        let mut v = vec![self.predicted.len() as f64, k as f64];
+        for rows in [&self.predicted, &self.truth] {
+            v.extend(rows.iter().flatten().map(|&b| f64::from(u8::from(b))));
+        }
+        v
+    }
+
+    fn merge(&mut self, state: &[f64]) -> Result<()> {
+        let (n, k) = match state {
+            [n, k, ..] => (*n as usize, *k as usize),
+            _ => return Err(super::bad_state("multi-label", state.len())),
+        };
+        if state.len() != 2 + 2 * n * k || (k == 0 && n > 0) {
+            return Err(super::bad_state("multi-label", state.len()));
+        }
+        let rows = |part: &[f64]| -> Vec<Vec<bool>> {
+            part.chunks(k.max(1))
+                .map(|r| r.iter().map(|&x| x != 0.0).collect())
+                .collect()
+        };
+        self.predicted.extend(rows(&state[2..2 + n * k]));
+        self.truth.extend(rows(&state[2 + n * k..]));
+        Ok(())
+    }
 }
 
 /// `logits`, `probabilities` (sigmoid), and the classes at or above the threshold:

@@ -1,0 +1,295 @@
+//! Data-parallel training through MPI, as `mpirun -np 2 berth train` runs it: two
+//! ranks with a per-device batch of 4 train as one process with a batch of 8 (dropout
+//! off), for classification and for masked LM; a rank that dies ends the run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `mpirun` as root on a 2-core machine: OpenMPI refuses root and more ranks than
+/// cores unless told.
+fn mpirun(np: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &np.to_string()])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_BACKTRACE", "0");
+    c
+}
+
+/// What this test needs beyond the fixtures: the `mpi` build and OpenMPI's mpirun.
+fn mpi_ready() -> bool {
+    if !cfg!(feature = "mpi") {
+        berth_testkit::missing("a berth built with the `mpi` feature (`cargo xtask ci` builds it)");
+        return false;
+    }
+    let ok = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        berth_testkit::missing("mpirun (Debian: openmpi-bin; `cargo xtask ci` installs it)");
+    }
+    ok
+}
+
+/// The tiny model with dropout off, so that batches split across ranks see the same
+/// network.
+fn model_without_dropout(root: &Path, minilm: &Path) -> PathBuf {
+    let dir = common::tiny_model(root, minilm);
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["hidden_dropout_prob"] = 0.0.into();
+    cfg["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    dir
+}
+
+/// Per logged step: (step, loss, grad_norm) from a run's metrics.jsonl.
+fn steps(run: &Path) -> Vec<(u64, f64, f64)> {
+    common::jsonl_rows(&run.join("metrics.jsonl"))
+        .into_iter()
+        .filter_map(|r| {
+            Some((
+                r.get("step")?.as_u64()?,
+                r.get("loss")?.as_f64()?,
+                r.get("grad_norm")?.as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let t =
+        candle_core::safetensors::load(run.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn run_config(task: &str, model: &Path, data: &Path, out: &Path, batch: usize) -> String {
+    let data_section = match task {
+        "classification" => common::mrpc_data(data, 48, 64, 24),
+        _ => format!(
+            r##"[data]
+data_dir = {data:?}
+format = "text"
+train = "meditations/meditations.txt"
+validation_split = 0.1
+max_length = 48
+max_train_samples = 64
+[mlm]
+mlm_probability = 0.15
+"##,
+            data = data.display().to_string()
+        ),
+    };
+    format!(
+        r##"task = "{task}"
+model = {model:?}
+{data_section}[training]
+output_dir = {out:?}
+max_steps = 6
+per_device_train_batch_size = {batch}
+per_device_eval_batch_size = 5
+learning_rate = 1e-3
+weight_decay = 0.01
+eval_strategy = "steps"
+eval_steps = 3
+save_strategy = "steps"
+save_steps = 3
+logging_steps = 1
+seed = 5
+disable_tqdm = true
+"##,
+        model = model.display().to_string(),
+        out = out.display().to_string(),
+    )
+}
+
+#[test]
+fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
+    let (Some(data), Some(minilm)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir())
+    else {
+        return;
+    };
+    if !mpi_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_without_dropout(tmp.path(), &minilm);
+    let cache = tmp.path().join("cache");
+    for task in ["classification", "mlm"] {
+        let one = tmp.path().join(format!("{task}-one"));
+        let two = tmp.path().join(format!("{task}-two"));
+        let cfg_one = tmp.path().join(format!("{task}-one.toml"));
+        let cfg_two = tmp.path().join(format!("{task}-two.toml"));
+        std::fs::write(&cfg_one, run_config(task, &model, &data, &one, 8)).unwrap();
+        std::fs::write(&cfg_two, run_config(task, &model, &data, &two, 4)).unwrap();
+        let single = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["train", "--config"])
+            .arg(&cfg_one)
+            .env("BERTH_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            single.status.success(),
+            "{task}, one process: {}",
+            String::from_utf8_lossy(&single.stderr)
+        );
+        let ranks = mpirun(2)
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .args(["train", "--config"])
+            .arg(&cfg_two)
+            .env("BERTH_CACHE", &cache)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&ranks.stderr);
+        assert!(ranks.status.success(), "{task}, two ranks: {log}");
+        assert!(log.contains("data-parallel: 2 ranks (MPI)"), "{log}");
+
+        // The same loss and gradient norm at every step: a sum where a mean belongs
+        // would double the norm, which AdamW's scale invariance would hide.
+        let (a, b) = (steps(&one), steps(&two));
+        assert_eq!(a.len(), 6, "{task}: {a:?}");
+        assert_eq!(a.len(), b.len(), "{task}: {a:?} vs {b:?}");
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-6);
+        for (x, y) in a.iter().zip(&b) {
+            println!(
+                "{task} step {}: loss {} / {}, grad_norm {} / {}",
+                x.0, x.1, y.1, x.2, y.2
+            );
+            assert_eq!(x.0, y.0);
+            assert!(
+                close(x.1, y.1),
+                "{task} step {}: loss {} vs {}",
+                x.0,
+                x.1,
+                y.1
+            );
+            assert!(
+                close(x.2, y.2),
+                "{task} step {}: grad_norm {} vs {}",
+                x.0,
+                x.2,
+                y.2
+            );
+        }
+        // The gathered evaluation scores what one process scores.
+        let evals = |run: &Path| -> Vec<serde_json::Value> {
+            common::jsonl_rows(&run.join("metrics.jsonl"))
+                .into_iter()
+                .filter(|r| r.get("eval_loss").is_some())
+                .collect()
+        };
+        let (ea, eb) = (evals(&one), evals(&two));
+        assert_eq!(ea.len(), eb.len(), "{task}");
+        for (x, y) in ea.iter().zip(&eb) {
+            for (k, v) in x.as_object().unwrap() {
+                if k.ends_with("runtime") || k.ends_with("per_second") {
+                    continue;
+                }
+                let (v, w) = (v.as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(close(v, w), "{task} {k}: {v} vs {w}");
+            }
+        }
+        // Final weights: equal within 1e-5 but for a float-noise few.
+        let (wa, wb) = (weights(&one), weights(&two));
+        assert_eq!(wa.len(), wb.len());
+        let (mut off, mut total) = (0usize, 0usize);
+        for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
+            assert_eq!(na, nb);
+            total += va.len();
+            off += va
+                .iter()
+                .zip(vb)
+                .filter(|(x, y)| (*x - *y).abs() > 1e-5)
+                .count();
+        }
+        println!("{task}: {off} of {total} weights differ by more than 1e-5");
+        assert!(
+            (off as f64) < 1e-4 * total as f64,
+            "{task}: {off} of {total} weights differ by more than 1e-5"
+        );
+        // Only rank 0 wrote: one metrics line per logged step, checkpoints whole.
+        berth_trainer::manifest::verify(&two.join("checkpoint-6")).unwrap();
+        // A resume needs as many ranks as the run had.
+        let resumed = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["train", "--resume", "--config"])
+            .arg(&cfg_two)
+            .env("BERTH_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&resumed.stderr);
+        assert!(
+            !resumed.status.success(),
+            "{task}: resumed on 1 rank: {err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "{}: was trained on 2 data-parallel rank(s), this run has 1",
+                two.join("checkpoint-6").display()
+            )),
+            "{task}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_run_with_an_error() {
+    let (Some(data), Some(minilm)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir())
+    else {
+        return;
+    };
+    if !mpi_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_without_dropout(tmp.path(), &minilm);
+    let run = tmp.path().join("run");
+    let cfg = tmp.path().join("run.toml");
+    let text = run_config("classification", &model, &data, &run, 4)
+        .replace("max_steps = 6", "max_steps = 100000");
+    std::fs::write(&cfg, text).unwrap();
+    // Rank 1 kills itself once training is under way; rank 0 must not wait forever.
+    let script = r#"
+if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
+  "$BERTH" train --config "$CFG" & pid=$!
+  sleep 8; kill -9 $pid; wait $pid; exit 137
+else
+  exec "$BERTH" train --config "$CFG"
+fi
+"#;
+    let started = Instant::now();
+    let out = mpirun(2)
+        .args(["bash", "-c", script])
+        .env("BERTH", env!("CARGO_BIN_EXE_berth"))
+        .env("CFG", &cfg)
+        .env("BERTH_CACHE", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "the run ended after {:.1} s: {}",
+        took.as_secs_f64(),
+        log.lines().last().unwrap_or("")
+    );
+    assert!(
+        !out.status.success(),
+        "the run succeeded without a rank:\n{log}"
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}:\n{log}");
+}
