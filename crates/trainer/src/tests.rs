@@ -1001,3 +1001,33 @@ fn a_null_text_a_wrong_column_type_and_a_missing_split_say_so() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn scorer_states_merge_into_the_scorer_of_all_batches() {
+    use crate::task::{ClassScorer, LmScorer, Scorer};
+    // Classification: ranks' predictions and labels, concatenated.
+    let mut whole = ClassScorer::new(3);
+    whole
+        .merge(&[5.0, 0.0, 1.0, 2.0, 2.0, 1.0, 0.0, 1.0, 1.0, 2.0, 0.0])
+        .unwrap();
+    let (mut a, mut b) = (ClassScorer::new(3), ClassScorer::new(3));
+    a.merge(&[2.0, 0.0, 1.0, 0.0, 1.0]).unwrap();
+    b.merge(&[3.0, 2.0, 2.0, 1.0, 1.0, 2.0, 0.0]).unwrap();
+    let mut gathered = ClassScorer::new(3);
+    for s in [a.state(), b.state()] {
+        gathered.merge(&s).unwrap();
+    }
+    assert_eq!(gathered.metrics(), whole.metrics());
+    assert_eq!(gathered.state(), whole.state());
+    assert!(whole.metrics()["accuracy"] > 0.0);
+    // Language modelling: the counts add.
+    let mut lm = LmScorer::default();
+    lm.merge(&[6.0, 3.0, 2.0, 1.0, 2.0]).unwrap();
+    lm.merge(&[3.0, 1.0, 1.0, 0.0, 2.0]).unwrap();
+    assert_eq!(lm.state(), vec![9.0, 4.0, 3.0, 1.0, 4.0]);
+    assert_eq!(lm.metrics()["mlm_accuracy"], 0.75);
+    assert_eq!(lm.metrics()["nsp_accuracy"], 0.25);
+    // A state of the wrong shape (ranks out of step) is an error, not a wrong metric.
+    assert!(ClassScorer::new(2).merge(&[2.0, 1.0]).is_err());
+    assert!(LmScorer::default().merge(&[1.0]).is_err());
+}

@@ -569,4 +569,29 @@ mod tests {
         assert_eq!(row0.iter().flatten().collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(labels.value(1).len(), 0);
     }
+
+    #[test]
+    fn multi_label_scorer_states_merge_row_by_row() {
+        let scorer = |predicted: Vec<Vec<bool>>, truth: Vec<Vec<bool>>| MultiLabelScorer {
+            threshold: 0.5,
+            predicted,
+            truth,
+        };
+        let (t, f) = (true, false);
+        let a = scorer(vec![vec![t, f, t]], vec![vec![t, t, f]]);
+        let b = scorer(
+            vec![vec![f, f, t], vec![t, t, t]],
+            vec![vec![f, f, t], vec![t, f, t]],
+        );
+        let whole = scorer(
+            vec![vec![t, f, t], vec![f, f, t], vec![t, t, t]],
+            vec![vec![t, t, f], vec![f, f, t], vec![t, f, t]],
+        );
+        let mut gathered = scorer(Vec::new(), Vec::new());
+        for s in [a.state(), b.state(), scorer(Vec::new(), Vec::new()).state()] {
+            gathered.merge(&s).unwrap();
+        }
+        assert_eq!(gathered.metrics(), whole.metrics());
+        assert!(gathered.merge(&[1.0, 3.0, 1.0]).is_err());
+    }
 }
