@@ -8,6 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// One MPI job at a time: two ranks each already fill the 2-core machine.
+static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_job() -> std::sync::MutexGuard<'static, ()> {
+    ONE_JOB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `mpirun` as root on a 2-core machine: OpenMPI refuses root and more ranks than
 /// cores unless told.
 fn mpirun(np: usize) -> Command {
@@ -125,6 +132,7 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
     if !mpi_ready() {
         return;
     }
+    let _one = one_job();
     let tmp = tempfile::tempdir().unwrap();
     let model = model_without_dropout(tmp.path(), &minilm);
     let cache = tmp.path().join("cache");
@@ -256,6 +264,7 @@ fn a_rank_that_dies_ends_the_run_with_an_error() {
     if !mpi_ready() {
         return;
     }
+    let _one = one_job();
     let tmp = tempfile::tempdir().unwrap();
     let model = model_without_dropout(tmp.path(), &minilm);
     let run = tmp.path().join("run");
@@ -282,14 +291,86 @@ fi
         .unwrap();
     let took = started.elapsed();
     let log = String::from_utf8_lossy(&out.stderr);
-    println!(
-        "the run ended after {:.1} s: {}",
-        took.as_secs_f64(),
-        log.lines().last().unwrap_or("")
-    );
+    println!("the run ended after {:.1} s:\n{log}", took.as_secs_f64());
     assert!(
         !out.status.success(),
         "the run succeeded without a rank:\n{log}"
     );
     assert!(took < Duration::from_secs(60), "took {took:?}:\n{log}");
+    // mpirun names the process that went: rank 1 (`[[job,1],1]`), killed.
+    assert!(
+        log.lines()
+            .any(|l| l.trim().starts_with("Process name: [[") && l.trim().ends_with(",1]")),
+        "{log}"
+    );
+    assert!(log.contains("Exit code:    137"), "{log}");
+    // Whatever rank 0 had saved is whole.
+    checkpoints_are_whole(&run);
+}
+
+/// Every checkpoint in `run` passes its manifest check.
+fn checkpoints_are_whole(run: &Path) {
+    for e in std::fs::read_dir(run).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") {
+            berth_trainer::manifest::verify(&e.path())
+                .unwrap_or_else(|err| panic!("{name} is not whole: {err}"));
+        }
+    }
+}
+
+#[test]
+fn a_rank_that_stops_answering_ends_the_run_after_the_timeout() {
+    let (Some(data), Some(minilm)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir())
+    else {
+        return;
+    };
+    if !mpi_ready() {
+        return;
+    }
+    let _one = one_job();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_without_dropout(tmp.path(), &minilm);
+    let run = tmp.path().join("run");
+    let cfg = tmp.path().join("run.toml");
+    let text = run_config("classification", &model, &data, &run, 4)
+        .replace("max_steps = 6", "max_steps = 100000");
+    std::fs::write(&cfg, text).unwrap();
+    // Rank 1 is stopped (SIGSTOP) once training is under way: it neither answers nor
+    // dies, so only rank 0's timeout can end the run.
+    let script = r#"
+if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
+  "$BERTH" train --config "$CFG" & pid=$!
+  sleep 8; kill -STOP $pid; wait $pid; exit 1
+else
+  exec "$BERTH" train --config "$CFG"
+fi
+"#;
+    let started = Instant::now();
+    let out = mpirun(2)
+        .args(["bash", "-c", script])
+        .env("BERTH", env!("CARGO_BIN_EXE_berth"))
+        .env("CFG", &cfg)
+        .env("BERTH_CACHE", tmp.path().join("cache"))
+        .env("BERTH_COLLECTIVE_TIMEOUT_S", "5")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    println!("the run ended after {:.1} s:\n{log}", took.as_secs_f64());
+    assert!(!out.status.success(), "{log}");
+    assert!(took < Duration::from_secs(60), "took {took:?}:\n{log}");
+    // Where rank 0 waits depends on how far rank 1 got (an all-reduce, most often),
+    // and a loaded machine may notice a moment late.
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("Error (rank 0): waited "))
+        .unwrap_or_else(|| panic!("no timeout error:\n{log}"));
+    assert!(
+        line.ends_with(
+            " for the other ranks: one of them is stuck or gone; stopping (BERTH_COLLECTIVE_TIMEOUT_S=5)"
+        ),
+        "{line}"
+    );
+    checkpoints_are_whole(&run);
 }

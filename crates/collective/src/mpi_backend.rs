@@ -1,5 +1,9 @@
 //! The MPI backend (rsmpi): one rank per process of `mpirun -np N`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
@@ -14,6 +18,96 @@ pub struct Mpi {
     world: SimpleCommunicator,
     _universe: Universe,
     local_rank: usize,
+    watchdog: Arc<Watchdog>,
+}
+
+/// The default of `BERTH_COLLECTIVE_TIMEOUT_S`: torch's default NCCL timeout.
+pub const DEFAULT_TIMEOUT_S: u64 = 1800;
+
+/// Ends this rank when it has waited in one collective longer than `timeout`: a
+/// rank that hangs (stopped, deadlocked, its node gone quiet) would otherwise keep
+/// every other rank waiting forever. MPI cannot time out a collective itself; the
+/// rank exits, and mpirun then stops the others.
+struct Watchdog {
+    started: Instant,
+    /// Milliseconds since `started` when the current collective began; 0 outside one.
+    entered_ms: AtomicU64,
+    /// Which collective (an index into `WHAT`).
+    what: AtomicUsize,
+    timeout: Duration,
+}
+
+const WHAT: [&str; 4] = ["an all-reduce", "a broadcast", "an all-gather", "a barrier"];
+
+/// Marks this rank as inside a collective until dropped.
+struct Inside<'a>(&'a Watchdog);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.entered_ms.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Watchdog {
+    fn start(timeout: Duration, rank: usize) -> Arc<Self> {
+        let w = Arc::new(Watchdog {
+            started: Instant::now(),
+            entered_ms: AtomicU64::new(0),
+            what: AtomicUsize::new(0),
+            timeout,
+        });
+        let watch = Arc::clone(&w);
+        std::thread::Builder::new()
+            .name("berth-collective-watchdog".into())
+            .spawn(move || {
+                let tick = (watch.timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(5));
+                loop {
+                    std::thread::sleep(tick);
+                    let entered = watch.entered_ms.load(Ordering::SeqCst);
+                    if entered == 0 {
+                        continue;
+                    }
+                    let now = watch.started.elapsed().as_millis() as u64;
+                    let waited = Duration::from_millis(now.saturating_sub(entered));
+                    if waited >= watch.timeout {
+                        let what = WHAT[watch.what.load(Ordering::SeqCst).min(WHAT.len() - 1)];
+                        eprintln!(
+                            "Error (rank {rank}): waited {:.0} s in {what} for the other ranks: one of them is stuck or gone; stopping (BERTH_COLLECTIVE_TIMEOUT_S={})",
+                            waited.as_secs_f64(),
+                            watch.timeout.as_secs()
+                        );
+                        std::process::exit(1);
+                    }
+                }
+            })
+            .ok();
+        w
+    }
+
+    fn enter(&self, what: usize) -> Inside<'_> {
+        self.what.store(what, Ordering::SeqCst);
+        let now = self.started.elapsed().as_millis() as u64;
+        self.entered_ms.store(now.max(1), Ordering::SeqCst);
+        Inside(self)
+    }
+}
+
+/// `BERTH_COLLECTIVE_TIMEOUT_S` as a duration, or the default.
+fn timeout_from_env() -> Result<Duration> {
+    match std::env::var("BERTH_COLLECTIVE_TIMEOUT_S") {
+        Err(_) => Ok(Duration::from_secs(DEFAULT_TIMEOUT_S)),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                CollectiveError::Launch(format!(
+                    "BERTH_COLLECTIVE_TIMEOUT_S='{v}' is not a positive number of seconds"
+                ))
+            }),
+    }
 }
 
 impl Mpi {
@@ -33,10 +127,12 @@ impl Mpi {
         .iter()
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
         .unwrap_or(world.rank() as usize);
+        let watchdog = Watchdog::start(timeout_from_env()?, world.rank() as usize);
         Ok(Mpi {
             world,
             _universe: universe,
             local_rank,
+            watchdog,
         })
     }
 }
@@ -55,27 +151,32 @@ impl Collective for Mpi {
         "MPI"
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        let _inside = self.watchdog.enter(0);
         let send = buf.to_vec();
         self.world
             .all_reduce_into(&send[..], buf, SystemOperation::sum());
         Ok(())
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let _inside = self.watchdog.enter(0);
         let send = buf.to_vec();
         self.world
             .all_reduce_into(&send[..], buf, SystemOperation::sum());
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        let _inside = self.watchdog.enter(1);
         self.world.process_at_rank(root as i32).broadcast_into(buf);
         Ok(())
     }
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>> {
+        let _inside = self.watchdog.enter(2);
         let mut out = vec![0u64; self.world_size()];
         self.world.all_gather_into(&value, &mut out[..]);
         Ok(out)
     }
     fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let _inside = self.watchdog.enter(2);
         let len = i32::try_from(bytes.len()).map_err(|_| {
             CollectiveError::Launch(format!(
                 "{} bytes are too many to gather in one MPI call",
@@ -105,6 +206,7 @@ impl Collective for Mpi {
             .collect())
     }
     fn barrier(&self) -> Result<()> {
+        let _inside = self.watchdog.enter(3);
         self.world.barrier();
         Ok(())
     }
