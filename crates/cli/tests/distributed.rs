@@ -231,6 +231,37 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
         );
         // Only rank 0 wrote: one metrics line per logged step, checkpoints whole.
         berth_trainer::manifest::verify(&two.join("checkpoint-6")).unwrap();
+        // Resumed on 2 ranks from the middle, it ends with the same bytes.
+        let resumed = tmp.path().join(format!("{task}-resumed"));
+        std::fs::create_dir_all(&resumed).unwrap();
+        assert!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(two.join("checkpoint-3"))
+                .arg(&resumed)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let cfg_resumed = tmp.path().join(format!("{task}-resumed.toml"));
+        std::fs::write(&cfg_resumed, run_config(task, &model, &data, &resumed, 4)).unwrap();
+        let again = mpirun(2)
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .args(["train", "--resume", "--config"])
+            .arg(&cfg_resumed)
+            .env("BERTH_CACHE", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            again.status.success(),
+            "{task}, resumed on two ranks: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        assert!(
+            std::fs::read(resumed.join("model.safetensors")).unwrap()
+                == std::fs::read(two.join("model.safetensors")).unwrap(),
+            "{task}: the run resumed at step 3 on 2 ranks ends with other weights"
+        );
         // A resume needs as many ranks as the run had.
         let resumed = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["train", "--resume", "--config"])
