@@ -575,8 +575,10 @@ impl Trainer {
         entry.insert(
             "train_samples_per_second".into(),
             json!(round4(
+                // HF's total_train_batch_size: every rank's samples.
                 steps_done as f64
-                    * (t.per_device_train_batch_size * t.gradient_accumulation_steps) as f64
+                    * (t.per_device_train_batch_size * t.gradient_accumulation_steps * world)
+                        as f64
                     / runtime.max(1e-9)
             )),
         );
