@@ -286,14 +286,20 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
     }
 }
 
-#[test]
-fn a_rank_that_dies_ends_the_run_with_an_error() {
+/// A long 2-rank run in which rank 1, 8 s in, gets `signal` (`KILL`, `STOP`); it
+/// must end with an error within 60 s, every checkpoint whole. Returns its temp
+/// directory and mpirun's stderr; `None` when the fixtures or MPI are missing (CI
+/// fails instead).
+fn run_with_rank_1_signalled(
+    signal: &str,
+    env: &[(&str, &str)],
+) -> Option<(tempfile::TempDir, String)> {
     let (Some(data), Some(minilm)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir())
     else {
-        return;
+        return None;
     };
     if !mpi_ready() {
-        return;
+        return None;
     }
     let _one = one_job();
     let tmp = tempfile::tempdir().unwrap();
@@ -303,11 +309,10 @@ fn a_rank_that_dies_ends_the_run_with_an_error() {
     let text = run_config("classification", &model, &data, &run, 4)
         .replace("max_steps = 6", "max_steps = 100000");
     std::fs::write(&cfg, text).unwrap();
-    // Rank 1 kills itself once training is under way; rank 0 must not wait forever.
     let script = r#"
 if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
   "$BERTH" train --config "$CFG" & pid=$!
-  sleep 8; kill -9 $pid; wait $pid; exit 137
+  sleep 8; kill -$SIGNAL $pid; wait $pid; exit 137
 else
   exec "$BERTH" train --config "$CFG"
 fi
@@ -317,17 +322,29 @@ fi
         .args(["bash", "-c", script])
         .env("BERTH", env!("CARGO_BIN_EXE_berth"))
         .env("CFG", &cfg)
+        .env("SIGNAL", signal)
         .env("BERTH_CACHE", tmp.path().join("cache"))
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let took = started.elapsed();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("the run ended after {:.1} s:\n{log}", took.as_secs_f64());
     assert!(
         !out.status.success(),
-        "the run succeeded without a rank:\n{log}"
+        "the run succeeded without rank 1:\n{log}"
     );
     assert!(took < Duration::from_secs(60), "took {took:?}:\n{log}");
+    // Whatever rank 0 had saved is whole.
+    checkpoints_are_whole(&run);
+    Some((tmp, log))
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_run_with_an_error() {
+    let Some((_tmp, log)) = run_with_rank_1_signalled("KILL", &[]) else {
+        return;
+    };
     // mpirun names the process that went: rank 1 (`[[job,1],1]`), killed.
     assert!(
         log.lines()
@@ -335,8 +352,6 @@ fi
         "{log}"
     );
     assert!(log.contains("Exit code:    137"), "{log}");
-    // Whatever rank 0 had saved is whole.
-    checkpoints_are_whole(&run);
 }
 
 /// Every checkpoint in `run` passes its manifest check.
@@ -352,45 +367,12 @@ fn checkpoints_are_whole(run: &Path) {
 
 #[test]
 fn a_rank_that_stops_answering_ends_the_run_after_the_timeout() {
-    let (Some(data), Some(minilm)) = (berth_testkit::data_dir(), berth_testkit::minilm_dir())
+    // SIGSTOP: rank 1 neither answers nor dies, so only rank 0's timeout can end it.
+    let Some((_tmp, log)) =
+        run_with_rank_1_signalled("STOP", &[("BERTH_COLLECTIVE_TIMEOUT_S", "5")])
     else {
         return;
     };
-    if !mpi_ready() {
-        return;
-    }
-    let _one = one_job();
-    let tmp = tempfile::tempdir().unwrap();
-    let model = model_without_dropout(tmp.path(), &minilm);
-    let run = tmp.path().join("run");
-    let cfg = tmp.path().join("run.toml");
-    let text = run_config("classification", &model, &data, &run, 4)
-        .replace("max_steps = 6", "max_steps = 100000");
-    std::fs::write(&cfg, text).unwrap();
-    // Rank 1 is stopped (SIGSTOP) once training is under way: it neither answers nor
-    // dies, so only rank 0's timeout can end the run.
-    let script = r#"
-if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
-  "$BERTH" train --config "$CFG" & pid=$!
-  sleep 8; kill -STOP $pid; wait $pid; exit 1
-else
-  exec "$BERTH" train --config "$CFG"
-fi
-"#;
-    let started = Instant::now();
-    let out = mpirun(2)
-        .args(["bash", "-c", script])
-        .env("BERTH", env!("CARGO_BIN_EXE_berth"))
-        .env("CFG", &cfg)
-        .env("BERTH_CACHE", tmp.path().join("cache"))
-        .env("BERTH_COLLECTIVE_TIMEOUT_S", "5")
-        .output()
-        .unwrap();
-    let took = started.elapsed();
-    let log = String::from_utf8_lossy(&out.stderr);
-    println!("the run ended after {:.1} s:\n{log}", took.as_secs_f64());
-    assert!(!out.status.success(), "{log}");
-    assert!(took < Duration::from_secs(60), "took {took:?}:\n{log}");
     // Where rank 0 waits depends on how far rank 1 got (an all-reduce, most often),
     // and a loaded machine may notice a moment late.
     let line = log
@@ -403,5 +385,4 @@ fi
         ),
         "{line}"
     );
-    checkpoints_are_whole(&run);
 }

@@ -204,6 +204,21 @@ impl Dataset {
         }
     }
 
+    /// `e` at the user's coordinates: a bad value about row `row` of this dataset
+    /// becomes [`Dataset::value_error`]'s (the file's line, not the row's index here);
+    /// any other error is as it was.
+    pub(crate) fn at_file(&self, e: DataError) -> DataError {
+        match e {
+            DataError::Value {
+                row,
+                column,
+                message,
+                ..
+            } => self.value_error(row, &column, message),
+            e => e,
+        }
+    }
+
     /// Builds a dataset named `fingerprint` by streaming batches from `produce`, or
     /// reuses the cache file of that fingerprint when `cache` is a directory holding it.
     /// `produce` must emit at least one batch (an empty one is fine) so the schema is known.

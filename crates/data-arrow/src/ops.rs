@@ -120,16 +120,9 @@ impl Dataset {
                 crate::progress::Progress::new(format!("Map ({})", op.name()), self.num_rows());
             let run = |(start, len): (usize, usize)| -> Result<RecordBatch> {
                 let batch = self.slice(start, len)?;
-                // A bad value is reported at the file's line, not the row's index here.
-                let out = op.apply(&batch, start, &source).map_err(|e| match e {
-                    DataError::Value {
-                        row,
-                        column,
-                        message,
-                        ..
-                    } => self.value_error(row, &column, message),
-                    e => e,
-                });
+                let out = op
+                    .apply(&batch, start, &source)
+                    .map_err(|e| self.at_file(e));
                 progress.inc(len);
                 out
             };

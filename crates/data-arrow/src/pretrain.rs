@@ -130,18 +130,8 @@ impl Dataset {
             let mut first_row = 0;
             for batch in self.iter_batches(1000) {
                 let batch = batch?;
-                // A bad value is reported at the file's line, not the row's index here.
-                let at_file = |e: DataError| match e {
-                    DataError::Value {
-                        row,
-                        column,
-                        message,
-                        ..
-                    } => self.value_error(row, &column, message),
-                    e => e,
-                };
                 let texts = text_values(&batch, text_column, first_row, self.source_name())
-                    .map_err(at_file)?;
+                    .map_err(|e| self.at_file(e))?;
                 for (i, text) in texts.into_iter().enumerate() {
                     let sentences = split_sentences(text);
                     // Errors name the document's row, not the sentence's index.
