@@ -68,6 +68,16 @@ impl TextEncoder {
         add_special_tokens: bool,
     ) -> Result<TextEncoder> {
         let mut hf = unpadded(tokenizer)?;
+        // tokenizers subtracts the special tokens from max_length unchecked (an
+        // overflow below them): refuse what it cannot truncate to.
+        let specials = hf.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if let Some(m) = max_length
+            && m < specials
+        {
+            return Err(DataError::InvalidArgument(format!(
+                "max_length {m} is smaller than the {specials} special tokens the tokenizer adds to a text"
+            )));
+        }
         hf.with_truncation(max_length.map(|max_length| TruncationParams {
             max_length,
             strategy: TruncationStrategy::LongestFirst,
@@ -279,6 +289,25 @@ mod tests {
       "model": {"type": "WordLevel", "unk_token": "[UNK]",
                 "vocab": {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "ab": 4}}
     }"###;
+
+    #[test]
+    fn a_max_length_below_the_special_tokens_is_refused() {
+        // tokenizers would subtract the 2 specials from 1 without a check.
+        let tok: Tokenizer = WORDPIECE.parse().unwrap();
+        for m in [0, 1] {
+            let e = TextEncoder::new(&tok, Some(m), true)
+                .err()
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "max_length {m} is smaller than the 2 special tokens the tokenizer adds to a text"
+                )
+            );
+        }
+        assert!(TextEncoder::new(&tok, Some(2), true).is_ok());
+    }
 
     #[test]
     fn a_text_over_the_limit_is_refused_by_row_and_one_at_it_is_taken() {

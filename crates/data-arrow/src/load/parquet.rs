@@ -41,6 +41,7 @@ pub(crate) fn read_shards(
         let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
             .map_err(|e| parquet_err(file, e))?
             .with_batch_size(batch_size.max(1));
+        check_chunks(file, builder.metadata())?;
         let schema = builder.schema().clone();
         match &first_schema {
             None => first_schema = Some(schema.clone()),
@@ -68,6 +69,37 @@ pub(crate) fn read_shards(
         }
         if !emitted {
             emit(arrow::array::RecordBatch::new_empty(schema))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every column chunk the footer describes lies inside the file: the parquet crate
+/// panics on a negative offset or size (`ColumnChunkMetaData::byte_range`), and a
+/// corrupt or hostile file must get an error naming it instead.
+fn check_chunks(file: &Path, meta: &parquet::file::metadata::ParquetMetaData) -> Result<()> {
+    let file_len = std::fs::metadata(file)
+        .map_err(|e| DataError::io(file, e))?
+        .len();
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        for col in group.columns() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let len = col.compressed_size();
+            let inside = start >= 0
+                && len >= 0
+                && col.data_page_offset() >= 0
+                && (start as u64)
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= file_len);
+            if !inside {
+                return Err(DataError::InvalidArgument(format!(
+                    "{}: corrupt Parquet footer: row group {g}, column '{}' says its data is {len} bytes at offset {start}, outside the file's {file_len} bytes",
+                    file.display(),
+                    col.column_path()
+                )));
+            }
         }
     }
     Ok(())
