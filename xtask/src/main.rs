@@ -311,6 +311,10 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--features", CI_FEATURES])
         .env("BERTH_REQUIRE_FIXTURES", "1"))?;
+    // The collective crate alone, as the default (no MPI) build has it: its errors
+    // for launches it cannot join. Small: it depends on thiserror only.
+    println!("ci: cargo test -p berth-collective (no features)");
+    run(cargo().args(["test", "-p", "berth-collective", "--lib"]))?;
     println!("ci: all green");
     Ok(())
 }

@@ -37,6 +37,12 @@ pub(crate) fn mpirun_command(a: &LaunchArgs, exe: &std::path::Path) -> Result<Co
     if a.nproc_per_node == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
+    if a.command.first().map(String::as_str) != Some("train") {
+        bail!(
+            "berth launch runs `train` on several ranks (`berth launch --nproc-per-node N -- train --config run.toml`), not `{}`: other commands run in one process",
+            a.command.join(" ")
+        );
+    }
     if a.nnodes != 1 || a.node_rank != 0 {
         bail!(
             "--nnodes {} --node-rank {}: berth's ranks meet through MPI, which starts every node's ranks from one command; run `mpirun -np {} --hostfile HOSTS {} {}` on one node instead",
@@ -64,12 +70,18 @@ pub(crate) fn mpirun_command(a: &LaunchArgs, exe: &std::path::Path) -> Result<Co
     Ok(c)
 }
 
-pub(crate) fn launch(a: LaunchArgs) -> Result<()> {
-    if !cfg!(feature = "mpi") {
+/// A berth built without MPI cannot start ranks that meet: say how to build one.
+fn needs_mpi(built_with_mpi: bool) -> Result<()> {
+    if !built_with_mpi {
         bail!(
             "this berth was built without the `mpi` feature, so its ranks cannot meet: build it with `cargo build --release -p berth-cli --features mpi` (Debian: openmpi-bin, libopenmpi-dev, libclang-dev)"
         );
     }
+    Ok(())
+}
+
+pub(crate) fn launch(a: LaunchArgs) -> Result<()> {
+    needs_mpi(cfg!(feature = "mpi"))?;
     let exe = std::env::current_exe().context("the path of this berth binary")?;
     let mut cmd = mpirun_command(&a, &exe)?;
     let status = cmd.status().map_err(|e| {
@@ -133,6 +145,16 @@ mod tests {
     }
 
     #[test]
+    fn a_build_without_mpi_says_how_to_build_one() {
+        needs_mpi(true).unwrap();
+        let e = needs_mpi(false).unwrap_err().to_string();
+        assert!(
+            e.starts_with("this berth was built without the `mpi` feature, so its ranks cannot meet: build it with `cargo build --release -p berth-cli --features mpi`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn several_nodes_are_refused_with_the_mpirun_line_to_use() {
         let a = parse(&["--nnodes", "2", "--nproc-per-node", "8", "--", "train"]);
         let e = mpirun_command(&a, std::path::Path::new("/bin/berth"))
@@ -145,5 +167,14 @@ mod tests {
         );
         let a = parse(&["--nproc-per-node", "0", "--", "train"]);
         assert!(mpirun_command(&a, std::path::Path::new("b")).is_err());
+        let a = parse(&["--nproc-per-node", "2", "--", "eval", "--model", "m"]);
+        let e = mpirun_command(&a, std::path::Path::new("b"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("berth launch runs `train` on several ranks"),
+            "{e}"
+        );
     }
 }

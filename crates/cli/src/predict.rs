@@ -78,6 +78,7 @@ fn chunking(a: &PredictArgs, config: &BertConfig) -> Result<ChunkingConfig> {
 }
 
 pub(crate) fn run(a: PredictArgs) -> Result<()> {
+    crate::train::one_process("predict")?;
     let stdout = a.output.as_os_str() == "-";
     if !stdout {
         check_output(&a.output)?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_collective::Collective;
+use berth_trainer::DeviceSpec;
 
 use anyhow::{Context, Result};
 use berth_trainer::{Inference, RunConfig, Trainer, summary_table};
@@ -46,15 +47,46 @@ pub(crate) fn train(a: TrainArgs) -> Result<()> {
     if collective.world_size() == 1 {
         return train_as(a, collective);
     }
-    match train_as(a, collective.clone()) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // A rank that fails takes the others down with it: they would wait for
-            // it in the next collective forever.
+    // A rank that fails, by an error or a panic, takes the others down with it: they
+    // would wait for it in the next collective (and MPI_Finalize, run as a panic
+    // unwinds, waits for them).
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_as(a, collective.clone())
+    }));
+    match run {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
             eprintln!("Error (rank {}): {e:?}", collective.rank());
             collective.abort(1)
         }
+        // The panic hook has printed the message.
+        Err(_) => collective.abort(101),
     }
+}
+
+/// Refuses to run `command` as one of several launched processes: each would do
+/// the whole job alone and write the same outputs.
+pub(crate) fn one_process(command: &str) -> Result<()> {
+    match berth_collective::launched_world_size() {
+        Some(n) if n > 1 => anyhow::bail!(
+            "berth {command} runs in one process, but it was started as one of {n}: run it without mpirun/berth launch"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The device rank `local_rank` of `world` trains on: its own GPU, as torchrun's
+/// ranks bind cuda:LOCAL_RANK, for `cuda` and for `auto` when a GPU is there.
+fn rank_device(spec: DeviceSpec, local_rank: usize, world: usize) -> Result<DeviceSpec> {
+    Ok(match spec {
+        _ if world == 1 => spec,
+        DeviceSpec::Cuda(0) => DeviceSpec::Cuda(local_rank),
+        DeviceSpec::Cuda(n) => anyhow::bail!(
+            "device cuda:{n} with {world} data-parallel ranks: each rank binds cuda:LOCAL_RANK; set device = \"cuda\" (or \"auto\")"
+        ),
+        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => DeviceSpec::Cuda(local_rank),
+        other => other,
+    })
 }
 
 fn train_as(a: TrainArgs, collective: Arc<dyn Collective>) -> Result<()> {
@@ -63,10 +95,11 @@ fn train_as(a: TrainArgs, collective: Arc<dyn Collective>) -> Result<()> {
         set.push(format!("training.resume_from_checkpoint={r:?}"));
     }
     let mut config = RunConfig::load(&a.config, &set)?;
-    if collective.world_size() > 1 && config.training.device == berth_trainer::DeviceSpec::Cuda(0) {
-        // Each rank binds its own GPU, as torchrun's ranks bind cuda:LOCAL_RANK.
-        config.training.device = berth_trainer::DeviceSpec::Cuda(collective.local_rank());
-    }
+    config.training.device = rank_device(
+        config.training.device,
+        collective.local_rank(),
+        collective.world_size(),
+    )?;
     let main = collective.is_main();
     // Rank 0 shows the progress of the work every rank does.
     berth_data::hide_progress(!main);
@@ -88,6 +121,7 @@ fn train_as(a: TrainArgs, collective: Arc<dyn Collective>) -> Result<()> {
 /// is built: the train file is not read (unless `data.validation_split` carves the
 /// eval split out of it), and class names come from the checkpoint.
 pub(crate) fn eval(a: EvalArgs) -> Result<()> {
+    one_process("eval")?;
     let mut set = a.set;
     set.push(format!("model={:?}", a.model));
     let config = RunConfig::load(&a.config, &set)?;
@@ -120,4 +154,35 @@ pub(crate) fn eval(a: EvalArgs) -> Result<()> {
         berth_fs::write_file(&path, json.as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rank_binds_its_own_gpu() {
+        let one = |spec| rank_device(spec, 3, 1).unwrap();
+        assert_eq!(one(DeviceSpec::Cuda(2)), DeviceSpec::Cuda(2));
+        assert_eq!(one(DeviceSpec::Auto), DeviceSpec::Auto);
+        assert_eq!(
+            rank_device(DeviceSpec::Cuda(0), 3, 4).unwrap(),
+            DeviceSpec::Cuda(3)
+        );
+        assert_eq!(rank_device(DeviceSpec::Cpu, 3, 4).unwrap(), DeviceSpec::Cpu);
+        let e = rank_device(DeviceSpec::Cuda(1), 0, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("device cuda:1 with 2 data-parallel ranks"),
+            "{e}"
+        );
+        // Without a GPU (this build or machine), auto stays on the CPU.
+        if !candle_core::utils::cuda_is_available() {
+            assert_eq!(
+                rank_device(DeviceSpec::Auto, 1, 2).unwrap(),
+                DeviceSpec::Auto
+            );
+        }
+    }
 }

@@ -65,10 +65,11 @@ impl BatchSampler for RandomSampler {
 /// torch's `DistributedSampler` over [`RandomSampler`]'s permutation, cut into batches
 /// of `batch_size`: the permutation is padded to a multiple of `world_size` by
 /// repeating its start (as torch does, so every rank has as many items), and rank `r`
-/// takes items `r, r + world_size, ...`. Rank `r`'s batch `b` and the other ranks'
-/// batch `b` together hold exactly [`RandomSampler`]'s batch `b` of
-/// `batch_size * world_size` items: a step of N ranks trains on the batch one process
-/// with N times the batch would.
+/// takes items `r, r + world_size, ...`. When the length divides evenly (no padding),
+/// rank `r`'s batch `b` and the other ranks' batch `b` together hold exactly
+/// [`RandomSampler`]'s batch `b` of `batch_size * world_size` items: a step of N ranks
+/// trains on the batch one process with N times the batch would. Otherwise the last
+/// step also repeats the permutation's first items, as torch's does.
 #[derive(Clone, Debug)]
 pub struct DistributedSampler {
     pub len: usize,

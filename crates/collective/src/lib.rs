@@ -140,16 +140,25 @@ impl Collective for SingleProcess {
     }
 }
 
-/// How the environment says this process was started: the world size an MPI
-/// launcher (OpenMPI, MPICH/PMI) or torchrun set, if any.
-fn launched_world_size(env: &dyn Fn(&str) -> Option<String>) -> Option<(usize, &'static str)> {
+/// How many processes the launcher of this one started (OpenMPI's mpirun,
+/// MPICH/PMI, Slurm's srun, torchrun), if one did: a command that runs in one process
+/// only (eval, predict) refuses more.
+pub fn launched_world_size() -> Option<usize> {
+    launched_with(&|k| std::env::var(k).ok()).map(|(n, _, _)| n)
+}
+
+/// The world size a launcher set, with the variable and the launcher's name.
+fn launched_with(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<(usize, &'static str, &'static str)> {
     for (var, who) in [
         ("OMPI_COMM_WORLD_SIZE", "mpirun"),
         ("PMI_SIZE", "an MPI launcher"),
+        ("SLURM_STEP_NUM_TASKS", "srun"),
         ("WORLD_SIZE", "torchrun"),
     ] {
         if let Some(n) = env(var).and_then(|v| v.trim().parse().ok()) {
-            return Some((n, who));
+            return Some((n, var, who));
         }
     }
     None
@@ -163,23 +172,26 @@ pub fn from_env() -> Result<Box<dyn Collective>> {
 }
 
 fn from_env_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Box<dyn Collective>> {
-    let launched = launched_world_size(env);
-    let under_mpi = env("OMPI_COMM_WORLD_SIZE").is_some() || env("PMI_SIZE").is_some();
+    let launched = launched_with(env);
+    // mpirun (OpenMPI), MPICH's hydra, or a PMIx launcher such as srun.
+    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| env(v).is_some());
     #[cfg(feature = "mpi")]
     if under_mpi {
         return Ok(Box::new(Mpi::init()?));
     }
     match launched {
-        Some((n, who)) if n > 1 => Err(CollectiveError::Launch(if under_mpi {
+        Some((n, var, who)) if n > 1 => Err(CollectiveError::Launch(if under_mpi {
             format!(
                 "{who} started {n} processes, but this berth was built without the `mpi` feature: \
                  each would train alone; rebuild with `--features mpi`"
             )
         } else {
             format!(
-                "{who} set WORLD_SIZE={n}: berth joins ranks through MPI; start it with \
-                 `berth launch --nproc-per-node N -- train ...` or `mpirun -np N berth train ...` \
-                 (built with `--features mpi`)"
+                "{who} started {n} processes ({var}={n}), not through MPI, which berth joins \
+                 ranks with: start them with `berth launch --nproc-per-node N -- train ...` or \
+                 `mpirun -np N berth train ...` (built with `--features mpi`)"
             )
         })),
         _ => Ok(Box::new(SingleProcess)),
@@ -226,7 +238,15 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            e.starts_with("torchrun set WORLD_SIZE=4: berth joins ranks through MPI"),
+            e.starts_with("torchrun started 4 processes (WORLD_SIZE=4), not through MPI"),
+            "{e}"
+        );
+        let e = from_env_with(&env_of(&[("SLURM_STEP_NUM_TASKS", "8")]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("srun started 8 processes (SLURM_STEP_NUM_TASKS=8)"),
             "{e}"
         );
         if !cfg!(feature = "mpi") {

@@ -76,7 +76,10 @@ impl Watchdog {
                             waited.as_secs_f64(),
                             watch.timeout.as_secs()
                         );
-                        std::process::exit(1);
+                        // _exit: no atexit handlers (MPI's, CUDA's) while the main
+                        // thread is inside MPI.
+                        // SAFETY: _exit only ends the process.
+                        unsafe { libc::_exit(1) };
                     }
                 }
             })
@@ -113,9 +116,11 @@ fn timeout_from_env() -> Result<Duration> {
 impl Mpi {
     /// Initializes MPI (once per process) and joins its world.
     pub fn init() -> Result<Self> {
-        let universe = mpi::initialize().ok_or_else(|| {
-            CollectiveError::Launch("MPI was already initialized in this process".into())
-        })?;
+        // Only the main thread calls MPI, but others exist (rayon's, the watchdog).
+        let (universe, _) =
+            mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or_else(|| {
+                CollectiveError::Launch("MPI was already initialized in this process".into())
+            })?;
         let world = universe.world();
         // OpenMPI and MPICH/PMI name the rank on this node; torchrun's LOCAL_RANK
         // where a launcher set it; else every rank is on one node.
@@ -185,6 +190,15 @@ impl Collective for Mpi {
         })?;
         let mut counts = vec![0i32; self.world_size()];
         self.world.all_gather_into(&len, &mut counts[..]);
+        // MPI counts and displacements are i32: the whole gather must fit, on every
+        // rank alike (they all see the same counts).
+        let total: i64 = counts.iter().map(|&c| i64::from(c)).sum();
+        if total > i64::from(i32::MAX) {
+            return Err(CollectiveError::Launch(format!(
+                "gathering {total} bytes from {} ranks is over MPI's 2 GiB in one call",
+                counts.len()
+            )));
+        }
         let displs: Vec<i32> = counts
             .iter()
             .scan(0i32, |acc, &c| {

@@ -38,10 +38,11 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `dir/.name.<what>-<pid>-<n>[.ext]`: hidden, unique within and across processes,
-/// in the target's own directory so that the rename is atomic (same filesystem), and
-/// ending in the target's extension for writers that pick a format by it (an image
-/// encoder).
+/// `dir/.name.<what>-<pid>-<nonce><n>[.ext]`: hidden, unique within and across
+/// processes (the nonce, drawn once per process, keeps equal pids apart: containers
+/// on nodes sharing a filesystem), in the target's own directory so that the rename
+/// is atomic (same filesystem), and ending in the target's extension for writers that
+/// pick a format by it (an image encoder).
 pub fn temp_sibling(target: &Path, what: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = target
@@ -53,7 +54,24 @@ pub fn temp_sibling(target: &Path, what: &str) -> PathBuf {
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    target.with_file_name(format!(".{name}.{what}-{}-{n}{ext}", std::process::id()))
+    target.with_file_name(format!(
+        ".{name}.{what}-{}-{:010}{n}{ext}",
+        std::process::id(),
+        process_nonce()
+    ))
+}
+
+/// A number drawn once per process (from the clock's nanoseconds and the pid).
+fn process_nonce() -> u32 {
+    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mixed = (nanos as u64 ^ (u64::from(std::process::id()) << 32))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> 32) as u32
+    })
 }
 
 /// What a name made by [`temp_sibling`] stands for: `(target, what)` of
@@ -91,9 +109,10 @@ pub fn parse_temp_name(name: &str) -> Option<(&str, &str)> {
     None
 }
 
-/// `message` with every name made by [`temp_sibling`] shown as its target's name: an
-/// error raised while a copy was built under a temp name then names the file the user
-/// knows, not one that no longer exists.
+/// `message` with every name this process made by [`temp_sibling`] shown as its
+/// target's name: an error raised while a copy was built under a temp name then names
+/// the file the user knows, not one that no longer exists. Names of other processes
+/// (and the user's own names that happen to look alike) stay as they are.
 pub fn without_temp_names(message: &str) -> String {
     let is_delimiter =
         |c: char| c == '/' || c == ':' || c == '\'' || c == '"' || c == ',' || c.is_whitespace();
@@ -107,7 +126,8 @@ pub fn without_temp_names(message: &str) -> String {
             .map_or(rest.len(), |e| i + 1 + e);
         out.push_str(&rest[..i]);
         let candidate = &rest[i..end];
-        match parse_temp_name(candidate).filter(|_| starts_component) {
+        let mine = candidate.contains(&format!("-{}-", std::process::id()));
+        match parse_temp_name(candidate).filter(|_| starts_component && mine) {
             Some((target, _)) => out.push_str(target),
             None => out.push_str(candidate),
         }
@@ -456,6 +476,9 @@ mod tests {
         // Other hidden names, and dots inside other words, stay as they are.
         for keep in [
             "/run/out/.checkpoint-4.swp: busy",
+            // Another process's temp name, or a user's directory shaped like one.
+            "/run/out/.checkpoint-4.tmp-4294967295-2: busy",
+            "/data/.backup.old-2023-12/x",
             "/run/out/.cache/x.tmp-1-2: busy",
             "a.b.tmp-1-2 is not a component",
             "no dots at all",

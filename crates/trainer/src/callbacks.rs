@@ -182,6 +182,34 @@ impl Callback for Flow {
     }
 }
 
+/// With several ranks, the decisions made so far this step (by [`Flow`] and any
+/// added callback) are or-ed across ranks, so that every rank logs, evaluates, saves
+/// and stops at the same steps: a callback deciding by the clock or a file on one
+/// rank would otherwise send the ranks into different collectives.
+pub struct SyncControl;
+
+impl Callback for SyncControl {
+    fn on_step_end(&mut self, s: &mut Session<'_>, _: &StepEnd, c: &mut Control) -> Result<()> {
+        if s.collective.world_size() == 1 {
+            return Ok(());
+        }
+        let mut flags = [
+            c.should_log,
+            c.should_evaluate,
+            c.should_save,
+            c.should_stop,
+        ]
+        .map(|f| f64::from(u8::from(f)));
+        s.collective.all_reduce_sum_f64(&mut flags)?;
+        let [log, evaluate, save, stop] = flags.map(|f| f > 0.0);
+        c.should_log = log;
+        c.should_evaluate = evaluate;
+        c.should_save = save;
+        c.should_stop = stop;
+        Ok(())
+    }
+}
+
 /// The progress display every step, and a log line and entry every `logging_steps`
 /// (the loss averaged since the last one, as HF logs it).
 #[derive(Default)]

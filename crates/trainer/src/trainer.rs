@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::batch::TaskBatch;
 use crate::callbacks::{
     Callback, Checkpointing, Control, EarlyStopping, Evaluation, Flow, Logging, MetricsLog,
-    Session, StepEnd,
+    Session, StepEnd, SyncControl,
 };
 use crate::config::{DeviceSpec, Precision, RunConfig, Strategy};
 use crate::data::Split;
@@ -383,6 +383,7 @@ impl Trainer {
         }
         // The other ranks read checkpoints only once rank 0 has tidied.
         self.collective.barrier()?;
+        self.check_shared_output_dir(&out)?;
         if let Some(spec) = &t.resume_from_checkpoint {
             let ckpt = resolve_checkpoint(spec, &out)?;
             self.restore(&ckpt, &mut opt, &mut state)?;
@@ -458,6 +459,7 @@ impl Trainer {
         let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(Flow)];
         callbacks.append(&mut self.extra_callbacks);
         callbacks.extend([
+            Box::new(SyncControl) as Box<dyn Callback>,
             Box::new(Logging::default()) as Box<dyn Callback>,
             Box::new(Evaluation),
             Box::new(EarlyStopping {
@@ -644,6 +646,51 @@ impl Trainer {
         self.write_outputs(&out, &state, &train_metrics, &summary, &details)?;
         self.collective.barrier()?;
         Ok(summary)
+    }
+
+    /// With several ranks, every rank must see the output directory rank 0 writes
+    /// (they read its checkpoints to resume and to load the best model): rank 0
+    /// writes a token there, and each rank says what it reads. Checked at the start,
+    /// not found out hours later.
+    fn check_shared_output_dir(&self, out: &Path) -> Result<()> {
+        let c = self.collective.as_ref();
+        if c.world_size() == 1 {
+            return Ok(());
+        }
+        let probe = out.join(".berth-ranks-probe");
+        let token = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .max(1);
+        if c.is_main() {
+            write_atomic(&probe, token.to_string().as_bytes())?;
+        }
+        c.barrier()?;
+        let seen = if c.is_main() {
+            token
+        } else {
+            std::fs::read_to_string(&probe)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let all = c.all_gather_u64(seen)?;
+        c.barrier()?;
+        if c.is_main() {
+            let _ = std::fs::remove_file(&probe);
+        }
+        let blind: Vec<String> = (1..all.len())
+            .filter(|&r| all[r] != all[0])
+            .map(|r| r.to_string())
+            .collect();
+        if !blind.is_empty() {
+            return Err(TrainError::Config(format!(
+                "output_dir {} is not shared: rank(s) {} do not see what rank 0 writes there; data-parallel ranks need one directory every rank reads (a shared filesystem)",
+                out.display(),
+                blind.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// The final model, trainer state, results, model card, curves and report
