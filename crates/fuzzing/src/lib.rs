@@ -14,8 +14,9 @@
 //! every target on its seed corpus ([`seeds`], built from `../shared/data`) and on the
 //! committed regression cases in `fuzz/regressions/<target>/`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use berth_data::arrow::array::{Array, ArrayRef, ListArray, RecordBatch, StringArray};
 use berth_data::berth_chunking::{ChunkConfig, SpecialTokens, chunk_ids, window_ranges};
@@ -235,7 +236,17 @@ pub fn tokenize(data: &[u8]) {
         cfg.max_length = Some(usize::from(flags >> 3));
     }
     let max_length = cfg.max_length;
-    let Ok(op) = TokenizeOp::new(&t.hf, cfg) else {
+    // The op depends on the flags byte only: built once per value (building one
+    // serializes and hashes the tokenizer, which would dominate every run).
+    static OPS: OnceLock<Mutex<HashMap<u8, Option<Arc<TokenizeOp>>>>> = OnceLock::new();
+    let op = OPS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(flags)
+        .or_insert_with(|| TokenizeOp::new(&t.hf, cfg).ok().map(Arc::new))
+        .clone();
+    let Some(op) = op else {
         return;
     };
     let pairs: Vec<&str> = rows.iter().rev().copied().collect();
