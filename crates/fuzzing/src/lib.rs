@@ -131,6 +131,12 @@ pub fn text(data: &[u8]) {
 
 /// Parquet.
 pub fn parquet(data: &[u8]) {
+    // berth-data turns a panic inside the parquet reader into an error naming the
+    // file, but libFuzzer's panic hook aborts before any unwinding: print instead.
+    // A panic that escapes the target still aborts (libfuzzer-sys catches it at the
+    // target's edge).
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("{info}"))));
     load("input.parquet", data, Format::Parquet);
 }
 

@@ -38,7 +38,8 @@ pub(crate) fn read_shards(
 ) -> Result<()> {
     let mut first_schema = None;
     for file in files {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(open(file)?)
+        let f = open(file)?;
+        let builder = reader_guard(file, || ParquetRecordBatchReaderBuilder::try_new(f))?
             .map_err(|e| parquet_err(file, e))?
             .with_batch_size(batch_size.max(1));
         check_chunks(file, builder.metadata())?;
@@ -56,7 +57,9 @@ pub(crate) fn read_shards(
             Some(_) => {}
         }
         let mut emitted = false;
-        for batch in builder.build().map_err(|e| parquet_err(file, e))? {
+        let mut reader =
+            reader_guard(file, || builder.build())?.map_err(|e| parquet_err(file, e))?;
+        while let Some(batch) = reader_guard(file, || reader.next())? {
             let batch = batch.map_err(|e| DataError::arrow(file.display().to_string(), e))?;
             let batch = match &first_schema {
                 Some(s) => batch
@@ -72,6 +75,25 @@ pub(crate) fn read_shards(
         }
     }
     Ok(())
+}
+
+/// Runs one step of the parquet reader, turning a panic inside it into an error
+/// naming the file. The parquet and arrow crates assert on some corrupt data (page
+/// definition levels past their buffer, found by fuzzing) rather than returning an
+/// error; a hostile file must not bring the process down. Only the reader's own
+/// calls run under it, so a panic elsewhere is still a panic.
+fn reader_guard<T>(file: &Path, step: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        DataError::InvalidArgument(format!(
+            "{}: corrupt Parquet data: the parquet reader failed ({why})",
+            file.display()
+        ))
+    })
 }
 
 /// Every column chunk the footer describes lies inside the file: the parquet crate
