@@ -84,7 +84,14 @@ fn rank_device(spec: DeviceSpec, local_rank: usize, world: usize) -> Result<Devi
         DeviceSpec::Cuda(n) => anyhow::bail!(
             "device cuda:{n} with {world} data-parallel ranks: each rank binds cuda:LOCAL_RANK; set device = \"cuda\" (or \"auto\")"
         ),
-        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => DeviceSpec::Cuda(local_rank),
+        // A CUDA build on a node without (enough) GPUs stays on the CPU, as one
+        // process does.
+        DeviceSpec::Auto
+            if candle_core::utils::cuda_is_available()
+                && candle_core::Device::new_cuda(local_rank).is_ok() =>
+        {
+            DeviceSpec::Cuda(local_rank)
+        }
         other => other,
     })
 }

@@ -315,7 +315,7 @@ fn run_with_rank_1_signalled(
     let script = r#"
 if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
   "$BERTH" train --config "$CFG" & pid=$!
-  until [ -s "$RUN/metrics.jsonl" ]; do sleep 0.2; done
+  for i in $(seq 600); do [ -s "$RUN/metrics.jsonl" ] && break; sleep 0.2; done
   kill -$SIGNAL $pid; wait $pid; exit $?
 else
   exec "$BERTH" train --config "$CFG"

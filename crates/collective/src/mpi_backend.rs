@@ -127,6 +127,7 @@ impl Mpi {
         let local_rank = [
             "OMPI_COMM_WORLD_LOCAL_RANK",
             "MPI_LOCALRANKID",
+            "SLURM_LOCALID",
             "LOCAL_RANK",
         ]
         .iter()

@@ -126,8 +126,11 @@ pub fn without_temp_names(message: &str) -> String {
             .map_or(rest.len(), |e| i + 1 + e);
         out.push_str(&rest[..i]);
         let candidate = &rest[i..end];
-        let mine = candidate.contains(&format!("-{}-", std::process::id()));
-        match parse_temp_name(candidate).filter(|_| starts_component && mine) {
+        let pid = std::process::id();
+        let mine = |(target, what): &(&str, &str)| {
+            candidate.starts_with(&format!(".{target}.{what}-{pid}-"))
+        };
+        match parse_temp_name(candidate).filter(|tw| starts_component && mine(tw)) {
             Some((target, _)) => out.push_str(target),
             None => out.push_str(candidate),
         }

@@ -465,6 +465,9 @@ impl Trainer {
             Box::new(EarlyStopping {
                 patience: t.early_stopping_patience,
             }),
+            // An early stop decided from this step's metrics, the same on every rank
+            // up to the float sums of the gathered evaluation: or-ed again.
+            Box::new(SyncControl),
             Box::new(Checkpointing),
         ]);
         let started = Instant::now();
@@ -662,20 +665,43 @@ impl Trainer {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             .max(1);
-        if c.is_main() {
-            write_atomic(&probe, token.to_string().as_bytes())?;
-        }
-        c.barrier()?;
-        let seen = if c.is_main() {
-            token
+        // A failed write is reported after the gather, on every rank alike.
+        let written = if c.is_main() {
+            write_atomic(&probe, token.to_string().as_bytes()).err()
         } else {
+            None
+        };
+        c.barrier()?;
+        let read = || {
             std::fs::read_to_string(&probe)
                 .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0)
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        let seen = if c.is_main() {
+            if written.is_none() { token } else { 0 }
+        } else {
+            // Filesystems that cache lookups may show the file a moment late.
+            let mut seen = 0;
+            for _ in 0..25 {
+                if let Some(t) = read() {
+                    seen = t;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            seen
         };
         let all = c.all_gather_u64(seen)?;
         c.barrier()?;
+        if let Some(e) = written {
+            return Err(e);
+        }
+        if all[0] == 0 {
+            return Err(TrainError::Config(format!(
+                "output_dir {}: rank 0 could not write there",
+                out.display()
+            )));
+        }
         if c.is_main() {
             let _ = std::fs::remove_file(&probe);
         }
