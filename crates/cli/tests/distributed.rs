@@ -143,13 +143,8 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
         let cfg_two = tmp.path().join(format!("{task}-two.toml"));
         std::fs::write(&cfg_one, run_config(task, &model, &data, &one, 8)).unwrap();
         std::fs::write(&cfg_two, run_config(task, &model, &data, &two, 4)).unwrap();
-        let single = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["train", "--config"])
-            .arg(&cfg_one)
-            .env("BERTH_CACHE", &cache)
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
+        let single =
+            common::berth_output(&["train", "--config", cfg_one.to_str().unwrap()], &cache);
         assert!(
             single.status.success(),
             "{task}, one process: {}",
@@ -157,13 +152,18 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
         );
         // As torchrun: `berth launch` starts the ranks (through mpirun; the resume
         // below runs mpirun by hand).
-        let ranks = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["launch", "--nproc-per-node", "2", "--", "train", "--config"])
-            .arg(&cfg_two)
-            .env("BERTH_CACHE", &cache)
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
+        let ranks = common::berth_output(
+            &[
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--",
+                "train",
+                "--config",
+                cfg_two.to_str().unwrap(),
+            ],
+            &cache,
+        );
         let log = String::from_utf8_lossy(&ranks.stderr);
         assert!(ranks.status.success(), "{task}, two ranks: {log}");
         assert!(log.contains("data-parallel: 2 ranks (MPI)"), "{log}");
@@ -265,14 +265,11 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
             "{task}: the run resumed at step 3 on 2 ranks ends with other weights"
         );
         // A resume needs as many ranks as the run had.
-        let resumed = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["train", "--resume", "--config"])
-            .arg(&cfg_two)
-            .env("BERTH_CACHE", &cache)
-            .env("HF_HUB_OFFLINE", "1")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap();
+        let resumed = common::berth_output_env(
+            &["train", "--resume", "--config", cfg_two.to_str().unwrap()],
+            &cache,
+            &[("RUST_BACKTRACE", Path::new("0"))],
+        );
         let err = String::from_utf8_lossy(&resumed.stderr);
         assert!(
             !resumed.status.success(),

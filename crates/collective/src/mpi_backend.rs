@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -143,6 +143,17 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// MPI_Allreduce(SUM) of `buf` into itself (rsmpi has no in-place form).
+    fn sum_in_place<T: Equivalence + Copy>(&self, buf: &mut [T]) -> Result<()> {
+        let _inside = self.watchdog.enter(0);
+        let send = buf.to_vec();
+        self.world
+            .all_reduce_into(&send[..], buf, SystemOperation::sum());
+        Ok(())
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -157,18 +168,10 @@ impl Collective for Mpi {
         "MPI"
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let _inside = self.watchdog.enter(0);
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.sum_in_place(buf)
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let _inside = self.watchdog.enter(0);
-        let send = buf.to_vec();
-        self.world
-            .all_reduce_into(&send[..], buf, SystemOperation::sum());
-        Ok(())
+        self.sum_in_place(buf)
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
         let _inside = self.watchdog.enter(1);
