@@ -6,6 +6,7 @@ mod csv;
 mod hub;
 mod json;
 mod parquet;
+mod parquet_check;
 mod text;
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{LoadOptions, open, source_fingerprint};
+use super::{LoadOptions, open, parquet_check, source_fingerprint};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 
@@ -39,10 +39,14 @@ pub(crate) fn read_shards(
     let mut first_schema = None;
     for file in files {
         let f = open(file)?;
+        // The footer and page headers are walked first (see `parquet_check`): the
+        // parquet crate trusts sizes a hostile file declares.
+        parquet_check::check_footer(file)?;
         let builder = reader_guard(file, || ParquetRecordBatchReaderBuilder::try_new(f))?
             .map_err(|e| parquet_err(file, e))?
             .with_batch_size(batch_size.max(1));
         check_chunks(file, builder.metadata())?;
+        parquet_check::check_pages(file, builder.metadata())?;
         let schema = builder.schema().clone();
         match &first_schema {
             None => first_schema = Some(schema.clone()),
@@ -119,7 +123,7 @@ fn check_chunks(file: &Path, meta: &parquet::file::metadata::ParquetMetaData) ->
                 return Err(DataError::InvalidArgument(format!(
                     "{}: corrupt Parquet footer: row group {g}, column '{}' says its data is {len} bytes at offset {start}, outside the file's {file_len} bytes",
                     file.display(),
-                    col.column_path()
+                    col.column_path().string()
                 )));
             }
         }
@@ -199,6 +203,119 @@ mod tests {
         let none = format!("{}/valid-*.parquet", dir.path().display());
         let err = load_parquet(&none, &opts).unwrap_err().to_string();
         assert!(err.contains("no parquet files found"), "{err}");
+    }
+
+    /// A file of `rows` rows (an int and a text column) written with `codec`, small
+    /// pages (several per chunk), dictionary pages and page statistics, as `version`.
+    fn written(
+        dir: &Path,
+        codec: parquet::basic::Compression,
+        version: parquet::file::properties::WriterVersion,
+        rows: usize,
+    ) -> PathBuf {
+        use arrow::array::StringArray;
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::properties::{EnabledStatistics, WriterProperties};
+        let path = dir.join(format!("{codec:?}-{version:?}.parquet"));
+        let n: Vec<i64> = (0..rows as i64).collect();
+        let text: Vec<String> = (0..rows)
+            .map(|i| format!("text {} {}", i % 7, "x".repeat(i % 50)))
+            .collect();
+        let batch = RecordBatch::try_from_iter([
+            ("n", Arc::new(Int64Array::from(n)) as ArrayRef),
+            ("text", Arc::new(StringArray::from(text)) as ArrayRef),
+        ])
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_compression(codec)
+            .set_writer_version(version)
+            .set_data_page_size_limit(512)
+            .set_write_batch_size(64)
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        path
+    }
+
+    #[test]
+    fn files_of_every_codec_and_page_version_pass_the_checks() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        use parquet::file::properties::WriterVersion;
+        let dir = tempfile::tempdir().unwrap();
+        for codec in [
+            Compression::UNCOMPRESSED,
+            Compression::SNAPPY,
+            Compression::GZIP(GzipLevel::default()),
+            Compression::LZ4_RAW,
+            Compression::ZSTD(ZstdLevel::default()),
+        ] {
+            for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
+                let p = written(dir.path(), codec, version, 2000);
+                let meta = ParquetRecordBatchReaderBuilder::try_new(open(&p).unwrap())
+                    .unwrap()
+                    .metadata()
+                    .clone();
+                // Small pages: the walk crosses many headers per chunk.
+                assert!(
+                    meta.row_group(0).column(1).compressed_size() > 2000,
+                    "{codec:?}"
+                );
+                let ds = load_parquet(p.to_str().unwrap(), &LoadOptions::in_memory())
+                    .unwrap_or_else(|e| panic!("{codec:?} {version:?}: {e}"));
+                assert_eq!(ds.num_rows(), 2000, "{codec:?} {version:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_shared_datas_parquet_passes_the_checks() {
+        let Some(data) = berth_testkit::data_dir() else {
+            return;
+        };
+        for name in ["imdb/train.parquet", "imdb/test.parquet"] {
+            let p = data.join(name);
+            parquet_check::check_footer(&p).unwrap();
+            let b = ParquetRecordBatchReaderBuilder::try_new(open(&p).unwrap()).unwrap();
+            check_chunks(&p, b.metadata()).unwrap();
+            parquet_check::check_pages(&p, b.metadata()).unwrap();
+        }
+    }
+
+    /// The fuzz inputs the checks were written for (`fuzz/regressions/parquet/`):
+    /// refused before the parquet crate reads them, each with the reason.
+    #[test]
+    fn hostile_page_headers_are_refused_before_the_parquet_crate_reads_them() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/parquet");
+        for (name, want) in [
+            // A page header that the parquet crate skipped through one read syscall
+            // per skipped value past the end of the file (16 s); malformed at once.
+            ("thrift-skip-past-the-end", "page header in row group 0"),
+            // A page whose uncompressed size is a 52-bit varint: the parquet crate
+            // cut it to the i32 1.4 GB and allocated that before decompressing.
+            (
+                "declared-uncompressed-size-1.4-gb",
+                "i32 value 2770628964317856 out of range",
+            ),
+        ] {
+            let p = dir.join(name);
+            let started = std::time::Instant::now();
+            let err = load_parquet(p.to_str().unwrap(), &LoadOptions::in_memory())
+                .unwrap_err()
+                .to_string();
+            println!("{name}: {:.3} s: {err}", started.elapsed().as_secs_f64());
+            assert!(
+                err.starts_with(&format!("{}: corrupt Parquet", p.display())),
+                "{err}"
+            );
+            assert!(err.contains(want), "{name}: {err}");
+        }
     }
 
     #[test]
