@@ -84,6 +84,18 @@ fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn run_config(task: &str, model: &Path, data: &Path, out: &Path, batch: usize) -> String {
+    run_config_grouped(task, model, data, out, batch, false)
+}
+
+/// [`run_config`], with `group_by_length` as given.
+fn run_config_grouped(
+    task: &str,
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    batch: usize,
+    grouped: bool,
+) -> String {
     let data_section = match task {
         "classification" => common::mrpc_data(data, 48, 64, 24),
         _ => format!(
@@ -117,6 +129,7 @@ save_steps = 3
 logging_steps = 1
 seed = 5
 disable_tqdm = true
+group_by_length = {grouped}
 "##,
         model = model.display().to_string(),
         out = out.display().to_string(),
@@ -136,18 +149,26 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_without_dropout(tmp.path(), &minilm);
     let cache = tmp.path().join("cache");
-    for task in ["classification", "mlm"] {
-        let one = tmp.path().join(format!("{task}-one"));
-        let two = tmp.path().join(format!("{task}-two"));
-        let cfg_one = tmp.path().join(format!("{task}-one.toml"));
-        let cfg_two = tmp.path().join(format!("{task}-two.toml"));
-        std::fs::write(&cfg_one, run_config(task, &model, &data, &one, 8)).unwrap();
-        std::fs::write(&cfg_two, run_config(task, &model, &data, &two, 4)).unwrap();
+    // Length-grouped batches too: the ranks' batch b together are one process's
+    // length-grouped batch b of 8 (64 rows divide evenly).
+    for (task, grouped) in [
+        ("classification", false),
+        ("mlm", false),
+        ("classification", true),
+    ] {
+        let name = if grouped { "grouped" } else { task };
+        let one = tmp.path().join(format!("{name}-one"));
+        let two = tmp.path().join(format!("{name}-two"));
+        let cfg_one = tmp.path().join(format!("{name}-one.toml"));
+        let cfg_two = tmp.path().join(format!("{name}-two.toml"));
+        let cfg = |out: &Path, batch| run_config_grouped(task, &model, &data, out, batch, grouped);
+        std::fs::write(&cfg_one, cfg(&one, 8)).unwrap();
+        std::fs::write(&cfg_two, cfg(&two, 4)).unwrap();
         let single =
             common::berth_output(&["train", "--config", cfg_one.to_str().unwrap()], &cache);
         assert!(
             single.status.success(),
-            "{task}, one process: {}",
+            "{name}, one process: {}",
             String::from_utf8_lossy(&single.stderr)
         );
         // As torchrun: `berth launch` starts the ranks (through mpirun; the resume
@@ -165,31 +186,31 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
             &cache,
         );
         let log = String::from_utf8_lossy(&ranks.stderr);
-        assert!(ranks.status.success(), "{task}, two ranks: {log}");
+        assert!(ranks.status.success(), "{name}, two ranks: {log}");
         assert!(log.contains("data-parallel: 2 ranks (MPI)"), "{log}");
 
         // The same loss and gradient norm at every step: a sum where a mean belongs
         // would double the norm, which AdamW's scale invariance would hide.
         let (a, b) = (steps(&one), steps(&two));
-        assert_eq!(a.len(), 6, "{task}: {a:?}");
-        assert_eq!(a.len(), b.len(), "{task}: {a:?} vs {b:?}");
+        assert_eq!(a.len(), 6, "{name}: {a:?}");
+        assert_eq!(a.len(), b.len(), "{name}: {a:?} vs {b:?}");
         let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-6);
         for (x, y) in a.iter().zip(&b) {
             println!(
-                "{task} step {}: loss {} / {}, grad_norm {} / {}",
+                "{name} step {}: loss {} / {}, grad_norm {} / {}",
                 x.0, x.1, y.1, x.2, y.2
             );
             assert_eq!(x.0, y.0);
             assert!(
                 close(x.1, y.1),
-                "{task} step {}: loss {} vs {}",
+                "{name} step {}: loss {} vs {}",
                 x.0,
                 x.1,
                 y.1
             );
             assert!(
                 close(x.2, y.2),
-                "{task} step {}: grad_norm {} vs {}",
+                "{name} step {}: grad_norm {} vs {}",
                 x.0,
                 x.2,
                 y.2
@@ -203,14 +224,14 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
                 .collect()
         };
         let (ea, eb) = (evals(&one), evals(&two));
-        assert_eq!(ea.len(), eb.len(), "{task}");
+        assert_eq!(ea.len(), eb.len(), "{name}");
         for (x, y) in ea.iter().zip(&eb) {
             for (k, v) in x.as_object().unwrap() {
                 if k.ends_with("runtime") || k.ends_with("per_second") {
                     continue;
                 }
                 let (v, w) = (v.as_f64().unwrap(), y[k].as_f64().unwrap());
-                assert!(close(v, w), "{task} {k}: {v} vs {w}");
+                assert!(close(v, w), "{name} {k}: {v} vs {w}");
             }
         }
         // Final weights: equal within 1e-5 but for a float-noise few.
@@ -226,15 +247,18 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
                 .filter(|(x, y)| (*x - *y).abs() > 1e-5)
                 .count();
         }
-        println!("{task}: {off} of {total} weights differ by more than 1e-5");
+        println!("{name}: {off} of {total} weights differ by more than 1e-5");
         assert!(
             (off as f64) < 1e-4 * total as f64,
-            "{task}: {off} of {total} weights differ by more than 1e-5"
+            "{name}: {off} of {total} weights differ by more than 1e-5"
         );
         // Only rank 0 wrote: one metrics line per logged step, checkpoints whole.
         berth_trainer::manifest::verify(&two.join("checkpoint-6")).unwrap();
+        if grouped {
+            continue;
+        }
         // Resumed on 2 ranks from the middle, it ends with the same bytes.
-        let resumed = tmp.path().join(format!("{task}-resumed"));
+        let resumed = tmp.path().join(format!("{name}-resumed"));
         std::fs::create_dir_all(&resumed).unwrap();
         assert!(
             Command::new("cp")
@@ -245,7 +269,7 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
                 .unwrap()
                 .success()
         );
-        let cfg_resumed = tmp.path().join(format!("{task}-resumed.toml"));
+        let cfg_resumed = tmp.path().join(format!("{name}-resumed.toml"));
         std::fs::write(&cfg_resumed, run_config(task, &model, &data, &resumed, 4)).unwrap();
         let again = mpirun(2)
             .arg(env!("CARGO_BIN_EXE_berth"))
@@ -256,13 +280,13 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
             .unwrap();
         assert!(
             again.status.success(),
-            "{task}, resumed on two ranks: {}",
+            "{name}, resumed on two ranks: {}",
             String::from_utf8_lossy(&again.stderr)
         );
         assert!(
             std::fs::read(resumed.join("model.safetensors")).unwrap()
                 == std::fs::read(two.join("model.safetensors")).unwrap(),
-            "{task}: the run resumed at step 3 on 2 ranks ends with other weights"
+            "{name}: the run resumed at step 3 on 2 ranks ends with other weights"
         );
         // A resume needs as many ranks as the run had.
         let resumed = common::berth_output_env(
@@ -273,14 +297,14 @@ fn two_ranks_with_batch_4_train_as_one_process_with_batch_8() {
         let err = String::from_utf8_lossy(&resumed.stderr);
         assert!(
             !resumed.status.success(),
-            "{task}: resumed on 1 rank: {err}"
+            "{name}: resumed on 1 rank: {err}"
         );
         assert!(
             err.contains(&format!(
                 "{}: was trained on 2 data-parallel rank(s), this run has 1",
                 two.join("checkpoint-6").display()
             )),
-            "{task}: {err}"
+            "{name}: {err}"
         );
     }
 }

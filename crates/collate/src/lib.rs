@@ -21,6 +21,6 @@ pub use batch::{
 };
 pub use error::CollateError;
 pub use sampler::{
-    BatchSampler, DistributedSampler, ItemShape, LengthGroupedSampler, RandomSampler,
-    SequentialSampler, TokenBudgetSampler, padding_efficiency,
+    BatchSampler, DistributedLengthGroupedSampler, DistributedSampler, ItemShape,
+    LengthGroupedSampler, RandomSampler, SequentialSampler, TokenBudgetSampler, padding_efficiency,
 };

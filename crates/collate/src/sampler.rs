@@ -83,16 +83,26 @@ pub struct DistributedSampler {
 impl DistributedSampler {
     /// This rank's items of epoch `epoch`, in order.
     pub fn shard(&self, epoch: u64) -> Vec<usize> {
-        let world = self.world_size.max(1);
-        let mut order = epoch_permutation(self.len, self.seed, epoch);
-        let total = self.len.div_ceil(world) * world;
-        let mut i = 0;
-        while order.len() < total && self.len > 0 {
-            order.push(order[i]);
-            i += 1;
-        }
-        order.into_iter().skip(self.rank).step_by(world).collect()
+        shard(
+            epoch_permutation(self.len, self.seed, epoch),
+            self.rank,
+            self.world_size,
+        )
     }
+}
+
+/// Rank `rank`'s share of `order`: padded to a multiple of `world_size` by repeating
+/// its start, then every `world_size`-th item from `rank` (torch's DistributedSampler).
+fn shard(mut order: Vec<usize>, rank: usize, world_size: usize) -> Vec<usize> {
+    let world = world_size.max(1);
+    let len = order.len();
+    let total = len.div_ceil(world) * world;
+    let mut i = 0;
+    while order.len() < total && len > 0 {
+        order.push(order[i]);
+        i += 1;
+    }
+    order.into_iter().skip(rank).step_by(world).collect()
 }
 
 impl BatchSampler for DistributedSampler {
@@ -142,6 +152,39 @@ impl LengthGroupedSampler {
 impl BatchSampler for LengthGroupedSampler {
     fn batches(&self, epoch: u64) -> Vec<Vec<usize>> {
         fixed_batches(self.order(epoch), self.batch_size, false)
+    }
+}
+
+/// `group_by_length` with several ranks: [`LengthGroupedSampler`]'s order for the
+/// global batch (`batch_size * world_size`), sharded as [`DistributedSampler`] shards
+/// (padded by repeating its start, rank `r` taking items `r, r + world_size, ...`).
+/// Rank `r`'s batch `b` and the other ranks' batch `b` together hold the
+/// length-grouped batch `b` of one process with `batch_size * world_size` (when the
+/// length divides evenly), so the ranks of a step pad to similar lengths and one rank
+/// is the single-process sampler. HF's older `DistributedLengthGroupedSampler` shards
+/// the same way but groups by the per-process batch size.
+#[derive(Clone, Debug)]
+pub struct DistributedLengthGroupedSampler {
+    pub lengths: Vec<usize>,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub drop_last: bool,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl BatchSampler for DistributedLengthGroupedSampler {
+    fn batches(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let global = LengthGroupedSampler {
+            lengths: self.lengths.clone(),
+            batch_size: self.batch_size.max(1) * self.world_size.max(1),
+            seed: self.seed,
+        };
+        fixed_batches(
+            shard(global.order(epoch), self.rank, self.world_size),
+            self.batch_size,
+            self.drop_last,
+        )
     }
 }
 
@@ -327,6 +370,51 @@ mod tests {
                 let mut want = want.clone();
                 want.sort();
                 prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn grouped_ranks_batch_b_together_are_the_single_process_grouped_batch_b(
+            lengths in proptest::collection::vec(1usize..64, 1..60),
+            batch in 1usize..5,
+            world in 1usize..5,
+            seed in any::<u64>(),
+            epoch in 0u64..3,
+        ) {
+            let len = lengths.len();
+            let single = LengthGroupedSampler { lengths: lengths.clone(), batch_size: batch * world, seed }
+                .batches(epoch);
+            let ranks: Vec<Vec<Vec<usize>>> = (0..world)
+                .map(|rank| {
+                    DistributedLengthGroupedSampler {
+                        lengths: lengths.clone(), batch_size: batch, seed, drop_last: false, rank, world_size: world,
+                    }
+                    .batches(epoch)
+                })
+                .collect();
+            // Every rank has as many items (padded as torch pads), and together the
+            // ranks cover every item.
+            let per_rank = len.div_ceil(world);
+            for r in &ranks {
+                prop_assert_eq!(r.iter().map(Vec::len).sum::<usize>(), per_rank);
+            }
+            let mut covered: Vec<usize> = ranks.iter().flatten().flatten().copied().collect();
+            covered.sort();
+            covered.dedup();
+            prop_assert_eq!(covered, (0..len).collect::<Vec<_>>());
+            if len % (batch * world) == 0 {
+                for (b, want) in single.iter().enumerate() {
+                    let mut got: Vec<usize> = ranks.iter().flat_map(|r| r[b].clone()).collect();
+                    got.sort();
+                    let mut want = want.clone();
+                    want.sort();
+                    prop_assert_eq!(got, want);
+                }
+            }
+            if world == 1 {
+                prop_assert_eq!(&ranks[0], &single);
             }
         }
     }

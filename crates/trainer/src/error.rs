@@ -25,10 +25,13 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, message: String },
     /// The loss stopped being a number; the last good checkpoint is kept.
     #[error(
-        "loss is {loss} at step {step} (epoch {epoch:.2}); stopping. Last good checkpoint: {last_checkpoint}"
+        "loss is {loss}{on} at step {step} (epoch {epoch:.2}); stopping. Last good checkpoint: {last_checkpoint}"
     )]
     NonFinite {
         loss: f32,
+        /// Empty in one process; with several, " on rank R of N" naming every rank
+        /// whose loss was not a number, and each one's loss.
+        on: String,
         step: usize,
         epoch: f64,
         last_checkpoint: String,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use berth_collate::{
-    BatchSampler, DistributedSampler, LengthGroupedSampler, Padding, RandomSampler,
+    BatchSampler, DistributedLengthGroupedSampler, DistributedSampler, LengthGroupedSampler,
+    Padding, RandomSampler,
 };
 use berth_collective::{Collective, SingleProcess};
 use berth_data::tokenizers::Tokenizer;
@@ -39,12 +40,45 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 }
 
 /// One optimizer step's accumulated gradients, its loss (the window's mean) and its
-/// real tokens; `non_finite` holds a micro-batch's loss that was not a number.
+/// real tokens; `non_finite` holds a micro-batch's loss that was not a number, and
+/// `non_finite_on` the ranks it was not a number on (empty in one process).
 pub(crate) struct Window {
     pub grads: Grads,
     pub loss: f64,
     pub tokens: u64,
     pub non_finite: Option<f32>,
+    pub non_finite_on: String,
+}
+
+/// Gathers each rank's non-finite loss (every rank calls it, once some rank's loss
+/// was not a number): the first such loss, and " on rank R of N" naming each rank
+/// whose loss was not a number, with its loss when there are several.
+fn non_finite_ranks(
+    c: &dyn berth_collective::Collective,
+    mine: Option<f32>,
+) -> Result<(f32, String)> {
+    let mut bytes = vec![u8::from(mine.is_some())];
+    bytes.extend(mine.unwrap_or(0.0).to_le_bytes());
+    let bad: Vec<(usize, f32)> = c
+        .all_gather_bytes(&bytes)?
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.len() == 5 && b[0] == 1)
+        .map(|(r, b)| (r, f32::from_le_bytes([b[1], b[2], b[3], b[4]])))
+        .collect();
+    let world = c.world_size();
+    let on = match bad.as_slice() {
+        [] => format!(" on some rank of {world}"),
+        [(r, _)] => format!(" on rank {r} of {world}"),
+        many => format!(
+            " on ranks {} of {world}",
+            many.iter()
+                .map(|(r, l)| format!("{r} ({l})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Ok((bad.first().map_or(f32::NAN, |b| b.1), on))
 }
 
 /// A dropout seed per (run seed, optimizer step, micro-batch): resuming at a step
@@ -209,6 +243,7 @@ impl Trainer {
             loss: 0.0,
             tokens: 0,
             non_finite: None,
+            non_finite_on: String::new(),
         };
         for (micro, (batch, weights)) in self.window_batches(group, epoch)?.iter().enumerate() {
             let t0 = Instant::now();
@@ -250,8 +285,11 @@ impl Trainer {
             w.loss = sums[0];
             w.tokens = sums[1] as u64;
             if sums[2] > 0.0 {
-                // Some rank's loss is not a number: every rank stops at this step.
-                w.non_finite = Some(w.non_finite.unwrap_or(f32::NAN));
+                // Some rank's loss is not a number: every rank stops at this step, and
+                // every rank's error names the ranks it diverged on.
+                let (loss, on) = non_finite_ranks(c, w.non_finite)?;
+                w.non_finite = Some(loss);
+                w.non_finite_on = on;
                 return Ok(w);
             }
             opt.all_reduce(&mut w.grads, c)?;
@@ -263,8 +301,17 @@ impl Trainer {
         let t = &self.config.training;
         let n = self.data.train.rows.len();
         let c = self.collective.as_ref();
-        if c.world_size() > 1 {
-            // `group_by_length` is refused with several ranks (see `train`).
+        if c.world_size() > 1 && t.group_by_length {
+            DistributedLengthGroupedSampler {
+                lengths: self.data.train.rows.lengths(),
+                batch_size: t.per_device_train_batch_size,
+                seed: t.seed,
+                drop_last: t.dataloader_drop_last,
+                rank: c.rank(),
+                world_size: c.world_size(),
+            }
+            .batches(epoch)
+        } else if c.world_size() > 1 {
             DistributedSampler {
                 len: n,
                 batch_size: t.per_device_train_batch_size,
@@ -326,12 +373,6 @@ impl Trainer {
         let out = t.output_dir.clone();
         let world = self.collective.world_size();
         let main = self.collective.is_main();
-        if world > 1 && t.group_by_length {
-            return Err(TrainError::Config(format!(
-                "group_by_length is not supported with {world} data-parallel ranks yet: \
-                 turn it off (each rank takes its shard of a random permutation)"
-            )));
-        }
         if main {
             std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
             write_atomic(
@@ -495,6 +536,7 @@ impl Trainer {
                     log.progress.finish();
                     return Err(TrainError::NonFinite {
                         loss,
+                        on: window.non_finite_on.clone(),
                         step: state.global_step + 1,
                         epoch: state.epoch,
                         last_checkpoint: control
@@ -899,4 +941,78 @@ pub(crate) fn load_model(
         model.set_compute_dtype(DType::BF16);
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_collective::{Collective, CollectiveError};
+
+    /// Ranks whose `all_gather_bytes` answers are scripted: rank 0 of as many ranks
+    /// as answers, each answer the bytes a rank would send.
+    struct Gathered(Vec<Vec<u8>>);
+
+    impl Collective for Gathered {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            self.0.len()
+        }
+        fn local_rank(&self) -> usize {
+            0
+        }
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) -> std::result::Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, _: &mut [f64]) -> std::result::Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn broadcast(&self, _: &mut [f32], _: usize) -> std::result::Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn all_gather_u64(&self, v: u64) -> std::result::Result<Vec<u64>, CollectiveError> {
+            Ok(vec![v; self.0.len()])
+        }
+        fn all_gather_bytes(&self, _: &[u8]) -> std::result::Result<Vec<Vec<u8>>, CollectiveError> {
+            Ok(self.0.clone())
+        }
+        fn barrier(&self) -> std::result::Result<(), CollectiveError> {
+            Ok(())
+        }
+        fn abort(&self, code: i32) -> ! {
+            panic!("abort {code}")
+        }
+    }
+
+    fn sent(loss: Option<f32>) -> Vec<u8> {
+        let mut b = vec![u8::from(loss.is_some())];
+        b.extend(loss.unwrap_or(0.0).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_non_finite_loss_names_the_ranks_it_was_not_a_number_on() {
+        let one = Gathered(vec![sent(None), sent(Some(f32::INFINITY)), sent(None)]);
+        let (loss, on) = non_finite_ranks(&one, None).unwrap();
+        assert_eq!((loss, on.as_str()), (f32::INFINITY, " on rank 1 of 3"));
+        let two = Gathered(vec![sent(Some(f32::NAN)), sent(Some(f32::INFINITY))]);
+        let (loss, on) = non_finite_ranks(&two, Some(f32::NAN)).unwrap();
+        assert!(loss.is_nan());
+        assert_eq!(on, " on ranks 0 (NaN), 1 (inf) of 2");
+        let e = TrainError::NonFinite {
+            loss,
+            on,
+            step: 3,
+            epoch: 0.5,
+            last_checkpoint: "none saved yet".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "loss is NaN on ranks 0 (NaN), 1 (inf) of 2 at step 3 (epoch 0.50); stopping. Last good checkpoint: none saved yet"
+        );
+    }
 }
