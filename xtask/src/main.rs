@@ -773,6 +773,51 @@ fn bench_long_docs(args: &[String]) -> Result<()> {
     }
     let ratio = rows[1].3.1 / rows[0].3.1;
     println!("peak RSS, {chunks} chunks / 4 chunks with group {group}: {ratio:.2}x (goal <= 1.3x)");
+    // Prediction with the trained run, no chunk_group_size: a batch's chunks run
+    // `--batch-size` at a time whatever a text's length; the baseline is a batch
+    // size that holds every chunk in one forward (how prediction ran before).
+    let predict = |data: &Path, batch: usize| -> Result<(f64, f64)> {
+        let mut cmd = Command::new(&berth);
+        cmd.arg("predict")
+            .arg("--model")
+            .arg(work.join("run"))
+            .arg("--input")
+            .arg(data)
+            .arg("--output")
+            .arg(work.join("predicted.jsonl"))
+            .args(["--chunk-size", "126", "--stride", "126", "--device", "cpu"])
+            .args(["--batch-size", &batch.to_string()]);
+        timed(&mut cmd)
+    };
+    let mut predicted = vec![
+        (format!("predict 4 chunks, batch 32"), 4, 32, predict(&short, 32)?),
+        (
+            format!("predict {chunks} chunks, batch 32 (32 chunks per forward)"),
+            chunks,
+            32,
+            predict(&long, 32)?,
+        ),
+    ];
+    if baseline {
+        let all = 2 * chunks;
+        predicted.push((
+            format!("predict {chunks} chunks, batch {all} (every chunk in one forward)"),
+            chunks,
+            all,
+            predict(&long, all)?,
+        ));
+    }
+    println!("\n| run | wall s | peak RSS MiB |\n| --- | --- | --- |");
+    for (what, _, _, (wall, rss)) in &predicted {
+        println!("| {what} | {wall:.2} | {rss:.0} |");
+    }
+    for (_, n, b, (wall, rss)) in &predicted {
+        println!(
+            "{{\"bench\":\"long-docs-predict\",\"chunks_per_text\":{n},\"batch_size\":{b},\"wall_s\":{wall},\"peak_rss_mib\":{rss:.1}}}"
+        );
+    }
+    let ratio = predicted[1].3.1 / predicted[0].3.1;
+    println!("predict peak RSS, {chunks} chunks / 4 chunks: {ratio:.2}x");
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -226,10 +226,11 @@ struct PredictArgs {
     #[arg(long, default_value = "mean")]
     pool: String,
     /// At most this many chunks per forward pass, however long a text (bounded
-    /// memory); by default all chunks of a batch's texts at once.
+    /// memory); by default `--batch-size` chunks.
     #[arg(long)]
     chunk_group_size: Option<usize>,
-    /// Texts per forward pass.
+    /// Texts per batch; with chunking, chunks per forward pass too (a long text's
+    /// chunks span several).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// The branch, tag or commit of a hub `--model`.

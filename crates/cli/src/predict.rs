@@ -95,6 +95,7 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         a.revision.as_deref(),
         a.device.parse()?,
         Precision::F32,
+        a.batch_size,
     )?;
     // `--input -`: JSON Lines on stdin, kept in a temp file for the loader.
     let stdin_copy = (a.input.input == "-")

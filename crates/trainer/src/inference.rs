@@ -54,13 +54,15 @@ impl Inference {
         })
     }
 
-    /// For `berth predict`: `task` on `model` without a run config.
+    /// For `berth predict`: `task` on `model` without a run config, `batch_size`
+    /// rows per forward.
     pub fn for_prediction(
         task: TaskConfig,
         model: &str,
         revision: Option<&str>,
         device: DeviceSpec,
         precision: Precision,
+        batch_size: usize,
     ) -> Result<Self> {
         let mut config = RunConfig {
             task,
@@ -72,6 +74,7 @@ impl Inference {
         };
         config.training.device = device;
         config.training.precision = precision;
+        config.training.per_device_eval_batch_size = batch_size.max(1);
         Self::load(&config)
     }
 

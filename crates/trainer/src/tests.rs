@@ -526,6 +526,43 @@ fn grouped_chunks_give_the_gradients_of_one_pass() {
 }
 
 #[test]
+fn evaluation_in_groups_of_the_eval_batch_gives_one_forwards_pooled_logits() {
+    // 9 texts of 1 to 9 chunks (45 rows): evaluated 2 rows per forward, a text's
+    // chunks spanning up to 5 forwards, the pooled logits and loss are those of one
+    // forward over every row.
+    let root = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(root.path());
+    let evaluate = |rows_per_forward: usize, pool: berth_model::Pool| {
+        let mut run = config(
+            &root.path().join("out"),
+            &[&format!("per_device_eval_batch_size={rows_per_forward}")],
+        );
+        run.task = TaskConfig::ChunkClassification {
+            chunking: ChunkingConfig {
+                pool,
+                ..ChunkingConfig::default()
+            },
+        };
+        let t = trainer(run, &dir, Rows::new(chunked_texts()));
+        let batch = t.task.batch(&t.data.train.rows, &(0..9).collect::<Vec<_>>(), 0).unwrap();
+        let out = t.model.forward(&batch, &berth_model::Mode::eval()).unwrap();
+        (
+            out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            out.loss.unwrap().to_scalar::<f32>().unwrap(),
+        )
+    };
+    for pool in [berth_model::Pool::Mean, berth_model::Pool::Max] {
+        let (one, loss_one) = evaluate(64, pool);
+        let (grouped, loss_grouped) = evaluate(2, pool);
+        assert_eq!(one.len(), 9 * 2);
+        for (a, b) in one.iter().zip(&grouped) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{pool:?}: {a} vs {b}");
+        }
+        assert!((loss_one - loss_grouped).abs() <= 1e-5, "{pool:?}");
+    }
+}
+
+#[test]
 fn train_chunks_per_doc_samples_per_epoch_and_evaluation_reads_every_chunk() {
     let root = tempfile::tempdir().unwrap();
     let dir = tiny_model_dir(root.path());

@@ -924,6 +924,7 @@ pub(crate) fn build_task(
         },
         pad_id: berth_data::special_tokens(tokenizer)?.pad,
         device: device.clone(),
+        eval_rows: config.training.per_device_eval_batch_size,
     })
 }
 

@@ -96,6 +96,7 @@ pub(super) struct Chunker {
     pad_id: u32,
     seed: u64,
     device: Device,
+    eval_rows: usize,
 }
 
 impl Chunker {
@@ -107,6 +108,7 @@ impl Chunker {
             pad_id: cx.pad_id,
             seed: cx.seed,
             device: cx.device.clone(),
+            eval_rows: cx.eval_rows.max(1),
         })
     }
 
@@ -196,8 +198,27 @@ impl Chunker {
             model: ChunkPooledClassifier::new(config, params, self.config.pool)?,
             loss,
             group: self.config.chunk_group_size,
+            eval_group: self.eval_rows,
         }))
     }
+}
+
+/// The row groups `(first, n)` that `rows` chunk rows run in: `group` rows at a
+/// time when set; else all at once in training (one pass) and `eval_group` at a
+/// time in evaluation and prediction.
+fn chunk_groups(
+    rows: usize,
+    group: Option<usize>,
+    eval_group: usize,
+    train: bool,
+) -> Vec<(usize, usize)> {
+    let n = match (group, train) {
+        (Some(g), _) => g,
+        (None, true) => rows,
+        (None, false) => eval_group,
+    }
+    .max(1);
+    (0..rows).step_by(n).map(|s| (s, n.min(rows - s))).collect()
 }
 
 /// `k` distinct chunk indices of `0..n`, sorted, drawn from (seed, epoch, text).
@@ -233,10 +254,16 @@ pub(super) enum PooledLoss {
 /// group backpropagating its logits times that gradient. The sum over groups is the
 /// one-pass gradient, for one extra forward. Each group's dropout masks are those
 /// of the whole batch ([`Mode::starting_at_sample`]), so pass 1 and pass 2 agree.
+///
+/// Evaluation and prediction run a batch's chunks `group` at a time, else
+/// `eval_group` (the eval batch size) at a time: a text's chunks may span several
+/// forwards, and their logits are pooled once the text's last chunk is in, so the
+/// memory of a forward does not grow with a text's length.
 struct PooledHead {
     model: ChunkPooledClassifier,
     loss: PooledLoss,
     group: Option<usize>,
+    eval_group: usize,
 }
 
 impl PooledHead {
@@ -262,10 +289,10 @@ impl PooledHead {
             .forward(&ids, Some(&types), Some(&mask), &m)?)
     }
 
-    /// Chunk row groups `(first, n)`: one of all rows when ungrouped.
-    fn groups(&self, rows: usize) -> Vec<(usize, usize)> {
-        let n = self.group.unwrap_or(rows).max(1);
-        (0..rows).step_by(n).map(|s| (s, n.min(rows - s))).collect()
+    /// Chunk row groups `(first, n)` of a forward in `mode`: in training one of all
+    /// rows when ungrouped; in evaluation at most `eval_group` rows each.
+    fn groups(&self, rows: usize, mode: &Mode) -> Vec<(usize, usize)> {
+        chunk_groups(rows, self.group, self.eval_group, mode.is_train())
     }
 
     fn offsets<'b>(&self, b: &'b TaskBatch) -> Result<&'b [usize]> {
@@ -288,7 +315,7 @@ impl Head for PooledHead {
         // One group (the whole batch) when ungrouped; each group draws the masks of
         // one pass over the batch, so the groups' logits are one pass's rows.
         let mut parts = self
-            .groups(b.input_ids.dim(0)?)
+            .groups(b.input_ids.dim(0)?, mode)
             .into_iter()
             .map(|(s, n)| self.rows(b, s, n, mode))
             .collect::<Result<Vec<_>>>()?;
@@ -328,7 +355,7 @@ impl Head for PooledHead {
             .clone();
         drop(d);
         // Pass 2: each group again with a graph, its logits weighted by their gradient.
-        for (s, n) in self.groups(d_logits.dim(0)?) {
+        for (s, n) in self.groups(d_logits.dim(0)?, mode) {
             let group = self.rows(b, s, n, mode)?;
             let g = d_logits.narrow(0, s, n)?.to_dtype(group.dtype())?.detach();
             sink((group * g)?.sum_all()?.backward()?)?;
@@ -390,6 +417,19 @@ impl Task for ChunkClassification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluation_runs_chunks_in_groups_of_the_eval_batch_size() {
+        // Training without chunk_group_size: one pass over every row.
+        assert_eq!(chunk_groups(7, None, 2, true), vec![(0, 7)]);
+        // Evaluation: at most eval_group rows per forward, a text's chunks spanning
+        // several.
+        assert_eq!(chunk_groups(7, None, 3, false), vec![(0, 3), (3, 3), (6, 1)]);
+        // chunk_group_size, when set, is the group in both.
+        assert_eq!(chunk_groups(5, Some(2), 3, true), vec![(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(chunk_groups(5, Some(2), 3, false), vec![(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(chunk_groups(0, None, 3, false), vec![]);
+    }
 
     #[test]
     fn the_report_counts_chunks_per_text() {

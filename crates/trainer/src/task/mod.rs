@@ -67,6 +67,9 @@ pub struct TaskContext<'a> {
     /// The tokenizer's pad id, which every batch pads with.
     pub pad_id: u32,
     pub device: Device,
+    /// The most rows one forward holds in evaluation and prediction (the eval batch
+    /// size): a long text's chunks run in groups of this many, whatever its length.
+    pub eval_rows: usize,
 }
 
 /// What prediction writes beside the logits.
