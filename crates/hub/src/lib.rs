@@ -308,6 +308,145 @@ mod tests {
         assert!(head.contains("authorization: bearer hf_test"), "{head}");
     }
 
+    /// A hub at `HF_ENDPOINT` that has `files` at `revision` (commit `sha`), as
+    /// huggingface.co answers hf-hub: the repo info, then per file a one-byte range
+    /// for its etag, commit and size, then the bytes from an offset. Every request
+    /// line and its authorization header are recorded.
+    fn fake_hub(
+        revision: &'static str,
+        sha: &'static str,
+        files: &'static [(&'static str, &'static [u8])],
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let line = head.lines().next().unwrap_or_default().to_string();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                log.lock()
+                    .unwrap()
+                    .push(format!("{line} | {}", header("authorization")));
+                let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                let (status, extra, body): (&str, String, Vec<u8>) = if path
+                    == format!("/api/models/owner/name/revision/{revision}")
+                {
+                    let siblings: Vec<String> = files
+                        .iter()
+                        .map(|(f, _)| format!("{{\"rfilename\":\"{f}\"}}"))
+                        .collect();
+                    let json = format!(
+                        "{{\"siblings\":[{}],\"sha\":\"{sha}\"}}",
+                        siblings.join(",")
+                    );
+                    ("200 OK", String::new(), json.into_bytes())
+                } else if let Some((_, data)) = files
+                    .iter()
+                    .find(|(f, _)| path == format!("/owner/name/resolve/{revision}/{f}"))
+                {
+                    // "bytes=0-0" (metadata) or "bytes=N-" (the download).
+                    let range = header("range");
+                    let spec = range.trim_start_matches("bytes=");
+                    let (from, to) = spec.split_once('-').unwrap_or(("0", ""));
+                    let from: usize = from.parse().unwrap_or(0);
+                    let to: usize = to
+                        .parse()
+                        .map_or(data.len().saturating_sub(1), |t: usize| t);
+                    let body = data[from.min(data.len())..=to.min(data.len() - 1)].to_vec();
+                    let extra = format!(
+                        "x-repo-commit: {sha}\r\netag: \"etag-{}\"\r\nContent-Range: bytes {from}-{to}/{}\r\n",
+                        data.len(),
+                        data.len()
+                    );
+                    ("206 Partial Content", extra, body)
+                } else {
+                    ("404 Not Found", String::new(), Vec::new())
+                };
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = s.write_all(&body);
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[test]
+    fn files_download_from_the_endpoint_into_the_cache_layout() {
+        const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+        static FILES: [(&str, &[u8]); 2] = [
+            ("config.json", b"{\"hidden_size\": 4}"),
+            ("vocab.txt", b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n"),
+        ];
+        let (endpoint, seen) = fake_hub("v1", SHA, &FILES);
+        let dir = tempfile_dir();
+        let opts = HubOptions {
+            cache_dir: dir.clone(),
+            offline: false,
+            revision: "v1".into(),
+            token: Some("hf_test".into()),
+            endpoint: Some(endpoint),
+            // hf-hub's indicatif bar; with stderr not a terminal it draws nothing.
+            progress: true,
+        };
+        let files = hub_files("owner/name", RepoType::Model, &opts, &|_| true).unwrap();
+        let names: Vec<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(names, vec!["config.json", "vocab.txt"]);
+        for ((_, path), (_, want)) in files.iter().zip(&FILES) {
+            assert_eq!(std::fs::read(path).unwrap(), *want, "{}", path.display());
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.len(),
+            5,
+            "info, then a range and a download per file: {seen:?}"
+        );
+        assert!(
+            seen[0].starts_with("GET /api/models/owner/name/revision/v1 "),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().all(|l| l.ends_with("| Bearer hf_test")),
+            "{seen:?}"
+        );
+        // The layout hf-hub and huggingface_hub share: the tag's ref names the
+        // commit, whose snapshot holds the files; offline finds them there.
+        let repo = dir.join("models--owner--name");
+        assert_eq!(
+            std::fs::read_to_string(repo.join("refs/v1"))
+                .unwrap()
+                .trim(),
+            SHA
+        );
+        assert!(repo.join("snapshots").join(SHA).join("vocab.txt").exists());
+        let offline = HubOptions::offline(&dir).at_revision(Some("v1"));
+        let again = hub_files("owner/name", RepoType::Model, &offline, &|f| {
+            f == "vocab.txt"
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&again[0].1).unwrap(), FILES[1].1);
+    }
+
     fn tempfile_dir() -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
