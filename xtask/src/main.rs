@@ -790,7 +790,12 @@ fn bench_long_docs(args: &[String]) -> Result<()> {
         timed(&mut cmd)
     };
     let mut predicted = vec![
-        (format!("predict 4 chunks, batch 32"), 4, 32, predict(&short, 32)?),
+        (
+            format!("predict 4 chunks, batch 32"),
+            4,
+            32,
+            predict(&short, 32)?,
+        ),
         (
             format!("predict {chunks} chunks, batch 32 (32 chunks per forward)"),
             chunks,

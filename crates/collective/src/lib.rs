@@ -140,6 +140,53 @@ impl Collective for SingleProcess {
     }
 }
 
+/// A test double for code that reads other ranks' answers: rank 0 of as many ranks
+/// as it has scripted answers; the gathers return what each rank is scripted to
+/// send, reductions and broadcasts leave the buffer as it is, `abort` panics.
+#[derive(Clone, Debug, Default)]
+pub struct Scripted {
+    /// What `all_gather_u64` returns, one value per rank.
+    pub u64s: Vec<u64>,
+    /// What `all_gather_bytes` returns, one buffer per rank.
+    pub bytes: Vec<Vec<u8>>,
+}
+
+impl Collective for Scripted {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        self.u64s.len().max(self.bytes.len()).max(1)
+    }
+    fn local_rank(&self) -> usize {
+        0
+    }
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather_u64(&self, _value: u64) -> Result<Vec<u64>> {
+        Ok(self.u64s.clone())
+    }
+    fn all_gather_bytes(&self, _bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(self.bytes.clone())
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        panic!("abort({code})")
+    }
+}
+
 /// How many processes the launcher of this one started (OpenMPI's mpirun,
 /// MPICH/PMI, Slurm's srun, torchrun), if one did: a command that runs in one process
 /// only (eval, predict) refuses more.
@@ -263,56 +310,21 @@ mod tests {
         }
     }
 
-    /// Ranks that report different values: what `check_equal` sees on a mismatch.
-    struct Gathered(Vec<u64>);
-
-    impl Collective for Gathered {
-        fn rank(&self) -> usize {
-            0
-        }
-        fn world_size(&self) -> usize {
-            self.0.len()
-        }
-        fn local_rank(&self) -> usize {
-            0
-        }
-        fn backend(&self) -> &'static str {
-            "test"
-        }
-        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
-            Ok(())
-        }
-        fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<()> {
-            Ok(())
-        }
-        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
-            Ok(())
-        }
-        fn all_gather_u64(&self, _: u64) -> Result<Vec<u64>> {
-            Ok(self.0.clone())
-        }
-        fn all_gather_bytes(&self, b: &[u8]) -> Result<Vec<Vec<u8>>> {
-            Ok(vec![b.to_vec(); self.0.len()])
-        }
-        fn barrier(&self) -> Result<()> {
-            Ok(())
-        }
-        fn abort(&self, code: i32) -> ! {
-            panic!("abort {code}")
-        }
-    }
-
     #[test]
     fn a_checksum_that_differs_names_every_rank() {
-        let e = Gathered(vec![1, 1, 2]).check_equal(1, "the weights' checksum");
+        let gathered = |u64s: Vec<u64>| Scripted {
+            u64s,
+            ..Scripted::default()
+        };
+        let e = gathered(vec![1, 1, 2]).check_equal(1, "the weights' checksum");
         assert_eq!(
             e.unwrap_err().to_string(),
             "the weights' checksum differs across ranks (rank 0: 0000000000000001, rank 1: 0000000000000001, rank 2: 0000000000000002): the ranks no longer train the same model"
         );
-        Gathered(vec![5, 5]).check_equal(5, "x").unwrap();
+        gathered(vec![5, 5]).check_equal(5, "x").unwrap();
         // The mean divides the sum by the world size.
         let mut v = vec![4.0f32];
-        Gathered(vec![0, 0]).all_reduce_mean(&mut v).unwrap();
+        gathered(vec![0, 0]).all_reduce_mean(&mut v).unwrap();
         assert_eq!(v, vec![2.0]);
     }
 }

@@ -544,7 +544,10 @@ fn evaluation_in_groups_of_the_eval_batch_gives_one_forwards_pooled_logits() {
             },
         };
         let t = trainer(run, &dir, Rows::new(chunked_texts()));
-        let batch = t.task.batch(&t.data.train.rows, &(0..9).collect::<Vec<_>>(), 0).unwrap();
+        let batch = t
+            .task
+            .batch(&t.data.train.rows, &(0..9).collect::<Vec<_>>(), 0)
+            .unwrap();
         let out = t.model.forward(&batch, &berth_model::Mode::eval()).unwrap();
         (
             out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -556,7 +559,10 @@ fn evaluation_in_groups_of_the_eval_batch_gives_one_forwards_pooled_logits() {
         let (grouped, loss_grouped) = evaluate(2, pool);
         assert_eq!(one.len(), 9 * 2);
         for (a, b) in one.iter().zip(&grouped) {
-            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{pool:?}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "{pool:?}: {a} vs {b}"
+            );
         }
         assert!((loss_one - loss_grouped).abs() <= 1e-5, "{pool:?}");
     }

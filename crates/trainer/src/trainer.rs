@@ -947,45 +947,13 @@ pub(crate) fn load_model(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_collective::{Collective, CollectiveError};
+    use berth_collective::Scripted;
 
-    /// Ranks whose `all_gather_bytes` answers are scripted: rank 0 of as many ranks
-    /// as answers, each answer the bytes a rank would send.
-    struct Gathered(Vec<Vec<u8>>);
-
-    impl Collective for Gathered {
-        fn rank(&self) -> usize {
-            0
-        }
-        fn world_size(&self) -> usize {
-            self.0.len()
-        }
-        fn local_rank(&self) -> usize {
-            0
-        }
-        fn backend(&self) -> &'static str {
-            "test"
-        }
-        fn all_reduce_sum(&self, _: &mut [f32]) -> std::result::Result<(), CollectiveError> {
-            Ok(())
-        }
-        fn all_reduce_sum_f64(&self, _: &mut [f64]) -> std::result::Result<(), CollectiveError> {
-            Ok(())
-        }
-        fn broadcast(&self, _: &mut [f32], _: usize) -> std::result::Result<(), CollectiveError> {
-            Ok(())
-        }
-        fn all_gather_u64(&self, v: u64) -> std::result::Result<Vec<u64>, CollectiveError> {
-            Ok(vec![v; self.0.len()])
-        }
-        fn all_gather_bytes(&self, _: &[u8]) -> std::result::Result<Vec<Vec<u8>>, CollectiveError> {
-            Ok(self.0.clone())
-        }
-        fn barrier(&self) -> std::result::Result<(), CollectiveError> {
-            Ok(())
-        }
-        fn abort(&self, code: i32) -> ! {
-            panic!("abort {code}")
+    /// Rank 0 of as many ranks as `bytes`, each rank's gather answer scripted.
+    fn gathered(bytes: Vec<Vec<u8>>) -> Scripted {
+        Scripted {
+            bytes,
+            ..Scripted::default()
         }
     }
 
@@ -997,10 +965,10 @@ mod tests {
 
     #[test]
     fn a_non_finite_loss_names_the_ranks_it_was_not_a_number_on() {
-        let one = Gathered(vec![sent(None), sent(Some(f32::INFINITY)), sent(None)]);
+        let one = gathered(vec![sent(None), sent(Some(f32::INFINITY)), sent(None)]);
         let (loss, on) = non_finite_ranks(&one, None).unwrap();
         assert_eq!((loss, on.as_str()), (f32::INFINITY, " on rank 1 of 3"));
-        let two = Gathered(vec![sent(Some(f32::NAN)), sent(Some(f32::INFINITY))]);
+        let two = gathered(vec![sent(Some(f32::NAN)), sent(Some(f32::INFINITY))]);
         let (loss, on) = non_finite_ranks(&two, Some(f32::NAN)).unwrap();
         assert!(loss.is_nan());
         assert_eq!(on, " on ranks 0 (NaN), 1 (inf) of 2");

@@ -424,10 +424,19 @@ mod tests {
         assert_eq!(chunk_groups(7, None, 2, true), vec![(0, 7)]);
         // Evaluation: at most eval_group rows per forward, a text's chunks spanning
         // several.
-        assert_eq!(chunk_groups(7, None, 3, false), vec![(0, 3), (3, 3), (6, 1)]);
+        assert_eq!(
+            chunk_groups(7, None, 3, false),
+            vec![(0, 3), (3, 3), (6, 1)]
+        );
         // chunk_group_size, when set, is the group in both.
-        assert_eq!(chunk_groups(5, Some(2), 3, true), vec![(0, 2), (2, 2), (4, 1)]);
-        assert_eq!(chunk_groups(5, Some(2), 3, false), vec![(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(
+            chunk_groups(5, Some(2), 3, true),
+            vec![(0, 2), (2, 2), (4, 1)]
+        );
+        assert_eq!(
+            chunk_groups(5, Some(2), 3, false),
+            vec![(0, 2), (2, 2), (4, 1)]
+        );
         assert_eq!(chunk_groups(0, None, 3, false), vec![]);
     }
 
