@@ -791,7 +791,7 @@ fn bench_long_docs(args: &[String]) -> Result<()> {
     };
     let mut predicted = vec![
         (
-            format!("predict 4 chunks, batch 32"),
+            "predict 4 chunks, batch 32".to_string(),
             4,
             32,
             predict(&short, 32)?,

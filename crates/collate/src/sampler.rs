@@ -120,6 +120,8 @@ pub struct LengthGroupedSampler {
     pub lengths: Vec<usize>,
     pub batch_size: usize,
     pub seed: u64,
+    /// Drop the last batch when it is short (HF's `dataloader_drop_last`).
+    pub drop_last: bool,
 }
 
 impl LengthGroupedSampler {
@@ -151,7 +153,7 @@ impl LengthGroupedSampler {
 
 impl BatchSampler for LengthGroupedSampler {
     fn batches(&self, epoch: u64) -> Vec<Vec<usize>> {
-        fixed_batches(self.order(epoch), self.batch_size, false)
+        fixed_batches(self.order(epoch), self.batch_size, self.drop_last)
     }
 }
 
@@ -161,7 +163,8 @@ impl BatchSampler for LengthGroupedSampler {
 /// Rank `r`'s batch `b` and the other ranks' batch `b` together hold the
 /// length-grouped batch `b` of one process with `batch_size * world_size` (when the
 /// length divides evenly), so the ranks of a step pad to similar lengths and one rank
-/// is the single-process sampler. HF's older `DistributedLengthGroupedSampler` shards
+/// is the single-process sampler. The padding repeats the start of the order, which
+/// here holds the epoch's longest items (as HF's sampler pads). HF's older `DistributedLengthGroupedSampler` shards
 /// the same way but groups by the per-process batch size.
 #[derive(Clone, Debug)]
 pub struct DistributedLengthGroupedSampler {
@@ -179,6 +182,7 @@ impl BatchSampler for DistributedLengthGroupedSampler {
             lengths: self.lengths.clone(),
             batch_size: self.batch_size.max(1) * self.world_size.max(1),
             seed: self.seed,
+            drop_last: false,
         };
         fixed_batches(
             shard(global.order(epoch), self.rank, self.world_size),
@@ -251,6 +255,7 @@ impl BatchSampler for TokenBudgetSampler {
                 lengths: self.shapes.iter().map(|s| s.rows * s.max_len).collect(),
                 batch_size: self.max_items,
                 seed: self.seed,
+                drop_last: false,
             }
             .order(epoch)
         } else {
@@ -386,7 +391,7 @@ mod tests {
             epoch in 0u64..3,
         ) {
             let len = lengths.len();
-            let single = LengthGroupedSampler { lengths: lengths.clone(), batch_size: batch * world, seed }
+            let single = LengthGroupedSampler { lengths: lengths.clone(), batch_size: batch * world, seed, drop_last: false }
                 .batches(epoch);
             let ranks: Vec<Vec<Vec<usize>>> = (0..world)
                 .map(|rank| {
@@ -451,8 +456,19 @@ mod tests {
             lengths: lengths.clone(),
             batch_size: 8,
             seed: 0,
+            drop_last: false,
         };
         let batches = g.batches(0);
+        // 400 = 50 x 8: nothing to drop; with 403 items the short batch goes.
+        let mut three_more = lengths.clone();
+        three_more.extend([1, 2, 3]);
+        let drop = LengthGroupedSampler {
+            lengths: three_more,
+            drop_last: true,
+            ..g.clone()
+        };
+        assert_eq!(drop.batches(0).len(), 50);
+        assert!(drop.batches(0).iter().all(|b| b.len() == 8));
         assert_eq!(lengths[batches[0][0]], *lengths.iter().max().unwrap());
         assert_eq!(flat(&batches), (0..400).collect::<Vec<_>>());
         let random = RandomSampler {
@@ -494,7 +510,7 @@ mod tests {
             let want: Vec<usize> = (0..n).collect();
             prop_assert_eq!(flat(&SequentialSampler { len: n, batch_size: bs, drop_last: false }.batches(epoch)), want.clone());
             prop_assert_eq!(flat(&RandomSampler { len: n, batch_size: bs, seed, drop_last: false }.batches(epoch)), want.clone());
-            prop_assert_eq!(flat(&LengthGroupedSampler { lengths, batch_size: bs, seed }.batches(epoch)), want.clone());
+            prop_assert_eq!(flat(&LengthGroupedSampler { lengths, batch_size: bs, seed, drop_last: false }.batches(epoch)), want.clone());
             let tb = TokenBudgetSampler::new(shapes, 1024, bs, seed, true).unwrap();
             prop_assert_eq!(flat(&tb.batches(epoch)), want);
         }

@@ -326,6 +326,7 @@ impl Trainer {
                 lengths: self.data.train.rows.lengths(),
                 batch_size: t.per_device_train_batch_size,
                 seed: t.seed,
+                drop_last: t.dataloader_drop_last,
             }
             .batches(epoch)
         } else {

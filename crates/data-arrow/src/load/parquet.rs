@@ -275,6 +275,52 @@ mod tests {
     }
 
     #[test]
+    fn page_headers_with_long_statistics_pass_the_checks() {
+        // Untruncated page statistics of 40 KB texts: each page header is longer than
+        // the first window the walk reads, which grows to hold it.
+        use arrow::array::StringArray;
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::properties::{EnabledStatistics, WriterProperties};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long-stats.parquet");
+        let text: Vec<String> = (0..6u8)
+            .map(|i| char::from(b'a' + i).to_string().repeat(40_000))
+            .collect();
+        let batch =
+            RecordBatch::try_from_iter([("text", Arc::new(StringArray::from(text)) as ArrayRef)])
+                .unwrap();
+        let props = WriterProperties::builder()
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_write_page_header_statistics(true)
+            .set_statistics_truncate_length(None)
+            .set_dictionary_enabled(false)
+            .set_data_page_size_limit(1024)
+            .set_write_batch_size(1)
+            .build();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let ds = load_parquet(path.to_str().unwrap(), &LoadOptions::in_memory()).unwrap();
+        assert_eq!(ds.num_rows(), 6);
+        // The first page header really is over the first window.
+        let meta = ParquetRecordBatchReaderBuilder::try_new(open(&path).unwrap())
+            .unwrap()
+            .metadata()
+            .clone();
+        let col = meta.row_group(0).column(0);
+        let pages = col.compressed_size() as u64;
+        assert!(
+            pages > 6 * 80_000,
+            "statistics written into the page headers: {pages}"
+        );
+    }
+
+    #[test]
     fn the_shared_datas_parquet_passes_the_checks() {
         let Some(data) = berth_testkit::data_dir() else {
             return;

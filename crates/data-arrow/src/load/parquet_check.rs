@@ -14,8 +14,10 @@
 //! compact protocol, bounded by the bytes that are really there: every container
 //! element takes at least one byte (a boolean element is one byte in the compact
 //! protocol), every binary's length fits in what is left, and each page lies inside
-//! its column chunk and declares an uncompressed size its codec could produce from
-//! its compressed bytes. Only then does the parquet crate parse the same bytes.
+//! its column chunk and declares an uncompressed size within its codec's bound (the
+//! format's most for Snappy, LZ4 and Deflate; Zstd, whose format allows about
+//! 32768x, is held to Deflate's as a policy; 64 MiB always). Only then does the
+//! parquet crate parse the same bytes.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -69,11 +71,28 @@ mod ty {
 struct Compact<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Whether `buf` holds every byte the value may use (a footer, or a page
+    /// header's window that reaches its chunk's end): a declared length past its
+    /// end is then invalid, else the window is too small ([`Bad::Truncated`]).
+    complete: bool,
 }
 
 impl<'a> Compact<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Compact { buf, pos: 0 }
+    fn new(buf: &'a [u8], complete: bool) -> Self {
+        Compact {
+            buf,
+            pos: 0,
+            complete,
+        }
+    }
+
+    /// `why` when the buffer is complete, else a request for more bytes.
+    fn overrun(&self, why: String) -> Bad {
+        if self.complete {
+            Bad::Invalid(why)
+        } else {
+            Bad::Truncated
+        }
     }
 
     fn left(&self) -> usize {
@@ -115,7 +134,7 @@ impl<'a> Compact<'a> {
     /// bytes left.
     fn fits(&self, n: u64, min: u64, what: &str) -> std::result::Result<(), Bad> {
         if n.saturating_mul(min) > self.left() as u64 {
-            return Err(Bad::Invalid(format!(
+            return Err(self.overrun(format!(
                 "a {what} of {n} elements in the {} bytes left",
                 self.left()
             )));
@@ -146,7 +165,7 @@ impl<'a> Compact<'a> {
             ty::BINARY => {
                 let n = self.varint()?;
                 if n > self.left() as u64 {
-                    return Err(Bad::Invalid(format!(
+                    return Err(self.overrun(format!(
                         "a binary of {n} bytes in the {} bytes left",
                         self.left()
                     )));
@@ -155,6 +174,11 @@ impl<'a> Compact<'a> {
             }
             ty::LIST | ty::SET => {
                 let h = self.byte()?;
+                if h == 0 {
+                    // An empty list written as one zero byte (fastparquet does, and
+                    // the parquet crate reads it so).
+                    return Ok(());
+                }
                 let n = match h >> 4 {
                     15 => self.varint()?,
                     n => u64::from(n),
@@ -197,7 +221,8 @@ impl<'a> Compact<'a> {
         let mut last: i16 = 0;
         loop {
             let h = self.byte()?;
-            if h == ty::STOP {
+            if h & 0x0f == ty::STOP {
+                // A stop is a zero byte; as the parquet crate, any zero type ends.
                 return Ok(());
             }
             let t = h & 0x0f;
@@ -241,9 +266,10 @@ struct PageSizes {
     header_len: usize,
 }
 
-/// Parses the PageHeader struct at the start of `buf`.
-fn page_header(buf: &[u8]) -> std::result::Result<PageSizes, Bad> {
-    let mut c = Compact::new(buf);
+/// Parses the PageHeader struct at the start of `buf` (`complete`: `buf` reaches the
+/// end of its column chunk).
+fn page_header(buf: &[u8], complete: bool) -> std::result::Result<PageSizes, Bad> {
+    let mut c = Compact::new(buf, complete);
     let (mut uncompressed, mut compressed) = (None, None);
     c.fields(0, |c, id, t| match (id, t) {
         (2, ty::I32) => {
@@ -349,7 +375,7 @@ pub(super) fn check_footer(file: &Path) -> Result<()> {
     }
     let start = len - 8 - footer_len;
     let footer = read_at(&mut f, file, start, footer_len)?;
-    let mut c = Compact::new(&footer);
+    let mut c = Compact::new(&footer, true);
     c.fields(0, |_, _, _| Ok(false)).map_err(|bad| {
         let why = match bad {
             Bad::Truncated => "it ends inside a value".into(),
@@ -370,27 +396,42 @@ pub(super) fn check_footer(file: &Path) -> Result<()> {
 /// declared uncompressed size one its codec could produce.
 pub(super) fn check_pages(file: &Path, meta: &ParquetMetaData) -> Result<()> {
     let mut f = File::open(file).map_err(|e| DataError::io(file, e))?;
+    // A footer may name one byte range in many row groups: each is walked once.
+    let mut walked = std::collections::HashSet::new();
     for (g, group) in meta.row_groups().iter().enumerate() {
         for col in group.columns() {
             let start = col
                 .dictionary_page_offset()
                 .unwrap_or(col.data_page_offset()) as u64;
             let end = start + col.compressed_size() as u64;
+            if !walked.insert((start, end, format!("{:?}", col.compression()))) {
+                continue;
+            }
             let place = |at: u64| {
                 format!(
                     "page header in row group {g}, column '{}' at byte {at}",
                     col.column_path().string()
                 )
             };
+            // The bytes read at `buf_at`: the next header is parsed from them when it
+            // starts inside, so a chunk of small pages costs one read per window.
+            let (mut buf, mut buf_at) = (Vec::new(), start);
             let mut at = start;
             while at < end {
-                let mut window = HEADER_WINDOW.min(end - at);
+                if !(at >= buf_at && at < buf_at + buf.len() as u64) {
+                    buf = read_at(&mut f, file, at, HEADER_WINDOW.min(end - at))?;
+                    buf_at = at;
+                }
                 let sizes = loop {
-                    let buf = read_at(&mut f, file, at, window)?;
-                    match page_header(&buf) {
+                    let from = (at - buf_at) as usize;
+                    let complete = buf_at + buf.len() as u64 >= end;
+                    match page_header(&buf[from..], complete) {
                         Ok(s) => break s,
-                        Err(Bad::Truncated) if window < end - at => {
-                            window = (window * 4).min(end - at);
+                        Err(Bad::Truncated) if !complete => {
+                            // Read again from the header, four times what was there.
+                            let window = ((buf.len() - from) as u64).max(HEADER_WINDOW) * 4;
+                            buf = read_at(&mut f, file, at, window.min(end - at))?;
+                            buf_at = at;
                         }
                         Err(Bad::Truncated) => {
                             return Err(corrupt(
@@ -454,7 +495,7 @@ mod tests {
     fn a_page_header_gives_its_sizes_and_length() {
         let h = header(100, 40, &[]);
         assert_eq!(
-            page_header(&h),
+            page_header(&h, true),
             Ok(PageSizes {
                 uncompressed: 100,
                 compressed: 40,
@@ -463,7 +504,11 @@ mod tests {
         );
         // Cut anywhere, it asks for more bytes.
         for cut in 0..h.len() {
-            assert_eq!(page_header(&h[..cut]), Err(Bad::Truncated), "cut {cut}");
+            assert_eq!(
+                page_header(&h[..cut], false),
+                Err(Bad::Truncated),
+                "cut {cut}"
+            );
         }
     }
 
@@ -473,7 +518,7 @@ mod tests {
         // parquet crate's skip loops 2^31 times over it without reading a byte.
         let mut bools = vec![field(6, ty::LIST), 0xF0 | ty::TRUE];
         bools.extend(varint(i32::MAX as u64));
-        let e = page_header(&header(1, 1, &bools)).unwrap_err();
+        let e = page_header(&header(1, 1, &bools), true).unwrap_err();
         assert_eq!(
             e,
             Bad::Invalid("a list of 2147483647 elements in the 1 bytes left".into())
@@ -483,33 +528,49 @@ mod tests {
         doubles.extend(varint(1 << 20));
         doubles.extend([0; 64]);
         assert!(matches!(
-            page_header(&header(1, 1, &doubles)),
+            page_header(&header(1, 1, &doubles), true),
             Err(Bad::Invalid(w)) if w.starts_with("a list of 1048576 elements")
         ));
         // A binary longer than the rest, and a map of booleans.
         let mut binary = vec![field(6, ty::BINARY)];
         binary.extend(varint(1 << 40));
         assert!(matches!(
-            page_header(&header(1, 1, &binary)),
+            page_header(&header(1, 1, &binary), true),
             Err(Bad::Invalid(w)) if w.starts_with("a binary of 1099511627776 bytes")
         ));
         let mut map = vec![field(6, ty::MAP)];
         map.extend(varint(1 << 30));
         map.push((ty::TRUE << 4) | ty::FALSE);
         assert!(matches!(
-            page_header(&header(1, 1, &map)),
+            page_header(&header(1, 1, &map), true),
             Err(Bad::Invalid(w)) if w.starts_with("a map of 1073741824 elements")
         ));
         // Nesting past the limit, and an unknown type.
         let deep = vec![field(6, ty::STRUCT); 100];
         assert!(matches!(
-            page_header(&header(1, 1, &deep)),
+            page_header(&header(1, 1, &deep), true),
             Err(Bad::Invalid(w)) if w.contains("nested deeper")
         ));
         assert!(matches!(
-            page_header(&header(1, 1, &[field(6, 14)])),
+            page_header(&header(1, 1, &[field(6, 14)]), true),
             Err(Bad::Invalid(w)) if w == "unknown Thrift type 14"
         ));
+    }
+
+    #[test]
+    fn an_empty_list_may_be_one_zero_byte_and_a_long_value_asks_for_more() {
+        // fastparquet writes an empty list as one 0 byte; the parquet crate reads it.
+        let h = header(1, 1, &[field(6, ty::LIST), 0]);
+        assert_eq!(page_header(&h, true).unwrap().header_len, h.len());
+        // A binary past the window: more bytes, unless the window is the whole chunk.
+        let mut long = vec![field(6, ty::BINARY)];
+        long.extend(varint(100));
+        long.extend([b'x'; 10]);
+        let h = header(1, 1, &long);
+        assert_eq!(page_header(&h, false), Err(Bad::Truncated));
+        assert!(
+            matches!(page_header(&h, true), Err(Bad::Invalid(w)) if w.starts_with("a binary of 100 bytes"))
+        );
     }
 
     #[test]
@@ -541,7 +602,7 @@ mod tests {
         extra.push(field(1, ty::UUID));
         extra.extend([0; 16]);
         let h = header(9, 8, &extra);
-        assert_eq!(page_header(&h).unwrap().header_len, h.len());
+        assert_eq!(page_header(&h, true).unwrap().header_len, h.len());
     }
 
     #[test]
