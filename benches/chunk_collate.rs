@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
                 lengths: shapes.iter().map(|s| s.rows * s.max_len).collect(),
                 batch_size: 16,
                 seed: 0,
+                drop_last: false,
             }),
         ),
         (
