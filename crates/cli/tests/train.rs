@@ -365,6 +365,16 @@ logging_steps = 1
         report.contains("stanfordnlp/imdb/plain_text/test"),
         "{report}"
     );
+    // The chunks-per-text histogram, as a table and as an SVG image beside it.
+    assert!(
+        report.contains("![chunks per text](chunks.svg)"),
+        "{report}"
+    );
+    let svg = std::fs::read_to_string(out.join("chunks.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains(" texts</title>"),
+        "{svg}"
+    );
 
     // A split the repo lacks is named, with the repo.
     let o = berth_output_env(

@@ -30,6 +30,10 @@ pub trait RowSet: std::any::Any + Send + Sync + std::fmt::Debug {
     fn describe(&self) -> Option<String> {
         None
     }
+    /// How many texts have each number of chunks, for chunked rows.
+    fn chunk_counts(&self) -> Option<std::collections::BTreeMap<usize, usize>> {
+        None
+    }
 }
 
 /// The rows of one split, in the shape its task batches them (shared, cheap to clone).
@@ -55,6 +59,10 @@ impl Rows {
 
     pub fn describe(&self) -> Option<String> {
         self.0.describe()
+    }
+
+    pub fn chunk_counts(&self) -> Option<std::collections::BTreeMap<usize, usize>> {
+        self.0.chunk_counts()
     }
 
     /// Keeps the first `n` items.

@@ -227,6 +227,55 @@ pub fn curves_svg(history: &[Map<String, Value>]) -> Option<String> {
     Some(svg)
 }
 
+/// A bar chart of how many texts have each number of chunks, as SVG (no font or
+/// image library needed): one bar per chunk count, labelled with the count and the
+/// number of texts. `None` without texts.
+pub fn chunks_svg(title: &str, counts: &BTreeMap<usize, usize>) -> Option<String> {
+    let most = *counts.values().max()?;
+    let (left, right, top, bottom, h) = (60.0, 20.0, 40.0, 40.0, 300.0);
+    let bar = (600.0 / counts.len() as f64).clamp(4.0, 40.0);
+    let pw = bar * counts.len() as f64;
+    let ph = h - top - bottom;
+    let w = left + pw + right;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{:.1}\" y=\"22\" font-size=\"14\" text-anchor=\"middle\">{}</text>\n<rect x=\"{left}\" y=\"{top}\" width=\"{pw:.1}\" height=\"{ph:.1}\" fill=\"none\" stroke=\"#888\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{most}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">0</text>\n",
+        left + pw / 2.0,
+        escape(title),
+        left - 5.0,
+        top + 4.0,
+        left - 5.0,
+        top + ph + 4.0,
+    );
+    // Label every bar when they fit, else about 15 of them.
+    let every = counts.len().div_ceil(15).max(1);
+    for (i, (&chunks, &texts)) in counts.iter().enumerate() {
+        let bh = ph * texts as f64 / most as f64;
+        let x = left + bar * i as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#1f77b4\"><title>{chunks} chunks: {texts} texts</title></rect>",
+            x + 1.0,
+            top + ph - bh,
+            (bar - 2.0).max(1.0),
+        );
+        if i % every == 0 {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{chunks}</text>",
+                x + bar / 2.0,
+                top + ph + 15.0
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">chunks per text</text>\n</svg>",
+        left + pw / 2.0,
+        h - 5.0
+    );
+    Some(s)
+}
+
 /// A named series of (step, value) points.
 type Line = (String, Vec<(f64, f64)>);
 
@@ -433,7 +482,10 @@ pub fn write_report(
         let _ = writeln!(s, "\n## {title}\n\n{md}");
     }
     if let Some(chunks) = data.train.rows.describe() {
-        let _ = writeln!(s, "\n## Chunks per text (train)\n\n{chunks}");
+        let _ = writeln!(
+            s,
+            "\n## Chunks per text (train)\n\n{chunks}\n![chunks per text](chunks.svg)"
+        );
     }
     let _ = writeln!(
         s,
@@ -468,4 +520,29 @@ pub fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
 /// Whether progress should be a bar (a terminal) or log lines.
 pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chunks_histogram_has_a_bar_per_count_scaled_to_the_most() {
+        let counts: BTreeMap<usize, usize> = [(1, 10), (2, 5), (9, 1)].into_iter().collect();
+        let svg = chunks_svg("chunks per text (train)", &counts).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<title>").count(), 3);
+        assert!(svg.contains("<title>1 chunks: 10 texts</title>"));
+        assert!(svg.contains("<title>9 chunks: 1 texts</title>"));
+        // Heights in proportion to the texts: the plot is 220 high.
+        assert!(svg.contains("height=\"220.0\" fill=\"#1f77b4\""), "{svg}");
+        assert!(svg.contains("height=\"110.0\" fill=\"#1f77b4\""), "{svg}");
+        assert!(svg.contains("height=\"22.0\" fill=\"#1f77b4\""), "{svg}");
+        assert_eq!(chunks_svg("x", &BTreeMap::new()), None);
+        // Many counts: about 15 labels, every bar drawn.
+        let many: BTreeMap<usize, usize> = (1..=200).map(|k| (k, 1)).collect();
+        let svg = chunks_svg("x", &many).unwrap();
+        assert_eq!(svg.matches("<title>").count(), 200);
+        assert!(svg.matches("text-anchor=\"middle\">").count() <= 2 + 15);
+    }
 }

@@ -214,7 +214,6 @@ mod tests {
         rows: usize,
     ) -> PathBuf {
         use arrow::array::StringArray;
-        use parquet::arrow::ArrowWriter;
         use parquet::file::properties::{EnabledStatistics, WriterProperties};
         let path = dir.join(format!("{codec:?}-{version:?}.parquet"));
         let n: Vec<i64> = (0..rows as i64).collect();
@@ -233,15 +232,21 @@ mod tests {
             .set_write_batch_size(64)
             .set_statistics_enabled(EnabledStatistics::Page)
             .build();
-        let mut w = ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            batch.schema(),
-            Some(props),
-        )
-        .unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        write_with(&path, &batch, props);
         path
+    }
+
+    /// Writes `batch` to `path` with the parquet crate's writer and `props`.
+    fn write_with(
+        path: &Path,
+        batch: &RecordBatch,
+        props: parquet::file::properties::WriterProperties,
+    ) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
     }
 
     #[test]
@@ -279,7 +284,6 @@ mod tests {
         // Untruncated page statistics of 40 KB texts: each page header is longer than
         // the first window the walk reads, which grows to hold it.
         use arrow::array::StringArray;
-        use parquet::arrow::ArrowWriter;
         use parquet::file::properties::{EnabledStatistics, WriterProperties};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("long-stats.parquet");
@@ -297,14 +301,7 @@ mod tests {
             .set_data_page_size_limit(1024)
             .set_write_batch_size(1)
             .build();
-        let mut w = ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            batch.schema(),
-            Some(props),
-        )
-        .unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        write_with(&path, &batch, props);
         let ds = load_parquet(path.to_str().unwrap(), &LoadOptions::in_memory()).unwrap();
         assert_eq!(ds.num_rows(), 6);
         // The first page header really is over the first window.

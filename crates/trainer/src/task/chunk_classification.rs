@@ -73,10 +73,7 @@ impl<L: DocLabel> RowSet for Documents<L> {
     /// A histogram of chunks per text.
     fn describe(&self) -> Option<String> {
         use std::fmt::Write as _;
-        let mut counts = std::collections::BTreeMap::<usize, usize>::new();
-        for c in &self.chunks {
-            *counts.entry(c.len()).or_default() += 1;
-        }
+        let counts = self.chunk_counts()?;
         let most = counts.values().copied().max().unwrap_or(1).max(1);
         let mut s = String::from("| chunks | texts | |\n| ---: | ---: | --- |\n");
         for (k, n) in counts {
@@ -84,6 +81,14 @@ impl<L: DocLabel> RowSet for Documents<L> {
             let _ = writeln!(s, "| {k} | {n} | `{bar}` |");
         }
         Some(s)
+    }
+
+    fn chunk_counts(&self) -> Option<std::collections::BTreeMap<usize, usize>> {
+        let mut counts = std::collections::BTreeMap::<usize, usize>::new();
+        for c in &self.chunks {
+            *counts.entry(c.len()).or_default() += 1;
+        }
+        Some(counts)
     }
 }
 
