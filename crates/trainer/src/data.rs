@@ -26,11 +26,8 @@ pub trait RowSet: std::any::Any + Send + Sync + std::fmt::Debug {
     fn lengths(&self) -> Vec<usize>;
     /// The first `n` items.
     fn first(&self, n: usize) -> Rows;
-    /// Markdown for the report about these rows (chunks per text), if any.
-    fn describe(&self) -> Option<String> {
-        None
-    }
-    /// How many texts have each number of chunks, for chunked rows.
+    /// How many texts have each number of chunks, for chunked rows (the report's
+    /// histogram).
     fn chunk_counts(&self) -> Option<std::collections::BTreeMap<usize, usize>> {
         None
     }
@@ -55,10 +52,6 @@ impl Rows {
 
     pub fn lengths(&self) -> Vec<usize> {
         self.0.lengths()
-    }
-
-    pub fn describe(&self) -> Option<String> {
-        self.0.describe()
     }
 
     pub fn chunk_counts(&self) -> Option<std::collections::BTreeMap<usize, usize>> {

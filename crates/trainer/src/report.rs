@@ -227,6 +227,17 @@ pub fn curves_svg(history: &[Map<String, Value>]) -> Option<String> {
     Some(svg)
 }
 
+/// How many texts have each number of chunks, as a markdown table with text bars.
+pub fn chunks_table(counts: &BTreeMap<usize, usize>) -> String {
+    let most = counts.values().copied().max().unwrap_or(1).max(1);
+    let mut s = String::from("| chunks | texts | |\n| ---: | ---: | --- |\n");
+    for (k, n) in counts {
+        let bar = "#".repeat((n * 40).div_ceil(most));
+        let _ = writeln!(s, "| {k} | {n} | `{bar}` |");
+    }
+    s
+}
+
 /// A bar chart of how many texts have each number of chunks, as SVG (no font or
 /// image library needed): one bar per chunk count, labelled with the count and the
 /// number of texts. `None` without texts.
@@ -424,7 +435,8 @@ fn metrics_md(m: &BTreeMap<String, f64>) -> String {
     s
 }
 
-/// report.md: what ran, on what, for how long, and what it reached.
+/// report.md: what ran, on what, for how long, and what it reached; for chunked
+/// rows also `chunks.svg` beside it.
 pub fn write_report(
     config: &RunConfig,
     summary: &RunSummary,
@@ -481,10 +493,14 @@ pub fn write_report(
     for (title, md) in details {
         let _ = writeln!(s, "\n## {title}\n\n{md}");
     }
-    if let Some(chunks) = data.train.rows.describe() {
+    if let Some(counts) = data.train.rows.chunk_counts() {
+        if let Some(svg) = chunks_svg("chunks per text (train)", &counts) {
+            write_atomic(&path.with_file_name("chunks.svg"), svg.as_bytes())?;
+        }
         let _ = writeln!(
             s,
-            "\n## Chunks per text (train)\n\n{chunks}\n![chunks per text](chunks.svg)"
+            "\n## Chunks per text (train)\n\n{}\n![chunks per text](chunks.svg)",
+            chunks_table(&counts)
         );
     }
     let _ = writeln!(

@@ -798,10 +798,6 @@ impl Trainer {
         if let Some(svg) = report::curves_svg(&state.log_history) {
             write_atomic(&out.join("curves.svg"), svg.as_bytes())?;
         }
-        let counts = self.data.train.rows.chunk_counts();
-        if let Some(svg) = counts.and_then(|c| report::chunks_svg("chunks per text (train)", &c)) {
-            write_atomic(&out.join("chunks.svg"), svg.as_bytes())?;
-        }
         report::write_report(
             &self.config,
             summary,

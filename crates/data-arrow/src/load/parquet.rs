@@ -45,7 +45,6 @@ pub(crate) fn read_shards(
         let builder = reader_guard(file, || ParquetRecordBatchReaderBuilder::try_new(f))?
             .map_err(|e| parquet_err(file, e))?
             .with_batch_size(batch_size.max(1));
-        check_chunks(file, builder.metadata())?;
         parquet_check::check_pages(file, builder.metadata())?;
         let schema = builder.schema().clone();
         match &first_schema {
@@ -98,37 +97,6 @@ fn reader_guard<T>(file: &Path, step: impl FnOnce() -> T) -> Result<T> {
             file.display()
         ))
     })
-}
-
-/// Every column chunk the footer describes lies inside the file: the parquet crate
-/// panics on a negative offset or size (`ColumnChunkMetaData::byte_range`), and a
-/// corrupt or hostile file must get an error naming it instead.
-fn check_chunks(file: &Path, meta: &parquet::file::metadata::ParquetMetaData) -> Result<()> {
-    let file_len = std::fs::metadata(file)
-        .map_err(|e| DataError::io(file, e))?
-        .len();
-    for (g, group) in meta.row_groups().iter().enumerate() {
-        for col in group.columns() {
-            let start = col
-                .dictionary_page_offset()
-                .unwrap_or(col.data_page_offset());
-            let len = col.compressed_size();
-            let inside = start >= 0
-                && len >= 0
-                && col.data_page_offset() >= 0
-                && (start as u64)
-                    .checked_add(len as u64)
-                    .is_some_and(|end| end <= file_len);
-            if !inside {
-                return Err(DataError::InvalidArgument(format!(
-                    "{}: corrupt Parquet footer: row group {g}, column '{}' says its data is {len} bytes at offset {start}, outside the file's {file_len} bytes",
-                    file.display(),
-                    col.column_path().string()
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn parquet_err(path: &Path, source: parquet::errors::ParquetError) -> DataError {
@@ -326,7 +294,6 @@ mod tests {
             let p = data.join(name);
             parquet_check::check_footer(&p).unwrap();
             let b = ParquetRecordBatchReaderBuilder::try_new(open(&p).unwrap()).unwrap();
-            check_chunks(&p, b.metadata()).unwrap();
             parquet_check::check_pages(&p, b.metadata()).unwrap();
         }
     }

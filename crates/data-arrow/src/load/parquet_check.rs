@@ -391,19 +391,34 @@ pub(super) fn check_footer(file: &Path) -> Result<()> {
     })
 }
 
-/// Walks every page header of every column chunk (each chunk already checked to lie
-/// inside the file): headers well formed, pages inside their chunk, and each page's
+/// Walks every page header of every column chunk, each chunk first checked to lie
+/// inside the file: headers well formed, pages inside their chunk, and each page's
 /// declared uncompressed size one its codec could produce.
 pub(super) fn check_pages(file: &Path, meta: &ParquetMetaData) -> Result<()> {
     let mut f = File::open(file).map_err(|e| DataError::io(file, e))?;
+    let file_len = f.metadata().map_err(|e| DataError::io(file, e))?.len();
     // A footer may name one byte range in many row groups: each is walked once.
     let mut walked = std::collections::HashSet::new();
     for (g, group) in meta.row_groups().iter().enumerate() {
         for col in group.columns() {
+            // Every chunk lies inside the file: the parquet crate panics on a
+            // negative offset or size (`ColumnChunkMetaData::byte_range`).
             let start = col
                 .dictionary_page_offset()
-                .unwrap_or(col.data_page_offset()) as u64;
-            let end = start + col.compressed_size() as u64;
+                .unwrap_or(col.data_page_offset());
+            let len = col.compressed_size();
+            let range = (start >= 0 && len >= 0 && col.data_page_offset() >= 0)
+                .then(|| (start as u64, (start as u64).checked_add(len as u64)))
+                .and_then(|(s, e)| Some((s, e.filter(|&e| e <= file_len)?)));
+            let Some((start, end)) = range else {
+                return Err(corrupt(
+                    file,
+                    &format!(
+                        "footer: row group {g}, column '{}' says its data is {len} bytes at offset {start}, outside the file's {file_len} bytes",
+                        col.column_path().string()
+                    ),
+                ));
+            };
             if !walked.insert((start, end, format!("{:?}", col.compression()))) {
                 continue;
             }

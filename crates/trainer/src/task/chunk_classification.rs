@@ -70,19 +70,6 @@ impl<L: DocLabel> RowSet for Documents<L> {
         })
     }
 
-    /// A histogram of chunks per text.
-    fn describe(&self) -> Option<String> {
-        use std::fmt::Write as _;
-        let counts = self.chunk_counts()?;
-        let most = counts.values().copied().max().unwrap_or(1).max(1);
-        let mut s = String::from("| chunks | texts | |\n| ---: | ---: | --- |\n");
-        for (k, n) in counts {
-            let bar = "#".repeat((n * 40).div_ceil(most));
-            let _ = writeln!(s, "| {k} | {n} | `{bar}` |");
-        }
-        Some(s)
-    }
-
     fn chunk_counts(&self) -> Option<std::collections::BTreeMap<usize, usize>> {
         let mut counts = std::collections::BTreeMap::<usize, usize>::new();
         for c in &self.chunks {
@@ -455,7 +442,7 @@ mod tests {
             ],
             labels: Vec::new(),
         };
-        let md = d.describe().unwrap();
+        let md = crate::report::chunks_table(&d.chunk_counts().unwrap());
         assert!(md.contains("| 1 | 1 |") && md.contains("| 2 | 2 |"), "{md}");
     }
 }
