@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use berth_data::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
-use berth_wordpiece::{EncodeOptions, WordPiece};
+use berth_data::tokenizers::TruncationParams;
+use berth_wordpiece::{EncodeOptions, Truncation, WordPiece};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn setup() -> (berth_data::tokenizers::Tokenizer, Dataset, Vec<String>) {
@@ -61,6 +62,40 @@ fn bench(c: &mut Criterion) {
             ds.map_batched(op.as_ref(), &MapOptions::default())
                 .expect("map")
         })
+    });
+    g.finish();
+
+    // Truncated to 512 ids, as a fine-tuning run reads IMDB: `tokenizers` 0.23 stops
+    // tokenizing a text once it has 512 ids (at a pre-token's end).
+    let t = Truncation::longest_first(512);
+    let opts_t = EncodeOptions {
+        truncation: Some(t),
+        ..EncodeOptions::default()
+    };
+    let mut raw_t = raw.clone();
+    raw_t
+        .with_truncation(Some(TruncationParams {
+            max_length: t.max_length,
+            ..TruncationParams::default()
+        }))
+        .expect("truncation");
+    let ours = wp.encode_batch(&strs, None, &opts_t).expect("encode");
+    let theirs = raw_t.encode_batch_fast(strs.clone(), true).expect("encode");
+    let tokens: usize = theirs.iter().map(|e| e.get_ids().len()).sum();
+    assert_eq!(
+        ours.ids.len(),
+        tokens,
+        "berth-wordpiece and tokenizers disagree when truncating"
+    );
+    println!("tokenize bench, truncated to 512: {tokens} tokens");
+    let mut g = c.benchmark_group("tokenize_imdb_truncated_512");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(tokens as u64));
+    g.bench_function("wordpiece_encode_batch_1_thread", |b| {
+        b.iter(|| one.install(|| wp.encode_batch(&strs, None, &opts_t).expect("encode")))
+    });
+    g.bench_function("tokenizers_encode_batch_fast_1_thread", |b| {
+        b.iter(|| one.install(|| raw_t.encode_batch_fast(strs.clone(), true).expect("encode")))
     });
     g.finish();
 }

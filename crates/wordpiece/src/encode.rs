@@ -87,10 +87,46 @@ pub struct WordPiece {
     added_first_byte: [bool; 256],
 }
 
+/// Per-thread scratch: the two texts of a pair, a normalized non-ASCII run, and the
+/// two texts' pre-token ends when a pair is truncated longest-first.
+#[derive(Default)]
+struct Scratch {
+    first: Vec<u32>,
+    second: Vec<u32>,
+    norm: String,
+    first_ends: Vec<PreToken>,
+    second_ends: Vec<PreToken>,
+}
+
 thread_local! {
-    /// Per-thread scratch: the two texts of a pair, and a normalized non-ASCII run.
-    static SCRATCH: RefCell<(Vec<u32>, Vec<u32>, String)> =
-        const { RefCell::new((Vec::new(), Vec::new(), String::new())) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Where one of `tokenizers`' pre-tokens (a word, a punctuation mark or an added token
+/// found in the text) ends in a text's ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PreToken {
+    end: usize,
+    /// An added token: `tokenizers` has its id before the model runs, so reaching the
+    /// limit on it does not stop tokenization there.
+    added: bool,
+}
+
+/// What the tokenizer tells about pre-tokens as it ends them: nothing (`()`, the
+/// usual case, compiled away) or a list of [`PreToken`]s.
+trait PreTokens {
+    fn push(&mut self, end: usize, added: bool);
+}
+
+impl PreTokens for () {
+    #[inline(always)]
+    fn push(&mut self, _: usize, _: bool) {}
+}
+
+impl PreTokens for Vec<PreToken> {
+    fn push(&mut self, end: usize, added: bool) {
+        Vec::push(self, PreToken { end, added });
+    }
 }
 
 /// The pieces of the word being read.
@@ -155,14 +191,20 @@ impl WordPiece {
     /// Appends the word-piece ids of `text` (no special tokens, no truncation).
     pub fn tokenize_into(&self, text: &str, ids: &mut Vec<u32>) {
         SCRATCH.with(|s| {
-            let norm = &mut s.borrow_mut().2;
-            self.tokenize_with(text, ids, norm);
+            let norm = &mut s.borrow_mut().norm;
+            self.tokenize_with(text, ids, norm, &mut ());
         })
     }
 
-    fn tokenize_with(&self, text: &str, ids: &mut Vec<u32>, norm: &mut String) {
+    fn tokenize_with<E: PreTokens>(
+        &self,
+        text: &str,
+        ids: &mut Vec<u32>,
+        norm: &mut String,
+        ends: &mut E,
+    ) {
         if self.added.is_empty() {
-            return self.tokenize_piece(text, ids, norm);
+            return self.tokenize_piece(text, ids, norm, ends);
         }
         let bytes = text.as_bytes();
         let (mut start, mut i) = (0, 0);
@@ -173,21 +215,28 @@ impl WordPiece {
                     .iter()
                     .find(|t| bytes[i..].starts_with(t.content.as_bytes()))
             {
-                self.tokenize_piece(&text[start..i], ids, norm);
+                self.tokenize_piece(&text[start..i], ids, norm, ends);
                 ids.push(t.id);
+                ends.push(ids.len(), true);
                 i += t.content.len();
                 start = i;
                 continue;
             }
             i += 1;
         }
-        self.tokenize_piece(&text[start..], ids, norm);
+        self.tokenize_piece(&text[start..], ids, norm, ends);
     }
 
     /// One piece of text between added tokens: normalized, split and matched in one
     /// pass. ASCII bytes go through the table; a run of non-ASCII characters (with any
     /// characters `clean_text` removes inside it) is normalized exactly, then read.
-    fn tokenize_piece(&self, text: &str, ids: &mut Vec<u32>, norm: &mut String) {
+    fn tokenize_piece<E: PreTokens>(
+        &self,
+        text: &str,
+        ids: &mut Vec<u32>,
+        norm: &mut String,
+        ends: &mut E,
+    ) {
         let bytes = text.as_bytes();
         let mut w = Word {
             node: ROOT,
@@ -203,15 +252,15 @@ impl WordPiece {
                 let class = self.ascii[b as usize];
                 if class != Ascii::Drop {
                     if let Some(s) = run.take() {
-                        self.read_run(&text[s..i], &mut w, ids, norm);
+                        self.read_run(&text[s..i], &mut w, ids, norm, ends);
                     }
                     match class {
                         Ascii::Word(c) => self.push_bytes(&mut w, &[c], ids),
-                        Ascii::Space => self.end_word(&mut w, ids),
+                        Ascii::Space => self.end_word(&mut w, ids, ends),
                         Ascii::Punct(c) => {
-                            self.end_word(&mut w, ids);
+                            self.end_word(&mut w, ids, ends);
                             self.push_bytes(&mut w, &[c], ids);
-                            self.end_word(&mut w, ids);
+                            self.end_word(&mut w, ids, ends);
                         }
                         Ascii::Drop => {}
                     }
@@ -227,22 +276,29 @@ impl WordPiece {
             }
         }
         if let Some(s) = run {
-            self.read_run(&text[s..], &mut w, ids, norm);
+            self.read_run(&text[s..], &mut w, ids, norm, ends);
         }
-        self.end_word(&mut w, ids);
+        self.end_word(&mut w, ids, ends);
     }
 
     #[cold]
-    fn read_run(&self, raw: &str, w: &mut Word, ids: &mut Vec<u32>, norm: &mut String) {
+    fn read_run<E: PreTokens>(
+        &self,
+        raw: &str,
+        w: &mut Word,
+        ids: &mut Vec<u32>,
+        norm: &mut String,
+        ends: &mut E,
+    ) {
         norm.clear();
         normalize_into(&self.spec.normalization, raw, norm);
         for c in norm.chars() {
             match class_of(c) {
-                Class::Space => self.end_word(w, ids),
+                Class::Space => self.end_word(w, ids, ends),
                 Class::Punct => {
-                    self.end_word(w, ids);
+                    self.end_word(w, ids, ends);
                     self.push_char(w, c, ids);
-                    self.end_word(w, ids);
+                    self.end_word(w, ids, ends);
                 }
                 Class::Word => self.push_char(w, c, ids),
             }
@@ -267,7 +323,7 @@ impl WordPiece {
     }
 
     #[inline]
-    fn end_word(&self, w: &mut Word, ids: &mut Vec<u32>) {
+    fn end_word<E: PreTokens>(&self, w: &mut Word, ids: &mut Vec<u32>, ends: &mut E) {
         if w.chars == 0 {
             return;
         }
@@ -275,6 +331,7 @@ impl WordPiece {
             ids.truncate(w.start);
             ids.push(self.spec.unk_id);
         }
+        ends.push(ids.len(), false);
         w.node = ROOT;
         w.start = ids.len();
         w.chars = 0;
@@ -315,16 +372,38 @@ impl WordPiece {
         };
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            let (a, b, norm) = (&mut s.0, &mut s.1, &mut s.2);
+            let (a, b, norm) = (&mut s.first, &mut s.second, &mut s.norm);
             a.clear();
             b.clear();
-            self.tokenize_with(first, a, norm);
+            // With truncation on, `tokenizers` caps each text it may cut at a pre-token's
+            // end (see `capped_len`), so the pre-tokens' ends are recorded then.
+            let (ea, eb) = (&mut s.first_ends, &mut s.second_ends);
+            ea.clear();
+            eb.clear();
+            let cap_first = limit.is_some_and(|(t, _)| {
+                !(pair && t.strategy == TruncationStrategy::OnlySecond)
+            });
+            if cap_first {
+                self.tokenize_with(first, a, norm, ea);
+            } else {
+                self.tokenize_with(first, a, norm, &mut ());
+            }
             if let Some(second) = second {
-                self.tokenize_with(second, b, norm);
+                if limit.is_some() {
+                    self.tokenize_with(second, b, norm, eb);
+                } else {
+                    self.tokenize_with(second, b, norm, &mut ());
+                }
             }
             if let Some((t, max)) = limit {
+                let n_a = if cap_first {
+                    capped_len(ea, t.max_length, t.side)
+                } else {
+                    a.len()
+                };
+                let n_b = capped_len(eb, t.max_length, t.side);
                 let (n1, n2) =
-                    truncated_lengths(t.strategy, max, a.len(), second.map(|_| b.len()))?;
+                    truncated_lengths(t.strategy, max, n_a, second.map(|_| n_b))?;
                 cut(a, n1, t.side);
                 cut(b, n2.unwrap_or(0), t.side);
             }
@@ -480,6 +559,35 @@ fn truncated_lengths(
     }
 }
 
+/// How many of a text's ids `tokenizers` 0.23 hands to truncation. With truncation on,
+/// it tokenizes each text (both of a pair, but not the first under `only_second`) only
+/// until it has `max_length` ids, the limit before the special tokens are taken off,
+/// and stops at the end of the pre-token that reaches it, from the end of the text when
+/// cutting on the left (`PreTokenizedString::tokenize_with_limit`). An added token
+/// counts, but does not stop it: the next word is still read. Truncation then works on
+/// these lengths, and cutting the whole ids to what it keeps gives the capped ids'
+/// cut, since it keeps the same end.
+///
+/// Mostly the cap changes nothing, as a capped text still has at least `max_length`
+/// ids. Where it does: `longest_first` on a pair with both texts that long (which keeps
+/// the odd id is decided on the capped lengths), and an empty first text under
+/// `only_first` with no special tokens, whose second text capped at exactly
+/// `max_length` is kept instead of refused.
+fn capped_len(ends: &[PreToken], max_length: usize, side: TruncationSide) -> usize {
+    let n = ends.last().map_or(0, |p| p.end);
+    match side {
+        TruncationSide::Right => ends
+            .iter()
+            .find(|p| !p.added && p.end >= max_length)
+            .map_or(n, |p| p.end),
+        TruncationSide::Left => (0..ends.len())
+            .rev()
+            .map(|i| (ends[i].added, n - if i == 0 { 0 } else { ends[i - 1].end }))
+            .find(|&(added, kept)| !added && kept >= max_length)
+            .map_or(n, |(_, kept)| kept),
+    }
+}
+
 /// Keeps `n` ids of `v`: the first ones when cutting on the right, the last on the left.
 fn cut(v: &mut Vec<u32>, n: usize, side: TruncationSide) {
     if n >= v.len() {
@@ -523,6 +631,31 @@ mod tests {
         assert_eq!(truncated_lengths(os, 10, 4, Some(9)).unwrap(), (4, Some(6)));
         assert!(truncated_lengths(os, 3, 4, Some(2)).is_err());
         assert!(truncated_lengths(os, 3, 4, None).is_err());
+    }
+
+    #[test]
+    fn the_cap_stops_at_the_end_of_the_pre_token_that_reaches_the_limit() {
+        let p = |end, added| PreToken { end, added };
+        // Words of 2, 3 and 1 ids, an added token, then words of 2 and 2 ids.
+        let ends = [p(2, false), p(5, false), p(6, false), p(7, true), p(9, false), p(11, false)];
+        let (r, l) = (TruncationSide::Right, TruncationSide::Left);
+        assert_eq!(capped_len(&ends, 0, r), 2);
+        assert_eq!(capped_len(&ends, 2, r), 2);
+        assert_eq!(capped_len(&ends, 3, r), 5);
+        assert_eq!(capped_len(&ends, 6, r), 6);
+        // Reached on the added token: the next word is read too.
+        assert_eq!(capped_len(&ends, 7, r), 9);
+        assert_eq!(capped_len(&ends, 11, r), 11);
+        assert_eq!(capped_len(&ends, 12, r), 11);
+        // From the end: 2, 4, then the added token (5 ids), reached on the word before it.
+        assert_eq!(capped_len(&ends, 1, l), 2);
+        assert_eq!(capped_len(&ends, 3, l), 4);
+        assert_eq!(capped_len(&ends, 5, l), 6);
+        assert_eq!(capped_len(&ends, 7, l), 9);
+        assert_eq!(capped_len(&ends, 10, l), 11);
+        assert_eq!(capped_len(&ends, 40, l), 11);
+        assert_eq!(capped_len(&[], 3, r), 0);
+        assert_eq!(capped_len(&[], 3, l), 0);
     }
 
     #[test]

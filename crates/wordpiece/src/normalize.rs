@@ -1,5 +1,5 @@
 //! `BertNormalizer` and `BertPreTokenizer`'s character classes, written as
-//! `tokenizers` 0.22 writes them (same Unicode tables), and the exact normalization
+//! `tokenizers` 0.23 writes them (same Unicode tables), and the exact normalization
 //! of a run of non-ASCII characters. ASCII goes through a per-byte table built from
 //! the same functions, so the fast path cannot disagree with them.
 

@@ -351,26 +351,67 @@ fn random_strings_every_variant() {
     for (v, (name, json)) in variants(&base).into_iter().enumerate() {
         let (wp, hf) = both(&json);
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ v as u64);
-        let truncating: Vec<(Truncation, Tokenizer)> = (4..44)
-            .map(|n| {
-                let t = Truncation::longest_first(n);
-                (t, with_truncation(&hf, Some(t)))
-            })
-            .collect();
+        // Every strategy and side: tokenizers 0.23 caps each text at `max_length` ids
+        // at a pre-token's end before truncating (see `capped_len` in encode.rs).
+        let mut truncating: Vec<(Truncation, Tokenizer)> = Vec::new();
+        for max_length in 4..44 {
+            for strategy in [
+                TruncationStrategy::LongestFirst,
+                TruncationStrategy::OnlyFirst,
+                TruncationStrategy::OnlySecond,
+            ] {
+                for side in [TruncationSide::Right, TruncationSide::Left] {
+                    let t = Truncation {
+                        max_length,
+                        strategy,
+                        side,
+                    };
+                    truncating.push((t, with_truncation(&hf, Some(t))));
+                }
+            }
+        }
+        let (mut pairs, mut both_capped, mut errors) = (0, 0, 0);
         for case in 0..cases {
             let a = random_text(&mut rng, &vocab);
             let want = hf_encode(&hf, &a, None, true).unwrap();
             let got = ours(&wp, &a, None, true, None).unwrap();
             assert_eq!(got, want, "{name}, case {case}: {a:?}");
-            if case % 8 == 0 {
+            if case % 4 == 0 {
                 let b = random_text(&mut rng, &vocab);
                 let (t, hf_t) = &truncating[rng.below(truncating.len())];
-                let want = hf_encode(hf_t, &a, Some(&b), true).unwrap();
-                let got = ours(&wp, &a, Some(&b), true, Some(*t)).unwrap();
-                assert_eq!(got, want, "{name}, pair case {case}: {a:?} / {b:?}");
+                let add = rng.below(4) != 0;
+                let want = hf_encode(hf_t, &a, Some(&b), add);
+                let got = ours(&wp, &a, Some(&b), add, Some(*t));
+                match (want, got) {
+                    (Ok(w), Ok(g)) => assert_eq!(
+                        g, w,
+                        "{name}, pair case {case}, {t:?}, add_special_tokens {add}: {a:?} / {b:?}"
+                    ),
+                    (Err(_), Err(_)) => errors += 1,
+                    (w, g) => panic!(
+                        "{name}, pair case {case}, {t:?}: tokenizers {w:?}, berth {g:?}: {a:?} / {b:?}"
+                    ),
+                }
+                pairs += 1;
+                let whole = |x: &str| ours(&wp, x, None, false, None).unwrap().0.len();
+                if t.strategy == TruncationStrategy::LongestFirst
+                    && whole(&a) >= t.max_length
+                    && whole(&b) >= t.max_length
+                {
+                    both_capped += 1;
+                }
             }
         }
-        println!("{name}: {cases} random strings, identical ids");
+        // The case the cap decides: a pair cut longest-first with both texts long.
+        assert!(
+            both_capped > pairs / 200,
+            "{name}: only {both_capped} of {pairs} pairs had both texts capped"
+        );
+        assert!(errors > 0, "{name}: the too-short cases of only_first/only_second");
+        println!(
+            "{name}: {cases} random strings and {pairs} truncated pairs ({both_capped} \
+             longest-first with both texts capped, {errors} refused by both), identical ids"
+        );
     }
 }
 
