@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use berth_data::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_data::tokenizers::TruncationParams;
+use berth_data::{Dataset, MapOptions, TokenizeConfig, TokenizeOp};
 use berth_wordpiece::{EncodeOptions, Truncation, WordPiece};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

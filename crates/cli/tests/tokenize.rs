@@ -144,3 +144,81 @@ fn bad_input_names_file_row_and_column_and_writes_nothing() {
         "{err}"
     );
 }
+
+/// A tokenizer from a hub at `HF_ENDPOINT`, downloaded by `berth tokenize` into an
+/// empty cache: in a log (stderr a pipe) the download is told in plain lines; on a
+/// terminal (`script` runs berth on a pseudo-terminal) hf-hub's bar is drawn instead.
+#[test]
+fn hub_downloads_show_lines_in_a_log_and_a_bar_on_a_terminal() {
+    let Some(model) = berth_testkit::minilm_dir() else {
+        return;
+    };
+    let tokenizer = std::fs::read(model.join("tokenizer.json")).unwrap();
+    let (endpoint, seen) = berth_testkit::fake_hub(
+        "owner/name",
+        "main",
+        "0123456789abcdef0123456789abcdef01234567",
+        vec![("tokenizer.json".into(), tokenizer)],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"Hello, world.\"}\n").unwrap();
+    let berth = |hub_cache: &str, out: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(["tokenize", "--tokenizer", "owner/name", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(tmp.path().join(out))
+            .env("BERTH_CACHE", tmp.path())
+            .env("HF_HUB_CACHE", tmp.path().join(hub_cache))
+            .env("HF_ENDPOINT", &endpoint)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN");
+        c
+    };
+
+    let o = berth("hub-log", "log.jsonl").output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("downloading owner/name tokenizer.json (")
+            && log.contains("downloaded owner/name tokenizer.json ("),
+        "no download lines in:\n{log}"
+    );
+    assert_eq!(jsonl_rows(&tmp.path().join("log.jsonl")).len(), 1);
+
+    let script = Path::new("/usr/bin/script");
+    assert!(
+        script.exists(),
+        "this test needs `script` (Debian's essential bsdutils) for a terminal"
+    );
+    let run = berth("hub-terminal", "terminal.jsonl");
+    let line: Vec<String> = std::iter::once(run.get_program())
+        .chain(run.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let mut on_a_terminal = std::process::Command::new(script);
+    on_a_terminal
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .envs(run.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_TOKEN");
+    let o = on_a_terminal.output().unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    // hf-hub's bar: "tokenizer.json [00:00:00] [=====] 695.00 KiB/695.00 KiB ...".
+    assert!(
+        screen.contains("tokenizer.json [00:00:") && screen.contains("KiB/"),
+        "no download bar on the terminal:\n{screen:?}"
+    );
+    assert!(!screen.contains("downloading owner/name"), "{screen:?}");
+    assert_eq!(jsonl_rows(&tmp.path().join("terminal.jsonl")).len(), 1);
+    // Each run fetched the file into its own empty cache.
+    let downloads = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("GET /owner/name/resolve/main/tokenizer.json"))
+        .count();
+    assert_eq!(downloads, 4, "a range and a download per run");
+}

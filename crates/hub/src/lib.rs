@@ -33,14 +33,16 @@ pub struct HubOptions {
     pub token: Option<String>,
     /// The hub's address (`HF_ENDPOINT`, e.g. a mirror); default huggingface.co.
     pub endpoint: Option<String>,
-    /// Show download progress (on a terminal).
+    /// Draw a download bar (hf-hub's indicatif bar, on a terminal). Without it, each
+    /// download is told in plain lines on stderr, as a redirected log wants them: the
+    /// file and its size, each further quarter, and the time it took.
     pub progress: bool,
 }
 
 impl HubOptions {
     /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; offline when
     /// `HF_HUB_OFFLINE` is 1/true/yes/on; `HF_TOKEN`, `HF_ENDPOINT`; revision `main`;
-    /// download progress on a terminal.
+    /// a download bar when stderr is a terminal, plain lines otherwise.
     pub fn from_env() -> Self {
         let mut o = Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
         o.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -163,10 +165,10 @@ pub fn hub_files(
         return from_cache();
     }
     let online = || -> std::result::Result<Vec<(String, PathBuf)>, String> {
-        let mut builder =
-            hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-                .with_progress(opts.progress)
-                .with_token(opts.token.clone());
+        let cache = Cache::new(opts.cache_dir.clone());
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .with_progress(opts.progress)
+            .with_token(opts.token.clone());
         if let Some(e) = &opts.endpoint {
             builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
         }
@@ -175,8 +177,15 @@ pub fn hub_files(
         let info = api_repo.info().map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for s in info.siblings.iter().filter(|s| want(&s.rfilename)) {
-            let local = api_repo.get(&s.rfilename).map_err(|e| e.to_string())?;
-            out.push((s.rfilename.clone(), local));
+            let file = &s.rfilename;
+            // As hf-hub's `get`: a file already in the cache is not fetched again.
+            let local = match cache.repo(repo.clone()).get(file) {
+                Some(path) => Ok(path),
+                None if opts.progress => api_repo.download(file),
+                None => api_repo.download_with_progress(file, Lines::new(repo_id)),
+            }
+            .map_err(|e| format!("{file}: {e}"))?;
+            out.push((file.clone(), local));
         }
         Ok(out)
     };
@@ -186,6 +195,96 @@ pub fn hub_files(
             tracing::warn!("hub repo '{repo_id}' unreachable ({net}); using the local cache");
             from_cache().map_err(|e| hub_err(repo_id, format!("{e}; online: {net}")))
         }
+    }
+}
+
+/// Download progress as plain lines on stderr, for a log that is not a terminal: the
+/// file and its size when it starts, each further quarter of a file of 1 MB or more,
+/// and the time it took.
+struct Lines {
+    /// Where a line goes (stderr; tests collect them).
+    say: Box<dyn FnMut(String)>,
+    repo: String,
+    file: String,
+    size: usize,
+    done: usize,
+    /// The next quarter to report (1 to 3).
+    quarter: usize,
+    started: std::time::Instant,
+}
+
+impl Lines {
+    fn new(repo: &str) -> Self {
+        Lines::with_sink(repo, Box::new(|line| eprintln!("{line}")))
+    }
+
+    fn with_sink(repo: &str, say: Box<dyn FnMut(String)>) -> Self {
+        Lines {
+            say,
+            repo: repo.to_string(),
+            file: String::new(),
+            size: 0,
+            done: 0,
+            quarter: 1,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// A byte count as people read it: `812 B`, `1.5 kB`, `90.9 MB`, `1.3 GB`.
+fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+impl hf_hub::api::Progress for Lines {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.file = filename.to_string();
+        self.size = size;
+        self.started = std::time::Instant::now();
+        (self.say)(format!(
+            "downloading {} {} ({})",
+            self.repo,
+            self.file,
+            human_bytes(size)
+        ));
+    }
+
+    fn update(&mut self, size: usize) {
+        self.done += size;
+        if self.size < 1_000_000 {
+            return;
+        }
+        while self.quarter < 4 && self.done * 4 >= self.size * self.quarter {
+            (self.say)(format!(
+                "downloading {} {}: {}% ({} of {})",
+                self.repo,
+                self.file,
+                self.quarter * 25,
+                human_bytes(self.done),
+                human_bytes(self.size)
+            ));
+            self.quarter += 1;
+        }
+    }
+
+    fn finish(&mut self) {
+        (self.say)(format!(
+            "downloaded {} {} ({} in {:.1} s)",
+            self.repo,
+            self.file,
+            human_bytes(self.size),
+            self.started.elapsed().as_secs_f64()
+        ));
     }
 }
 
@@ -308,89 +407,6 @@ mod tests {
         assert!(head.contains("authorization: bearer hf_test"), "{head}");
     }
 
-    /// A hub at `HF_ENDPOINT` that has `files` at `revision` (commit `sha`), as
-    /// huggingface.co answers hf-hub: the repo info, then per file a one-byte range
-    /// for its etag, commit and size, then the bytes from an offset. Every request
-    /// line and its authorization header are recorded.
-    fn fake_hub(
-        revision: &'static str,
-        sha: &'static str,
-        files: &'static [(&'static str, &'static [u8])],
-    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
-                let line = head.lines().next().unwrap_or_default().to_string();
-                let header = |name: &str| {
-                    head.lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-                        })
-                        .unwrap_or_default()
-                };
-                log.lock()
-                    .unwrap()
-                    .push(format!("{line} | {}", header("authorization")));
-                let path = line.split(' ').nth(1).unwrap_or_default().to_string();
-                let (status, extra, body): (&str, String, Vec<u8>) = if path
-                    == format!("/api/models/owner/name/revision/{revision}")
-                {
-                    let siblings: Vec<String> = files
-                        .iter()
-                        .map(|(f, _)| format!("{{\"rfilename\":\"{f}\"}}"))
-                        .collect();
-                    let json = format!(
-                        "{{\"siblings\":[{}],\"sha\":\"{sha}\"}}",
-                        siblings.join(",")
-                    );
-                    ("200 OK", String::new(), json.into_bytes())
-                } else if let Some((_, data)) = files
-                    .iter()
-                    .find(|(f, _)| path == format!("/owner/name/resolve/{revision}/{f}"))
-                {
-                    // "bytes=0-0" (metadata) or "bytes=N-" (the download).
-                    let range = header("range");
-                    let spec = range.trim_start_matches("bytes=");
-                    let (from, to) = spec.split_once('-').unwrap_or(("0", ""));
-                    let from: usize = from.parse().unwrap_or(0);
-                    let to: usize = to
-                        .parse()
-                        .map_or(data.len().saturating_sub(1), |t: usize| t);
-                    let body = data[from.min(data.len())..=to.min(data.len() - 1)].to_vec();
-                    let extra = format!(
-                        "x-repo-commit: {sha}\r\netag: \"etag-{}\"\r\nContent-Range: bytes {from}-{to}/{}\r\n",
-                        data.len(),
-                        data.len()
-                    );
-                    ("206 Partial Content", extra, body)
-                } else {
-                    ("404 Not Found", String::new(), Vec::new())
-                };
-                let _ = s.write_all(
-                    format!(
-                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-                let _ = s.write_all(&body);
-            }
-        });
-        (format!("http://{addr}"), seen)
-    }
-
     #[test]
     fn files_download_from_the_endpoint_into_the_cache_layout() {
         const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -398,7 +414,11 @@ mod tests {
             ("config.json", b"{\"hidden_size\": 4}"),
             ("vocab.txt", b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n"),
         ];
-        let (endpoint, seen) = fake_hub("v1", SHA, &FILES);
+        let files = FILES
+            .iter()
+            .map(|(f, d)| (f.to_string(), d.to_vec()))
+            .collect();
+        let (endpoint, seen) = berth_testkit::fake_hub("owner/name", "v1", SHA, files);
         let dir = tempfile_dir();
         let opts = HubOptions {
             cache_dir: dir.clone(),
@@ -445,6 +465,97 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::read(&again[0].1).unwrap(), FILES[1].1);
+    }
+
+    #[test]
+    fn a_cached_file_is_not_fetched_again() {
+        const SHA: &str = "89abcdef0123456789abcdef0123456789abcdef";
+        let files = vec![
+            ("config.json".to_string(), b"{}".to_vec()),
+            ("model.safetensors".to_string(), vec![7u8; 2_500]),
+        ];
+        let (endpoint, seen) = berth_testkit::fake_hub("owner/name", "main", SHA, files);
+        let dir = tempfile_dir();
+        let opts = HubOptions {
+            cache_dir: dir.clone(),
+            offline: false,
+            revision: "main".into(),
+            token: None,
+            endpoint: Some(endpoint),
+            progress: false,
+        };
+        let first = hub_files("owner/name", RepoType::Model, &opts, &|_| true).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 5, "info, then 2 per file");
+        let again = hub_files("owner/name", RepoType::Model, &opts, &|_| true).unwrap();
+        assert_eq!(first, again);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 6, "only the repo info again: {seen:?}");
+        assert!(seen[5].starts_with("GET /api/models/owner/name/revision/main "));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The lines a [`Lines`] says for `f`'s calls.
+    fn said(f: impl FnOnce(&mut Lines)) -> Vec<String> {
+        let out = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = out.clone();
+        let mut p = Lines::with_sink("owner/name", Box::new(move |l| sink.borrow_mut().push(l)));
+        f(&mut p);
+        out.take()
+    }
+
+    #[test]
+    fn downloads_are_told_at_the_start_each_quarter_and_the_end() {
+        use hf_hub::api::Progress;
+        let lines = said(|p| {
+            p.init(4_000_000, "model.safetensors");
+            for _ in 0..8 {
+                p.update(500_000);
+            }
+            p.finish();
+        });
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "downloading owner/name model.safetensors (4.0 MB)"
+        );
+        assert_eq!(
+            lines[1],
+            "downloading owner/name model.safetensors: 25% (1.0 MB of 4.0 MB)"
+        );
+        assert_eq!(
+            lines[2],
+            "downloading owner/name model.safetensors: 50% (2.0 MB of 4.0 MB)"
+        );
+        assert_eq!(
+            lines[3],
+            "downloading owner/name model.safetensors: 75% (3.0 MB of 4.0 MB)"
+        );
+        assert!(
+            lines[4].starts_with("downloaded owner/name model.safetensors (4.0 MB in "),
+            "{lines:?}"
+        );
+        // One update past several quarters says each; small files only start and end.
+        let lines = said(|p| {
+            p.init(2_000_000, "f");
+            p.update(2_000_000);
+        });
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let lines = said(|p| {
+            p.init(900_000, "config.json");
+            p.update(900_000);
+            p.finish();
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+    }
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_000), "1.0 kB");
+        assert_eq!(human_bytes(90_868_376), "90.9 MB");
+        assert_eq!(human_bytes(1_340_000_000), "1.3 GB");
+        assert_eq!(human_bytes(5_000_000_000_000_000), "5000.0 TB");
     }
 
     fn tempfile_dir() -> PathBuf {

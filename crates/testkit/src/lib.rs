@@ -100,3 +100,92 @@ pub fn python_with_transformers() -> Option<std::process::Command> {
         .env("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1");
     Some(cmd)
 }
+
+/// What a [`fake_hub`] was asked: each request line with its `Authorization` header,
+/// as `GET /path HTTP/1.1 | Bearer hf_...`.
+pub type HubRequests = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A hub on 127.0.0.1 (pass its address as `HF_ENDPOINT`) that has the model repo
+/// `repo` with `files` at `revision` (commit `sha`), answering as huggingface.co
+/// answers hf-hub: the repo info, then per file a one-byte range for its etag, commit
+/// and size, then the bytes from an offset. Anything else is a 404. It serves until
+/// the test process ends.
+pub fn fake_hub(
+    repo: &str,
+    revision: &str,
+    sha: &str,
+    files: Vec<(String, Vec<u8>)>,
+) -> (String, HubRequests) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let addr = listener.local_addr().expect("local address");
+    let seen = HubRequests::default();
+    let log = seen.clone();
+    let (repo, revision, sha) = (repo.to_string(), revision.to_string(), sha.to_string());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let line = head.lines().next().unwrap_or_default().to_string();
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default()
+            };
+            if let Ok(mut log) = log.lock() {
+                log.push(format!("{line} | {}", header("authorization")));
+            }
+            let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+            let (status, extra, body): (&str, String, Vec<u8>) = if path
+                == format!("/api/models/{repo}/revision/{revision}")
+            {
+                let siblings: Vec<String> = files
+                    .iter()
+                    .map(|(f, _)| format!("{{\"rfilename\":\"{f}\"}}"))
+                    .collect();
+                let json = format!(
+                    "{{\"siblings\":[{}],\"sha\":\"{sha}\"}}",
+                    siblings.join(",")
+                );
+                ("200 OK", String::new(), json.into_bytes())
+            } else if let Some((_, data)) = files
+                .iter()
+                .find(|(f, _)| path == format!("/{repo}/resolve/{revision}/{f}"))
+            {
+                // "bytes=0-0" (metadata) or "bytes=N-" (the download).
+                let range = header("range");
+                let spec = range.trim_start_matches("bytes=");
+                let (from, to) = spec.split_once('-').unwrap_or(("0", ""));
+                let last = data.len().saturating_sub(1);
+                let from: usize = from.parse().unwrap_or(0);
+                let to: usize = to.parse().map_or(last, |t: usize| t.min(last));
+                let body = data.get(from..=to).unwrap_or_default().to_vec();
+                let extra = format!(
+                    "x-repo-commit: {sha}\r\netag: \"etag-{}\"\r\nContent-Range: bytes {from}-{to}/{}\r\n",
+                    data.len(),
+                    data.len()
+                );
+                ("206 Partial Content", extra, body)
+            } else {
+                ("404 Not Found", String::new(), Vec::new())
+            };
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    (format!("http://{addr}"), seen)
+}

@@ -380,9 +380,8 @@ impl WordPiece {
             let (ea, eb) = (&mut s.first_ends, &mut s.second_ends);
             ea.clear();
             eb.clear();
-            let cap_first = limit.is_some_and(|(t, _)| {
-                !(pair && t.strategy == TruncationStrategy::OnlySecond)
-            });
+            let cap_first =
+                limit.is_some_and(|(t, _)| !(pair && t.strategy == TruncationStrategy::OnlySecond));
             if cap_first {
                 self.tokenize_with(first, a, norm, ea);
             } else {
@@ -402,8 +401,7 @@ impl WordPiece {
                     a.len()
                 };
                 let n_b = capped_len(eb, t.max_length, t.side);
-                let (n1, n2) =
-                    truncated_lengths(t.strategy, max, n_a, second.map(|_| n_b))?;
+                let (n1, n2) = truncated_lengths(t.strategy, max, n_a, second.map(|_| n_b))?;
                 cut(a, n1, t.side);
                 cut(b, n2.unwrap_or(0), t.side);
             }
@@ -637,7 +635,14 @@ mod tests {
     fn the_cap_stops_at_the_end_of_the_pre_token_that_reaches_the_limit() {
         let p = |end, added| PreToken { end, added };
         // Words of 2, 3 and 1 ids, an added token, then words of 2 and 2 ids.
-        let ends = [p(2, false), p(5, false), p(6, false), p(7, true), p(9, false), p(11, false)];
+        let ends = [
+            p(2, false),
+            p(5, false),
+            p(6, false),
+            p(7, true),
+            p(9, false),
+            p(11, false),
+        ];
         let (r, l) = (TruncationSide::Right, TruncationSide::Left);
         assert_eq!(capped_len(&ends, 0, r), 2);
         assert_eq!(capped_len(&ends, 2, r), 2);

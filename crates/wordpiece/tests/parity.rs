@@ -407,7 +407,10 @@ fn random_strings_every_variant() {
             both_capped > pairs / 200,
             "{name}: only {both_capped} of {pairs} pairs had both texts capped"
         );
-        assert!(errors > 0, "{name}: the too-short cases of only_first/only_second");
+        assert!(
+            errors > 0,
+            "{name}: the too-short cases of only_first/only_second"
+        );
         println!(
             "{name}: {cases} random strings and {pairs} truncated pairs ({both_capped} \
              longest-first with both texts capped, {errors} refused by both), identical ids"
