@@ -315,7 +315,48 @@ fn ci() -> Result<()> {
     // for launches it cannot join. Small: it depends on thiserror only.
     println!("ci: cargo test -p berth-collective (no features)");
     run(cargo().args(["test", "-p", "berth-collective", "--lib"]))?;
+    finetune_elsewhere()?;
     println!("ci: all green");
+    Ok(())
+}
+
+/// The main job as a user whose target directory is elsewhere runs it, for a few
+/// steps: `cargo xtask finetune` must run the `berth` that cargo built there, not
+/// `target/release/berth`. This is CI's one release build (no stale binary is in a
+/// clean clone's `target/`, so a wrong path fails); a warm machine keeps it.
+fn finetune_elsewhere() -> Result<()> {
+    let elsewhere = workspace_root().join("target/ci-elsewhere");
+    let run_dir = workspace_root().join("target/finetune/imdb");
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("removing the last run {}", run_dir.display()))?;
+    }
+    let args = [
+        "xtask",
+        "finetune",
+        "--max-steps",
+        "2",
+        "--set",
+        "data.max_test_samples=64",
+    ];
+    println!(
+        "ci: CARGO_TARGET_DIR={} cargo {}",
+        elsewhere.display(),
+        args.join(" ")
+    );
+    run(cargo().args(args).env("CARGO_TARGET_DIR", &elsewhere))?;
+    if !elsewhere.join("release/berth").is_file() {
+        bail!(
+            "finetune built no {}",
+            elsewhere.join("release/berth").display()
+        );
+    }
+    let report = run_dir.join("report.md");
+    let text = std::fs::read_to_string(&report)
+        .with_context(|| format!("finetune wrote no {}", report.display()))?;
+    if !text.contains("accuracy") {
+        bail!("{} has no test accuracy:\n{text}", report.display());
+    }
     Ok(())
 }
 
