@@ -88,7 +88,7 @@ pub struct WordPiece {
 }
 
 /// Per-thread scratch: the two texts of a pair, a normalized non-ASCII run, and the
-/// two texts' pre-token ends when a pair is truncated longest-first.
+/// two texts' pre-token ends (recorded when truncation is on).
 #[derive(Default)]
 struct Scratch {
     first: Vec<u32>,
@@ -375,13 +375,15 @@ impl WordPiece {
             let (a, b, norm) = (&mut s.first, &mut s.second, &mut s.norm);
             a.clear();
             b.clear();
-            // With truncation on, `tokenizers` caps each text it may cut at a pre-token's
-            // end (see `capped_len`), so the pre-tokens' ends are recorded then.
+            // With truncation on, `tokenizers` caps the texts at a pre-token's end before
+            // truncating (see `capped_len`), so the pre-tokens' ends are recorded then.
             let (ea, eb) = (&mut s.first_ends, &mut s.second_ends);
             ea.clear();
             eb.clear();
+            // Not the first text under `only_second`, nor a single one (which is then
+            // refused when too long, as `tokenizers` refuses it).
             let cap_first =
-                limit.is_some_and(|(t, _)| !(pair && t.strategy == TruncationStrategy::OnlySecond));
+                limit.is_some_and(|(t, _)| t.strategy != TruncationStrategy::OnlySecond);
             if cap_first {
                 self.tokenize_with(first, a, norm, ea);
             } else {
@@ -558,11 +560,12 @@ fn truncated_lengths(
 }
 
 /// How many of a text's ids `tokenizers` 0.23 hands to truncation. With truncation on,
-/// it tokenizes each text (both of a pair, but not the first under `only_second`) only
-/// until it has `max_length` ids, the limit before the special tokens are taken off,
+/// it tokenizes each text (both of a pair, but not the first or only one under
+/// `only_second`) only until it has `max_length` ids, the limit before the special tokens are taken off,
 /// and stops at the end of the pre-token that reaches it, from the end of the text when
 /// cutting on the left (`PreTokenizedString::tokenize_with_limit`). An added token
-/// counts, but does not stop it: the next word is still read. Truncation then works on
+/// counts, but does not stop it: the next word in reading order (the one before it
+/// when cutting on the left) is still read. Truncation then works on
 /// these lengths, and cutting the whole ids to what it keeps gives the capped ids'
 /// cut, since it keeps the same end.
 ///

@@ -73,6 +73,12 @@ fn variants(base: &Value) -> Vec<(&'static str, Value)> {
 /// `tokenizers` with the given truncation set (cloned once per setting, not per text).
 fn with_truncation(hf: &Tokenizer, truncation: Option<Truncation>) -> Tokenizer {
     let mut hf = hf.clone();
+    set_truncation(&mut hf, truncation);
+    hf
+}
+
+/// Sets `hf`'s truncation to ours.
+fn set_truncation(hf: &mut Tokenizer, truncation: Option<Truncation>) {
     hf.with_truncation(truncation.map(|t| TruncationParams {
         max_length: t.max_length,
         strategy: match t.strategy {
@@ -87,7 +93,6 @@ fn with_truncation(hf: &Tokenizer, truncation: Option<Truncation>) -> Tokenizer 
         },
     }))
     .unwrap();
-    hf
 }
 
 fn hf_encode(
@@ -353,7 +358,7 @@ fn random_strings_every_variant() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ v as u64);
         // Every strategy and side: tokenizers 0.23 caps each text at `max_length` ids
         // at a pre-token's end before truncating (see `capped_len` in encode.rs).
-        let mut truncating: Vec<(Truncation, Tokenizer)> = Vec::new();
+        let mut truncating: Vec<Truncation> = Vec::new();
         for max_length in 4..44 {
             for strategy in [
                 TruncationStrategy::LongestFirst,
@@ -366,22 +371,42 @@ fn random_strings_every_variant() {
                         strategy,
                         side,
                     };
-                    truncating.push((t, with_truncation(&hf, Some(t))));
+                    truncating.push(t);
                 }
             }
         }
+        let mut hf_t = hf.clone();
         let (mut pairs, mut both_capped, mut errors) = (0, 0, 0);
         for case in 0..cases {
             let a = random_text(&mut rng, &vocab);
             let want = hf_encode(&hf, &a, None, true).unwrap();
             let got = ours(&wp, &a, None, true, None).unwrap();
             assert_eq!(got, want, "{name}, case {case}: {a:?}");
+            if case % 4 == 2 {
+                // One text, any setting: under only_second a too-long one is refused.
+                let t = truncating[rng.below(truncating.len())];
+                set_truncation(&mut hf_t, Some(t));
+                let add = rng.below(4) != 0;
+                let want = hf_encode(&hf_t, &a, None, add);
+                let got = ours(&wp, &a, None, add, Some(t));
+                match (want, got) {
+                    (Ok(w), Ok(g)) => assert_eq!(
+                        g, w,
+                        "{name}, case {case}, {t:?}, add_special_tokens {add}: {a:?}"
+                    ),
+                    (Err(_), Err(_)) => {}
+                    (w, g) => {
+                        panic!("{name}, case {case}, {t:?}: tokenizers {w:?}, berth {g:?}: {a:?}")
+                    }
+                }
+            }
             if case % 4 == 0 {
                 let b = random_text(&mut rng, &vocab);
-                let (t, hf_t) = &truncating[rng.below(truncating.len())];
+                let t = truncating[rng.below(truncating.len())];
+                set_truncation(&mut hf_t, Some(t));
                 let add = rng.below(4) != 0;
-                let want = hf_encode(hf_t, &a, Some(&b), add);
-                let got = ours(&wp, &a, Some(&b), add, Some(*t));
+                let want = hf_encode(&hf_t, &a, Some(&b), add);
+                let got = ours(&wp, &a, Some(&b), add, Some(t));
                 match (want, got) {
                     (Ok(w), Ok(g)) => assert_eq!(
                         g, w,
@@ -416,6 +441,47 @@ fn random_strings_every_variant() {
              longest-first with both texts capped, {errors} refused by both), identical ids"
         );
     }
+}
+
+/// The two cases where `tokenizers` 0.23's cap (each text tokenized only up to
+/// `max_length` ids, to a word's end) changes what truncation keeps, pinned.
+#[test]
+fn truncation_sees_texts_capped_at_max_length_as_tokenizers_0_23_does() {
+    let Some(base) = minilm_json() else { return };
+    let (wp, hf) = both(&base);
+    let whole = |x: &str| ours(&wp, x, None, false, None).unwrap().0;
+    // Nine one-id words, against six one-id words and a two-piece one: 9 and 8 ids,
+    // capped at 7 and 8 (the cap ends with the word that reaches 7).
+    let a = "a b c d e f g h i";
+    let b = "a b c d e f tokenization";
+    assert_eq!((whole(a).len(), whole(b).len()), (9, 8));
+    let t = Truncation::longest_first(7);
+    let want = hf_encode(&with_truncation(&hf, Some(t)), a, Some(b), false).unwrap();
+    let got = ours(&wp, a, Some(b), false, Some(t)).unwrap();
+    assert_eq!(got, want);
+    // Capped, the first is the shorter and keeps 3 ids; on whole lengths it would
+    // be the longer and keep the odd one, 4.
+    let first = got.1.iter().filter(|&&ty| ty == 0).count();
+    assert_eq!((first, got.0.len() - first), (3, 4));
+    // only_first with an empty first text and no special tokens: the second text,
+    // capped at exactly max_length, is kept, where whole it would be refused.
+    let t = Truncation {
+        max_length: 7,
+        strategy: TruncationStrategy::OnlyFirst,
+        side: TruncationSide::Left,
+    };
+    let want = hf_encode(&with_truncation(&hf, Some(t)), "", Some(a), false).unwrap();
+    let got = ours(&wp, "", Some(a), false, Some(t)).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.0, whole(a)[2..]);
+    // A single text under only_second is not capped: too long, it is refused.
+    let t = Truncation {
+        max_length: 7,
+        strategy: TruncationStrategy::OnlySecond,
+        side: TruncationSide::Right,
+    };
+    assert!(hf_encode(&with_truncation(&hf, Some(t)), a, None, false).is_err());
+    assert!(ours(&wp, a, None, false, Some(t)).is_err());
 }
 
 #[test]
