@@ -180,10 +180,14 @@ fn hub_downloads_show_lines_in_a_log_and_a_bar_on_a_terminal() {
     let o = berth("hub-log", "log.jsonl").output().unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
-    assert!(
-        log.contains("downloading owner/name tokenizer.json (")
-            && log.contains("downloaded owner/name tokenizer.json ("),
-        "no download lines in:\n{log}"
+    let count = |what: &str| log.lines().filter(|l| l.starts_with(what)).count();
+    assert_eq!(
+        (
+            count("downloading owner/name tokenizer.json ("),
+            count("downloaded owner/name tokenizer.json (")
+        ),
+        (1, 1),
+        "one start and one end line for the download in:\n{log}"
     );
     assert_eq!(jsonl_rows(&tmp.path().join("log.jsonl")).len(), 1);
 

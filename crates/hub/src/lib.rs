@@ -211,6 +211,9 @@ struct Lines {
     /// The next quarter to report (1 to 3).
     quarter: usize,
     started: std::time::Instant,
+    /// The first line is said: hf-hub calls `init` again when the body starts, and
+    /// on each retry, each time followed by `update` with the bytes already on disk.
+    started_said: bool,
 }
 
 impl Lines {
@@ -227,6 +230,7 @@ impl Lines {
             done: 0,
             quarter: 1,
             started: std::time::Instant::now(),
+            started_said: false,
         }
     }
 }
@@ -250,6 +254,11 @@ impl hf_hub::api::Progress for Lines {
     fn init(&mut self, size: usize, filename: &str) {
         self.file = filename.to_string();
         self.size = size;
+        self.done = 0;
+        if self.started_said {
+            return;
+        }
+        self.started_said = true;
         self.started = std::time::Instant::now();
         (self.say)(format!(
             "downloading {} {} ({})",
@@ -534,6 +543,26 @@ mod tests {
             lines[4].starts_with("downloaded owner/name model.safetensors (4.0 MB in "),
             "{lines:?}"
         );
+        // As hf-hub calls it: `init` before the request and again when the body
+        // starts, then `update` with the bytes already on disk; on a retry the same.
+        let lines = said(|p| {
+            p.init(4_000_000, "model.safetensors");
+            p.init(4_000_000, "model.safetensors");
+            p.update(0);
+            p.update(1_500_000);
+            p.init(4_000_000, "model.safetensors");
+            p.update(1_500_000);
+            p.update(2_500_000);
+            p.finish();
+        });
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "downloading owner/name model.safetensors (4.0 MB)"
+        );
+        assert!(lines[1].ends_with(": 25% (1.5 MB of 4.0 MB)"), "{lines:?}");
+        assert!(lines[2].ends_with(": 50% (4.0 MB of 4.0 MB)"), "{lines:?}");
+        assert!(lines[3].ends_with(": 75% (4.0 MB of 4.0 MB)"), "{lines:?}");
         // One update past several quarters says each; small files only start and end.
         let lines = said(|p| {
             p.init(2_000_000, "f");
