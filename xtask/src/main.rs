@@ -322,15 +322,27 @@ fn ci() -> Result<()> {
 
 /// The main job as a user whose target directory is elsewhere runs it, for a few
 /// steps: `cargo xtask finetune` must run the `berth` that cargo built there, not
-/// `target/release/berth`. This is CI's one release build (no stale binary is in a
-/// clean clone's `target/`, so a wrong path fails); a warm machine keeps it.
+/// `target/release/berth`. This is CI's one release build; a warm machine keeps it.
+/// Its binary is removed first, so the run needs the one this build links (a clean
+/// clone has no `target/release/berth` to run instead). The run writes under the
+/// same directory, not over a real run's `target/finetune/`.
 fn finetune_elsewhere() -> Result<()> {
     let elsewhere = workspace_root().join("target/ci-elsewhere");
-    let run_dir = workspace_root().join("target/finetune/imdb");
-    if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)
-            .with_context(|| format!("removing the last run {}", run_dir.display()))?;
+    let binary = elsewhere.join("release/berth");
+    let run_dir = elsewhere.join("finetune-imdb");
+    for stale in [&run_dir, &binary] {
+        let removed = if stale.is_dir() {
+            std::fs::remove_dir_all(stale)
+        } else {
+            std::fs::remove_file(stale)
+        };
+        if let Err(e) = removed
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e).with_context(|| format!("removing {}", stale.display()));
+        }
     }
+    let output_dir = format!("training.output_dir={:?}", run_dir.display().to_string());
     let args = [
         "xtask",
         "finetune",
@@ -338,6 +350,8 @@ fn finetune_elsewhere() -> Result<()> {
         "2",
         "--set",
         "data.max_test_samples=64",
+        "--set",
+        &output_dir,
     ];
     println!(
         "ci: CARGO_TARGET_DIR={} cargo {}",
@@ -345,11 +359,8 @@ fn finetune_elsewhere() -> Result<()> {
         args.join(" ")
     );
     run(cargo().args(args).env("CARGO_TARGET_DIR", &elsewhere))?;
-    if !elsewhere.join("release/berth").is_file() {
-        bail!(
-            "finetune built no {}",
-            elsewhere.join("release/berth").display()
-        );
+    if !binary.is_file() {
+        bail!("finetune built no {}", binary.display());
     }
     let report = run_dir.join("report.md");
     let text = std::fs::read_to_string(&report)
@@ -441,7 +452,13 @@ fn finetune(args: &[String]) -> Result<()> {
             ("nsp", _) => "nsp.toml",
             (other, _) => bail!("unknown task '{other}' (imdb, mrpc, mlm, nsp)"),
         });
-    let run_dir = workspace_root().join("target/finetune").join(&task);
+    // A `--set training.output_dir=...` of the user's moves the run (and the report).
+    let run_dir = sets
+        .iter()
+        .rev()
+        .find_map(|s| s.strip_prefix("training.output_dir="))
+        .map(|v| PathBuf::from(v.trim().trim_matches('"')))
+        .unwrap_or_else(|| workspace_root().join("target/finetune").join(&task));
     println!(
         "finetune: task {task}, model {model}, data {data_shown}, device {device}, config {}",
         config.display()
