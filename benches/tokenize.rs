@@ -19,6 +19,22 @@ fn setup() -> (berth_data::tokenizers::Tokenizer, Dataset, Vec<String>) {
     (berth_benches::tokenizer(), ds, texts)
 }
 
+/// Checks that both libraries gave the same ids, row by row; returns how many.
+fn same_ids(
+    ours: &berth_wordpiece::BatchEncoding,
+    theirs: &[berth_data::tokenizers::Encoding],
+) -> usize {
+    assert_eq!(ours.len(), theirs.len());
+    for (i, e) in theirs.iter().enumerate() {
+        assert_eq!(
+            ours.row(i),
+            e.get_ids(),
+            "berth-wordpiece and tokenizers disagree on row {i}"
+        );
+    }
+    ours.ids.len()
+}
+
 fn bench(c: &mut Criterion) {
     let (tok, ds, texts) = setup();
     let op = Arc::new(TokenizeOp::new(&tok, TokenizeConfig::new("text")).expect("op"));
@@ -28,12 +44,7 @@ fn bench(c: &mut Criterion) {
     let opts = EncodeOptions::default();
     let ours = wp.encode_batch(&strs, None, &opts).expect("encode");
     let theirs = raw.encode_batch_fast(strs.clone(), true).expect("encode");
-    let tokens: usize = theirs.iter().map(|e| e.get_ids().len()).sum();
-    assert_eq!(
-        ours.ids.len(),
-        tokens,
-        "berth-wordpiece and tokenizers disagree"
-    );
+    let tokens = same_ids(&ours, &theirs);
     println!("tokenize bench: {} reviews, {tokens} tokens", texts.len());
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -81,12 +92,7 @@ fn bench(c: &mut Criterion) {
         .expect("truncation");
     let ours = wp.encode_batch(&strs, None, &opts_t).expect("encode");
     let theirs = raw_t.encode_batch_fast(strs.clone(), true).expect("encode");
-    let tokens: usize = theirs.iter().map(|e| e.get_ids().len()).sum();
-    assert_eq!(
-        ours.ids.len(),
-        tokens,
-        "berth-wordpiece and tokenizers disagree when truncating"
-    );
+    let tokens = same_ids(&ours, &theirs);
     println!("tokenize bench, truncated to 512: {tokens} tokens");
     let mut g = c.benchmark_group("tokenize_imdb_truncated_512");
     g.sample_size(10);
