@@ -88,7 +88,7 @@ pub struct WordPiece {
 }
 
 /// Per-thread scratch: the two texts of a pair, a normalized non-ASCII run, and the
-/// two texts' pre-token ends (recorded when truncation is on).
+/// two texts' pre-token ends (recorded when a pair is truncated).
 #[derive(Default)]
 struct Scratch {
     first: Vec<u32>,
@@ -375,34 +375,33 @@ impl WordPiece {
             let (a, b, norm) = (&mut s.first, &mut s.second, &mut s.norm);
             a.clear();
             b.clear();
-            // With truncation on, `tokenizers` caps the texts at a pre-token's end before
-            // truncating (see `capped_len`), so the pre-tokens' ends are recorded then.
+            // `tokenizers` caps the texts at a pre-token's end before truncating (see
+            // `capped_len`). That changes what a pair keeps, never what a single text
+            // keeps, so only a truncated pair's pre-token ends are recorded.
             let (ea, eb) = (&mut s.first_ends, &mut s.second_ends);
-            ea.clear();
-            eb.clear();
-            // Not the first text under `only_second`, nor a single one (which is then
-            // refused when too long, as `tokenizers` refuses it).
-            let cap_first =
-                limit.is_some_and(|(t, _)| t.strategy != TruncationStrategy::OnlySecond);
-            if cap_first {
+            let record = pair && limit.is_some();
+            if let (true, Some(second)) = (record, second) {
+                ea.clear();
+                eb.clear();
                 self.tokenize_with(first, a, norm, ea);
+                self.tokenize_with(second, b, norm, eb);
             } else {
                 self.tokenize_with(first, a, norm, &mut ());
-            }
-            if let Some(second) = second {
-                if limit.is_some() {
-                    self.tokenize_with(second, b, norm, eb);
-                } else {
+                if let Some(second) = second {
                     self.tokenize_with(second, b, norm, &mut ());
                 }
             }
             if let Some((t, max)) = limit {
-                let n_a = if cap_first {
-                    capped_len(ea, t.max_length, t.side)
+                let (n_a, n_b) = if record {
+                    // The first text under `only_second` is not capped.
+                    let n_a = match t.strategy {
+                        TruncationStrategy::OnlySecond => a.len(),
+                        _ => capped_len(ea, t.max_length, t.side),
+                    };
+                    (n_a, capped_len(eb, t.max_length, t.side))
                 } else {
-                    a.len()
+                    (a.len(), b.len())
                 };
-                let n_b = capped_len(eb, t.max_length, t.side);
                 let (n1, n2) = truncated_lengths(t.strategy, max, n_a, second.map(|_| n_b))?;
                 cut(a, n1, t.side);
                 cut(b, n2.unwrap_or(0), t.side);
@@ -561,19 +560,20 @@ fn truncated_lengths(
 
 /// How many of a text's ids `tokenizers` 0.23 hands to truncation. With truncation on,
 /// it tokenizes each text (both of a pair, but not the first or only one under
-/// `only_second`) only until it has `max_length` ids, the limit before the special tokens are taken off,
-/// and stops at the end of the pre-token that reaches it, from the end of the text when
-/// cutting on the left (`PreTokenizedString::tokenize_with_limit`). An added token
-/// counts, but does not stop it: the next word in reading order (the one before it
-/// when cutting on the left) is still read. Truncation then works on
-/// these lengths, and cutting the whole ids to what it keeps gives the capped ids'
-/// cut, since it keeps the same end.
+/// `only_second`) only until it has `max_length` ids, the limit before the special
+/// tokens are taken off, and stops at the end of the pre-token that reaches it, from
+/// the end of the text when cutting on the left (`PreTokenizedString::
+/// tokenize_with_limit`). An added token counts, but does not stop it: the next word
+/// in reading order (the one before it when cutting on the left) is still read.
+/// Truncation then works on these lengths, and cutting the whole ids to what it keeps
+/// gives the capped ids' cut, since it keeps the same end.
 ///
 /// Mostly the cap changes nothing, as a capped text still has at least `max_length`
-/// ids. Where it does: `longest_first` on a pair with both texts that long (which keeps
-/// the odd id is decided on the capped lengths), and an empty first text under
-/// `only_first` with no special tokens, whose second text capped at exactly
-/// `max_length` is kept instead of refused.
+/// ids, as many as can stay or more; a single text's result never changes. Where it
+/// does: `longest_first` on a pair with both texts that long (which keeps the odd id
+/// is decided on the capped lengths), and an empty first text under `only_first` with
+/// no special tokens, whose second text capped at exactly `max_length` is kept instead
+/// of refused. So `encode_into` caps pairs only.
 fn capped_len(ends: &[PreToken], max_length: usize, side: TruncationSide) -> usize {
     let n = ends.last().map_or(0, |p| p.end);
     match side {
