@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::fused;
-use crate::layers::{Activation, LayerNorm, Linear, Mode, linear_act, softmax_last};
+use crate::activation::Activation;
+use crate::layers::{LayerNorm, Linear, Mode, linear_act, softmax_last};
 use crate::params::{Init, Params};
 
 pub(crate) fn linear(p: &mut Params, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {

@@ -87,7 +87,7 @@ impl BertConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        crate::layers::Activation::parse(&self.hidden_act)?;
+        crate::activation::Activation::parse(&self.hidden_act)?;
         Ok(())
     }
 

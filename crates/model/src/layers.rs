@@ -1,11 +1,13 @@
-//! Building blocks made only of differentiable candle primitives: candle's fused
-//! `layer_norm`/`softmax_last_dim` record no backward op (see STYLE.md), so LayerNorm
-//! and softmax are written out here.
+//! Building blocks: linear, LayerNorm, dropout and softmax, each dispatching to a fused
+//! op ([`crate::fused`]) where [`Ops`] and the device allow, else to its composed form
+//! (differentiable candle primitives only: candle's own `layer_norm` and
+//! `softmax_last_dim` record no backward op, see STYLE.md), which stays the reference.
 
 use std::cell::Cell;
 
 use candle_core::{D, DType, Tensor};
 
+use crate::activation::Activation;
 use crate::error::Result;
 use crate::fused::{self, DropoutKey, Ops};
 
@@ -218,37 +220,6 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&s)?.to_dtype(dtype)?)
-}
-
-/// The feed-forward activation named by `hidden_act`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact GELU (erf), HF's "gelu".
-    Gelu,
-    /// tanh approximation: "gelu_new", "gelu_pytorch_tanh", "gelu_fast".
-    GeluTanh,
-    Relu,
-}
-
-impl Activation {
-    pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "gelu" => Ok(Activation::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-            "relu" => Ok(Activation::Relu),
-            other => Err(format!(
-                "hidden_act '{other}' is not supported (gelu, gelu_new, relu)"
-            )),
-        }
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
-            Activation::Relu => x.relu()?,
-        })
-    }
 }
 
 /// `activation(x W^T + b)`: the gemm, then bias and activation in one fused op where

@@ -2,9 +2,11 @@
 //! (sequence classification, chunk-pooled classification, masked LM, pre-training),
 //! and HF-compatible checkpoints.
 //!
-//! Every parameter is an f32 `Var` in a `VarMap`, so all are trainable; the forward
-//! pass is built from differentiable primitives only (candle's fused LayerNorm and
-//! softmax drop gradients).
+//! Every parameter is an f32 `Var` in a `VarMap`, so all are trainable. On the CPU the
+//! forward pass runs Berth's fused ops ([`fused`]), each with its own backward; the
+//! composed path beside them (candle primitives only, never candle's own fused
+//! LayerNorm or softmax, which record no backward) is the reference the tests compare
+//! against, selected with [`Ops::Composed`] or `BERTH_OPS=composed`.
 //!
 //! ```
 //! use berth_model::{BertConfig, Mode, Params, SequenceClassifier};
@@ -18,6 +20,7 @@
 //! assert_eq!(logits.dims(), &[1, 2]);
 //! ```
 
+mod activation;
 mod bert;
 mod checkpoint;
 mod config;
@@ -39,7 +42,8 @@ pub use fused::Ops;
 pub use heads::{
     ChunkPooledClassifier, MaskedLm, Pool, PreTraining, SequenceClassifier, pool_chunks,
 };
-pub use layers::{Activation, LayerNorm, Linear, Mode, linear_act, softmax_last};
+pub use activation::Activation;
+pub use layers::{LayerNorm, Linear, Mode, linear_act, softmax_last};
 pub use loss::{
     IGNORE_INDEX, bce_with_logits, cross_entropy, cross_entropy_composed, cross_entropy_with, mse,
 };

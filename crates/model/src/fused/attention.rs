@@ -110,6 +110,26 @@ impl Attention {
             }
         }
     }
+    /// P of (b, h) again, from the scores and the row statistics the forward saved
+    /// (max and 1 / sum of the exponentials), without the dropout mask.
+    #[inline(always)]
+    fn recompute_probabilities(
+        &self,
+        dm: &Dims,
+        [q, k]: [&[f32]; 2],
+        stats: &[(f32, f32)],
+        b: usize,
+        h: usize,
+        p: &mut [f32],
+    ) {
+        self.scores(q, k, dm, b, h, p);
+        for (row, &(max, inv)) in p.chunks_mut(dm.l).zip(stats) {
+            for x in row.iter_mut() {
+                *x = super::exp(*x - max) * inv;
+            }
+        }
+    }
+
     /// The backward of (batch, head) `bh`: recomputes P from the saved row stats and
     /// the mask, then dV = (P o M)^T dO, dP = (dO V^T) o M,
     /// dS = P o (dP - rowsum(dP o P)), dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d).
@@ -132,12 +152,7 @@ impl Attention {
     ) {
         let (b, h) = (bh / self.heads, bh % self.heads);
         let off = b * dm.l * dm.hd + h * dm.d;
-        self.scores(q, k, dm, b, h, p);
-        for (row, &(max, inv)) in p.chunks_mut(dm.l).zip(stats) {
-            for x in row.iter_mut() {
-                *x = super::exp(*x - max) * inv;
-            }
-        }
+        self.recompute_probabilities(dm, [q, k], stats, b, h, p);
         let strided = |data| Mat::strided(data, dm.hd);
         let (qv, kv, dov) = (
             strided(&q[off..]),
@@ -192,13 +207,7 @@ impl Attention {
                 false,
             )
         };
-        // dS = P o (dP - rowsum(dP o P)), into dp.
-        for (drow, prow) in dp.chunks_mut(dm.l).zip(p.chunks(dm.l)) {
-            let di = dot_lanes(drow, prow);
-            for (d, &pv) in drow.iter_mut().zip(prow) {
-                *d = pv * (*d - di);
-            }
-        }
+        softmax_backward(dp, p, dm.l);
         // SAFETY: as above.
         unsafe {
             sgemm_ptr(
@@ -225,6 +234,18 @@ impl Attention {
                 scale,
                 false,
             );
+        }
+    }
+}
+
+/// The softmax's backward in place, row by row of length `l`: dS = P o (dP -
+/// rowsum(dP o P)), into `dp`.
+#[inline(always)]
+fn softmax_backward(dp: &mut [f32], p: &[f32], l: usize) {
+    for (drow, prow) in dp.chunks_mut(l).zip(p.chunks(l)) {
+        let di = dot_lanes(drow, prow);
+        for (d, &pv) in drow.iter_mut().zip(prow) {
+            *d = pv * (*d - di);
         }
     }
 }

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{err, f32_view, rows_per_task, simd, storage_of, sum_in_order, tensor_like, with_f32s};
-use crate::layers::Activation;
+use crate::activation::Activation;
 
 /// erf for f32: the odd rational approximation of Eigen's `generic_fast_erf_float`
 /// on `[-4, 4]` (erf is ±1 in f32 beyond), branch-free so that it vectorises. Plain

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{err, f32_view, rows_per_task, tensor_like, with_f32s};
-use crate::loss::IGNORE_INDEX;
+use berth_masking::IGNORE_INDEX;
 
 struct CrossEntropy {
     labels: Vec<i64>,

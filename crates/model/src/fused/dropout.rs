@@ -80,7 +80,7 @@ impl DropoutKey {
     /// Writes `scale` or 0 for elements `start..start + out.len()` of this tensor:
     /// site elements `offset + start..` (each row at its place in the full tensor when
     /// [`DropoutKey::rows`] maps rows).
-    /// Compiled for the CPU's widest vectors ([`super::simd`]); integer operations
+    /// Compiled for the CPU's widest vectors (the `simd` module); integer operations
     /// only, so the same bits on every ISA.
     pub fn fill(&self, start: u64, out: &mut [f32]) {
         simd(

@@ -8,7 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::layers::{Activation, LayerNorm, Linear, apply_dropout, linear_act};
+use crate::activation::Activation;
+use crate::layers::{LayerNorm, Linear, apply_dropout, linear_act};
 use crate::loss::{cross_entropy_composed, cross_entropy_with};
 
 fn rand_var(shape: &[usize], seed: u64, scale: f32) -> Var {
