@@ -1,5 +1,5 @@
 //! The chunking map op: `input_ids` (tokenized without special tokens) to `chunks`
-//! (List<List<UInt32>>, each `[CLS] .. [SEP]`, unpadded) and `num_chunks` (UInt32), so
+//! (`List<List<UInt32>>`, each `[CLS] .. [SEP]`, unpadded) and `num_chunks` (`UInt32`), so
 //! a dataset is chunked once and cached.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use berth_chunking::{ChunkConfig, SpecialTokens, chunk_ids};
 
 use crate::error::{DataError, Result};
 use crate::ops::BatchOp;
-use crate::tokenize::{column_of, list_of, with_columns};
+use crate::columns::{column_of, list_of, with_columns};
 
 /// Reads `ids_column` (a List of integer ids without special tokens) and adds
 /// `chunks` and `num_chunks`.

@@ -12,7 +12,6 @@ use tokenizers::{
 };
 
 use crate::error::{DataError, Result};
-use crate::tokenize::{digest_of_json, tokenizer_json, unpadded};
 
 /// Which implementation encodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +264,39 @@ impl TextEncoder {
             }
         }
     }
+}
+
+/// A hash of the tokenizer's serialized form (vocabulary, normalizer, truncation...),
+/// part of the fingerprint of every op that tokenizes.
+pub(crate) fn tokenizer_digest(tokenizer: &Tokenizer) -> Result<String> {
+    Ok(digest_of_json(&tokenizer_json(tokenizer)?))
+}
+
+/// The tokenizer's serialized form (a tokenizer.json).
+pub(crate) fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String> {
+    tokenizer
+        .to_string(false)
+        .map_err(|e| DataError::Tokenizer {
+            what: "serialization".into(),
+            message: e.to_string(),
+        })
+}
+
+/// [`tokenizer_digest`] of an already serialized tokenizer.
+pub(crate) fn digest_of_json(json: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(json.as_bytes())[..16])
+}
+
+/// A copy of `tokenizer` with the padding and truncation baked into its file turned off.
+pub(crate) fn unpadded(tokenizer: &Tokenizer) -> Result<Tokenizer> {
+    let mut t = tokenizer.clone();
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| DataError::Tokenizer {
+        what: "truncation".into(),
+        message: e.to_string(),
+    })?;
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! ```
 
 mod chunk_op;
+mod columns;
 mod dataset;
 mod encoder;
 mod error;

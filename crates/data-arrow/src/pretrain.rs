@@ -17,9 +17,10 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::ops::BatchOp;
 use crate::special::special_tokens;
-use crate::tokenize::{list_of, text_values, tokenizer_digest, unpadded, with_columns};
+use crate::columns::{list_of, text_values, with_columns};
+use crate::encoder::{tokenizer_digest, unpadded};
 
-/// Masks `input_ids` as HF's MLM collator does and adds `labels` (List<Int64>, -100
+/// Masks `input_ids` as HF's MLM collator does and adds `labels` (`List<Int64>`, -100
 /// where not selected). Row `r` is masked with `rng_for(seed, r)`, so the output does
 /// not depend on batch size or workers.
 pub struct MlmOp {

@@ -1,19 +1,15 @@
-//! Tokenization as a map op: unpadded `input_ids` (List<UInt32>), `token_type_ids`
-//! and `attention_mask` (List<UInt8>), identical to HF `tokenizers` with the same
+//! Tokenization as a map op: unpadded `input_ids` (`List<UInt32>`), `token_type_ids`
+//! and `attention_mask` (`List<UInt8>`), identical to HF `tokenizers` with the same
 //! `tokenizer.json`. Padding and truncation baked into the file are turned off; pairs
 //! truncate `longest_first` when a max length is asked for.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, LargeStringArray, ListArray, PrimitiveArray, RecordBatch, StringArray,
-    StringViewArray,
-};
-use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Schema, UInt8Type, UInt32Type};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{UInt8Type, UInt32Type};
 use tokenizers::Tokenizer;
 
+use crate::columns::{list_from_flat, text_values, with_columns};
 use crate::encoder::TextEncoder;
 use crate::error::{DataError, Result};
 use crate::load::{HubOptions, hub_model_file};
@@ -114,160 +110,6 @@ impl TokenizeOp {
     }
 }
 
-/// A hash of the tokenizer's serialized form (vocabulary, normalizer, truncation...),
-/// part of the fingerprint of every op that tokenizes.
-pub(crate) fn tokenizer_digest(tokenizer: &Tokenizer) -> Result<String> {
-    Ok(digest_of_json(&tokenizer_json(tokenizer)?))
-}
-
-/// The tokenizer's serialized form (a tokenizer.json).
-pub(crate) fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String> {
-    tokenizer
-        .to_string(false)
-        .map_err(|e| DataError::Tokenizer {
-            what: "serialization".into(),
-            message: e.to_string(),
-        })
-}
-
-/// [`tokenizer_digest`] of an already serialized tokenizer.
-pub(crate) fn digest_of_json(json: &str) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(json.as_bytes())[..16])
-}
-
-/// A copy of `tokenizer` with the padding and truncation baked into its file turned off.
-pub(crate) fn unpadded(tokenizer: &Tokenizer) -> Result<Tokenizer> {
-    let mut t = tokenizer.clone();
-    t.with_padding(None);
-    t.with_truncation(None).map_err(|e| DataError::Tokenizer {
-        what: "truncation".into(),
-        message: e.to_string(),
-    })?;
-    Ok(t)
-}
-
-/// The column `name` of a batch, or an error naming the source and its columns.
-pub(crate) fn column_of<'a>(
-    batch: &'a RecordBatch,
-    name: &str,
-    source: &str,
-) -> Result<&'a ArrayRef> {
-    let idx = batch
-        .schema()
-        .index_of(name)
-        .map_err(|_| DataError::MissingColumn {
-            source_name: source.to_string(),
-            column: name.to_string(),
-            available: batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
-        })?;
-    Ok(batch.column(idx))
-}
-
-/// The rows of a text column as `&str`, erroring on a non-string column or a null.
-pub(crate) fn text_values<'a>(
-    batch: &'a RecordBatch,
-    column: &str,
-    first_row: usize,
-    source: &str,
-) -> Result<Vec<&'a str>> {
-    let array = column_of(batch, column, source)?;
-    let null_at = |i: usize| DataError::Value {
-        source_name: source.to_string(),
-        row: first_row + i,
-        column: column.to_string(),
-        message: "text is null".into(),
-    };
-    macro_rules! collect {
-        ($ty:ty) => {{
-            let a = array
-                .as_any()
-                .downcast_ref::<$ty>()
-                .ok_or_else(|| type_error(source, column, array.data_type()))?;
-            (0..a.len())
-                .map(|i| {
-                    if a.is_null(i) {
-                        Err(null_at(i))
-                    } else {
-                        Ok(a.value(i))
-                    }
-                })
-                .collect()
-        }};
-    }
-    match array.data_type() {
-        DataType::Utf8 => collect!(StringArray),
-        DataType::LargeUtf8 => collect!(LargeStringArray),
-        DataType::Utf8View => collect!(StringViewArray),
-        other => Err(type_error(source, column, other)),
-    }
-}
-
-fn type_error(source: &str, column: &str, found: &DataType) -> DataError {
-    DataError::ColumnType {
-        source_name: source.to_string(),
-        column: column.to_string(),
-        expected: "a string column".into(),
-        found: found.to_string(),
-    }
-}
-
-/// A `List<T>` array from per-row slices.
-pub(crate) fn list_of<T: ArrowPrimitiveType>(
-    rows: impl Iterator<Item = impl AsRef<[T::Native]>>,
-) -> ArrayRef {
-    let mut flat: Vec<T::Native> = Vec::new();
-    let mut offsets = vec![0usize];
-    for r in rows {
-        flat.extend_from_slice(r.as_ref());
-        offsets.push(flat.len());
-    }
-    list_from_flat::<T>(flat, &offsets)
-}
-
-/// A `List<T>` array from flat values and row offsets (`offsets[i]..offsets[i + 1]`).
-pub(crate) fn list_from_flat<T: ArrowPrimitiveType>(
-    values: Vec<T::Native>,
-    offsets: &[usize],
-) -> ArrayRef {
-    let offsets: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
-    let values = PrimitiveArray::<T>::new(values.into(), None);
-    let field = Arc::new(Field::new("item", T::DATA_TYPE, false));
-    Arc::new(ListArray::new(
-        field,
-        OffsetBuffer::new(offsets.into()),
-        Arc::new(values),
-        None,
-    ))
-}
-
-/// Replaces (or appends) the named columns of a batch.
-pub(crate) fn with_columns(batch: &RecordBatch, new: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
-    let schema = batch.schema();
-    let mut fields: Vec<Field> = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if !new.iter().any(|(n, _)| n == f.name()) {
-            fields.push(f.as_ref().clone());
-            cols.push(c.clone());
-        }
-    }
-    for (name, col) in new {
-        fields.push(Field::new(name, col.data_type().clone(), false));
-        cols.push(col);
-    }
-    RecordBatch::try_new(
-        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
-        cols,
-    )
-    .map_err(|e| DataError::arrow("adding columns", e))
-}
-
 impl BatchOp for TokenizeOp {
     fn keeps_rows(&self) -> bool {
         true
@@ -316,7 +158,9 @@ mod tests {
     use super::*;
     use crate::dataset::Dataset;
     use crate::ops::MapOptions;
-    use arrow::array::{Int64Array, ListArray, UInt32Array};
+    use arrow::array::{ArrayRef, Int64Array, ListArray, StringArray, UInt32Array};
+    use arrow::datatypes::DataType;
+    use std::sync::Arc;
 
     fn minilm() -> Option<Tokenizer> {
         let dir = berth_testkit::minilm_dir()?;
