@@ -96,7 +96,19 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type Error = Box<dyn std::error::Error>;
+
+/// What every shape is run with.
+struct Run {
+    device: candle_core::Device,
+    device_name: String,
+    precision: String,
+    dtype: DType,
+    steps: usize,
+    warmup: usize,
+}
+
+fn main() -> Result<(), Error> {
     berth_trainer::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opt = |name: &str| {
@@ -124,6 +136,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bf16" => DType::BF16,
         other => return Err(format!("precision must be f32 or bf16, not {other}").into()),
     };
+    let run = Run {
+        device,
+        device_name,
+        precision,
+        dtype,
+        steps,
+        warmup,
+    };
     println!(
         "| model | seq | batch | precision | device | ms/step | tokens/s | model TFLOP/s | peak memory |"
     );
@@ -133,123 +153,143 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if only.as_deref().is_some_and(|o| o != s.name) || only_seq.is_some_and(|q| q != s.seq) {
             continue;
         }
-        let cfg: BertConfig = serde_json::from_value(serde_json::json!({
-            "vocab_size": 30522, "hidden_size": s.hidden, "num_hidden_layers": s.layers,
-            "num_attention_heads": s.heads, "intermediate_size": s.intermediate,
-            "max_position_embeddings": 512, "type_vocab_size": 2, "num_labels": 2
-        }))?;
-        let mut p = Params::random(&device, 0, cfg.initializer_range);
-        let model = if s.mlm {
-            let mut m = MaskedLm::new(&cfg, &mut p)?;
-            m.bert.set_compute_dtype(dtype);
-            Model::Mlm(m)
-        } else {
-            let mut m = SequenceClassifier::new(&cfg, &mut p)?;
-            m.bert.set_compute_dtype(dtype);
-            Model::Cls(m)
-        };
-        let (varmap, _) = p.finish();
-        let mut opt = AdamW::new(
-            &varmap,
-            AdamWConfig {
-                weight_decay: 0.01,
-                ..Default::default()
-            },
-        )?;
-        let ids: Vec<u32> = (0..s.batch * s.seq)
-            .map(|i| (1000 + (i * 7919) % 28000) as u32)
-            .collect();
-        // MLM: 15% of the positions (3 in every 20) carry their id as the label.
-        let token_labels: Vec<i64> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| {
-                if (i * 7 + 3) % 20 < 3 {
-                    id as i64
-                } else {
-                    -100
-                }
-            })
-            .collect();
-        let ids = Tensor::from_vec(ids, (s.batch, s.seq), &device)?;
-        let types = ids.zeros_like()?;
-        let mask = ids.ones_like()?;
-        let labels = if s.mlm {
-            Tensor::from_vec(token_labels, (s.batch, s.seq), &device)?
-        } else {
-            Tensor::from_vec(
-                (0..s.batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-                s.batch,
-                &device,
-            )?
-        };
-        // Seconds in forward (with the loss), backward and the optimizer, summed over
-        // the timed steps (CPU only: on a GPU the phases run asynchronously).
-        let mut phases = [0f64; 3];
-        let mut step =
-            |i: usize, phases: &mut [f64; 3]| -> Result<(), Box<dyn std::error::Error>> {
-                let t = Instant::now();
-                let mode = Mode::train(i as u64);
-                let loss = match &model {
-                    Model::Cls(m) => {
-                        let logits = m.forward(&ids, Some(&types), Some(&mask), &mode)?;
-                        m.loss(&logits.to_dtype(DType::F32)?, &labels)?
-                    }
-                    Model::Mlm(m) => {
-                        let (logits, kept) =
-                            m.forward_labelled(&ids, Some(&types), Some(&mask), &labels, &mode)?;
-                        m.loss(&logits.to_dtype(DType::F32)?, &kept)?
-                    }
-                };
-                let t_fwd = Instant::now();
-                phases[0] += (t_fwd - t).as_secs_f64();
-                let grads = loss.backward()?;
-                let t_bwd = Instant::now();
-                phases[1] += (t_bwd - t_fwd).as_secs_f64();
-                let mut acc = opt.zero_grads();
-                opt.accumulate(&mut acc, &grads)?;
-                drop(grads);
-                opt.step(&acc, 1e-5, 1.0)?;
-                phases[2] += t_bwd.elapsed().as_secs_f64();
-                Ok(())
-            };
-        for i in 0..warmup {
-            step(i, &mut [0f64; 3])?;
-        }
-        device.synchronize()?;
-        let t0 = Instant::now();
-        for i in 0..steps {
-            step(warmup + i, &mut phases)?;
-        }
-        device.synchronize()?;
-        let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
-        let tokens = (s.batch * s.seq) as f64;
-        let tflops = flops_per_step(&s) / (ms / 1e3) / 1e12;
-        let mem = if gpu { None } else { peak_rss_mib() };
-        let mem_s = mem
-            .map(|m| format!("{:.2} GiB RSS", m / 1024.0))
-            .unwrap_or_else(|| "n/a".into());
-        println!(
-            "| {} | {} | {} | {precision} | {device_name} | {ms:.1} | {:.0} | {tflops:.3} | {mem_s} |",
-            s.name,
-            s.seq,
-            s.batch,
-            tokens / (ms / 1e3)
-        );
-        lines.push(serde_json::json!({
-            "impl": "berth", "model": s.name, "seq": s.seq, "batch": s.batch,
-            "precision": precision, "device": device_name, "ms_per_step": ms,
-            "tokens_per_s": tokens / (ms / 1e3), "model_tflops": tflops,
-            "peak_rss_mib": mem, "steps": steps, "warmup": warmup,
-            "phase_ms": (!gpu).then(|| serde_json::json!({
-                "forward": phases[0] * 1e3 / steps as f64,
-                "backward": phases[1] * 1e3 / steps as f64,
-                "optimizer": phases[2] * 1e3 / steps as f64,
-            })),
-        }));
+        lines.push(bench_shape(&s, &run)?);
     }
     for l in lines {
         println!("{l}");
     }
     Ok(())
+}
+
+/// A batch of `s`'s shape: ids, type ids, mask, and the labels (the class of each
+/// row, or for MLM 15% of the positions, 3 in every 20, labelled with their id).
+fn inputs(s: &Shape, device: &candle_core::Device) -> Result<[Tensor; 4], Error> {
+    let ids: Vec<u32> = (0..s.batch * s.seq)
+        .map(|i| (1000 + (i * 7919) % 28000) as u32)
+        .collect();
+    let token_labels: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            if (i * 7 + 3) % 20 < 3 {
+                id as i64
+            } else {
+                -100
+            }
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (s.batch, s.seq), device)?;
+    let types = ids.zeros_like()?;
+    let mask = ids.ones_like()?;
+    let labels = if s.mlm {
+        Tensor::from_vec(token_labels, (s.batch, s.seq), device)?
+    } else {
+        Tensor::from_vec(
+            (0..s.batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+            s.batch,
+            device,
+        )?
+    };
+    Ok([ids, types, mask, labels])
+}
+
+/// `s`'s model, random init, computing in `dtype`, with its parameters.
+fn model(s: &Shape, run: &Run) -> Result<(Model, Params), Error> {
+    let cfg: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 30522, "hidden_size": s.hidden, "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads, "intermediate_size": s.intermediate,
+        "max_position_embeddings": 512, "type_vocab_size": 2, "num_labels": 2
+    }))?;
+    let mut p = Params::random(&run.device, 0, cfg.initializer_range);
+    let model = if s.mlm {
+        let mut m = MaskedLm::new(&cfg, &mut p)?;
+        m.bert.set_compute_dtype(run.dtype);
+        Model::Mlm(m)
+    } else {
+        let mut m = SequenceClassifier::new(&cfg, &mut p)?;
+        m.bert.set_compute_dtype(run.dtype);
+        Model::Cls(m)
+    };
+    Ok((model, p))
+}
+
+/// Times `run.steps` full training steps of `s` after `run.warmup`, prints its table
+/// row and returns its JSON line.
+fn bench_shape(s: &Shape, run: &Run) -> Result<serde_json::Value, Error> {
+    let gpu = !run.device.is_cpu();
+    let (model, params) = model(s, run)?;
+    let (varmap, _) = params.finish();
+    let mut opt = AdamW::new(
+        &varmap,
+        AdamWConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+    )?;
+    let [ids, types, mask, labels] = inputs(s, &run.device)?;
+    // Seconds in forward (with the loss), backward and the optimizer, summed over
+    // the timed steps (CPU only: on a GPU the phases run asynchronously).
+    let mut phases = [0f64; 3];
+    let mut step = |i: usize, phases: &mut [f64; 3]| -> Result<(), Error> {
+        let t = Instant::now();
+        let mode = Mode::train(i as u64);
+        let loss = match &model {
+            Model::Cls(m) => {
+                let logits = m.forward(&ids, Some(&types), Some(&mask), &mode)?;
+                m.loss(&logits.to_dtype(DType::F32)?, &labels)?
+            }
+            Model::Mlm(m) => {
+                let (logits, kept) =
+                    m.forward_labelled(&ids, Some(&types), Some(&mask), &labels, &mode)?;
+                m.loss(&logits.to_dtype(DType::F32)?, &kept)?
+            }
+        };
+        let t_fwd = Instant::now();
+        phases[0] += (t_fwd - t).as_secs_f64();
+        let grads = loss.backward()?;
+        let t_bwd = Instant::now();
+        phases[1] += (t_bwd - t_fwd).as_secs_f64();
+        let mut acc = opt.zero_grads();
+        opt.accumulate(&mut acc, &grads)?;
+        drop(grads);
+        opt.step(&acc, 1e-5, 1.0)?;
+        phases[2] += t_bwd.elapsed().as_secs_f64();
+        Ok(())
+    };
+    let (steps, warmup) = (run.steps, run.warmup);
+    for i in 0..warmup {
+        step(i, &mut [0f64; 3])?;
+    }
+    run.device.synchronize()?;
+    let t0 = Instant::now();
+    for i in 0..steps {
+        step(warmup + i, &mut phases)?;
+    }
+    run.device.synchronize()?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let tokens = (s.batch * s.seq) as f64;
+    let tflops = flops_per_step(s) / (ms / 1e3) / 1e12;
+    let mem = if gpu { None } else { peak_rss_mib() };
+    let mem_s = mem
+        .map(|m| format!("{:.2} GiB RSS", m / 1024.0))
+        .unwrap_or_else(|| "n/a".into());
+    let (precision, device_name) = (&run.precision, &run.device_name);
+    println!(
+        "| {} | {} | {} | {precision} | {device_name} | {ms:.1} | {:.0} | {tflops:.3} | {mem_s} |",
+        s.name,
+        s.seq,
+        s.batch,
+        tokens / (ms / 1e3)
+    );
+    Ok(serde_json::json!({
+        "impl": "berth", "model": s.name, "seq": s.seq, "batch": s.batch,
+        "precision": precision, "device": device_name, "ms_per_step": ms,
+        "tokens_per_s": tokens / (ms / 1e3), "model_tflops": tflops,
+        "peak_rss_mib": mem, "steps": steps, "warmup": warmup,
+        "phase_ms": (!gpu).then(|| serde_json::json!({
+            "forward": phases[0] * 1e3 / steps as f64,
+            "backward": phases[1] * 1e3 / steps as f64,
+            "optimizer": phases[2] * 1e3 / steps as f64,
+        })),
+    }))
 }

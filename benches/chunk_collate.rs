@@ -35,66 +35,7 @@ fn bench(c: &mut Criterion) {
         .map(|c| ItemShape::of_rows(&c.iter().map(Vec::len).collect::<Vec<_>>()))
         .collect();
     let n = chunked.len();
-    let samplers: Vec<(&str, Box<dyn BatchSampler>)> = vec![
-        (
-            "sequential (16 texts)",
-            Box::new(SequentialSampler {
-                len: n,
-                batch_size: 16,
-                drop_last: false,
-            }),
-        ),
-        (
-            "random (16 texts)",
-            Box::new(RandomSampler {
-                len: n,
-                batch_size: 16,
-                seed: 0,
-                drop_last: false,
-            }),
-        ),
-        (
-            "length-grouped (16 texts)",
-            Box::new(LengthGroupedSampler {
-                lengths: shapes.iter().map(|s| s.rows * s.max_len).collect(),
-                batch_size: 16,
-                seed: 0,
-                drop_last: false,
-            }),
-        ),
-        (
-            "token budget 16384, random",
-            Box::new(
-                TokenBudgetSampler::new(shapes.clone(), 16_384, 64, 0, false).expect("sampler"),
-            ),
-        ),
-        (
-            "token budget 16384, grouped",
-            Box::new(
-                TokenBudgetSampler::new(shapes.clone(), 16_384, 64, 0, true).expect("sampler"),
-            ),
-        ),
-    ];
-    println!("\npadding efficiency on {n} IMDB reviews (real tokens / padded tokens):");
-    println!("| sampler | batches | efficiency | largest batch (padded tokens) |");
-    println!("| --- | --- | --- | --- |");
-    for (name, s) in &samplers {
-        let batches = s.batches(0);
-        let largest = batches
-            .iter()
-            .map(|b| {
-                b.iter().map(|&i| shapes[i].rows).sum::<usize>()
-                    * b.iter().map(|&i| shapes[i].max_len).max().unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        println!(
-            "| {name} | {} | {:.3} | {largest} |",
-            batches.len(),
-            padding_efficiency(&batches, &shapes)
-        );
-    }
-    println!();
+    padding_table(&shapes);
 
     let batches = RandomSampler {
         len: n,
@@ -129,6 +70,73 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The padding efficiency of each sampler over the chunked reviews' shapes, as a
+/// table.
+fn padding_table(shapes: &[ItemShape]) {
+    let n = shapes.len();
+    let samplers: Vec<(&str, Box<dyn BatchSampler>)> = vec![
+        (
+            "sequential (16 texts)",
+            Box::new(SequentialSampler {
+                len: n,
+                batch_size: 16,
+                drop_last: false,
+            }),
+        ),
+        (
+            "random (16 texts)",
+            Box::new(RandomSampler {
+                len: n,
+                batch_size: 16,
+                seed: 0,
+                drop_last: false,
+            }),
+        ),
+        (
+            "length-grouped (16 texts)",
+            Box::new(LengthGroupedSampler {
+                lengths: shapes.iter().map(|s| s.rows * s.max_len).collect(),
+                batch_size: 16,
+                seed: 0,
+                drop_last: false,
+            }),
+        ),
+        (
+            "token budget 16384, random",
+            Box::new(
+                TokenBudgetSampler::new(shapes.to_vec(), 16_384, 64, 0, false).expect("sampler"),
+            ),
+        ),
+        (
+            "token budget 16384, grouped",
+            Box::new(
+                TokenBudgetSampler::new(shapes.to_vec(), 16_384, 64, 0, true).expect("sampler"),
+            ),
+        ),
+    ];
+    println!("\npadding efficiency on {n} IMDB reviews (real tokens / padded tokens):");
+    println!("| sampler | batches | efficiency | largest batch (padded tokens) |");
+    println!("| --- | --- | --- | --- |");
+    for (name, s) in &samplers {
+        let batches = s.batches(0);
+        let largest = batches
+            .iter()
+            .map(|b| {
+                b.iter().map(|&i| shapes[i].rows).sum::<usize>()
+                    * b.iter().map(|&i| shapes[i].max_len).max().unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        println!(
+            "| {name} | {} | {:.3} | {largest} |",
+            batches.len(),
+            padding_efficiency(&batches, shapes)
+        );
+    }
+    println!();
+
 }
 
 criterion_group!(benches, bench);

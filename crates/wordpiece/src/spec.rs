@@ -203,7 +203,47 @@ impl Spec {
         let root: Value =
             serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
         let root = obj(&root, "the file")?;
+        let model = WordPieceModel::read(root)?;
+        let normalization = normalization(root)?;
+        match root.get("pre_tokenizer") {
+            Some(Value::Object(p)) if type_name(p, "pre_tokenizer")? == "BertPreTokenizer" => {}
+            Some(Value::Object(p)) => {
+                return unsupported(format!("pre_tokenizer {}", type_name(p, "pre_tokenizer")?));
+            }
+            _ => return unsupported("no pre_tokenizer (whole texts as one word)"),
+        }
+        let template = post_processor(root)?;
+        let added_tokens = added_tokens(root, &model.vocab)?;
+        let file_truncation = match root.get("truncation") {
+            None | Some(Value::Null) => None,
+            Some(t) => Some(truncation(obj(t, "truncation")?)?),
+        };
+        let file_padding = !matches!(root.get("padding"), None | Some(Value::Null));
 
+        Ok(Spec {
+            normalization,
+            vocab: model.vocab,
+            unk_id: model.unk_id,
+            continuing_subword_prefix: model.continuing_subword_prefix,
+            max_input_chars_per_word: model.max_input_chars_per_word,
+            template,
+            added_tokens,
+            file_truncation,
+            file_padding,
+        })
+    }
+}
+
+/// The file's `model`, which must be a WordPiece one.
+struct WordPieceModel {
+    vocab: Vec<(String, u32)>,
+    unk_id: u32,
+    continuing_subword_prefix: String,
+    max_input_chars_per_word: usize,
+}
+
+impl WordPieceModel {
+    fn read(root: &Map<String, Value>) -> Result<Self> {
         let model = obj(
             root.get("model")
                 .ok_or_else(|| invalid("no \"model\" key"))?,
@@ -238,123 +278,103 @@ impl Spec {
             .and_then(Value::as_u64)
             .ok_or_else(|| invalid("model.max_input_chars_per_word is missing"))?
             as usize;
-
-        let normalization = match root.get("normalizer") {
-            None | Some(Value::Null) => Normalization::NONE,
-            Some(n) => {
-                let n = obj(n, "normalizer")?;
-                match type_name(n, "normalizer")? {
-                    "BertNormalizer" => {
-                        let lowercase = bool_of(n, "lowercase", "normalizer", true)?;
-                        Normalization {
-                            clean_text: bool_of(n, "clean_text", "normalizer", true)?,
-                            handle_chinese_chars: bool_of(
-                                n,
-                                "handle_chinese_chars",
-                                "normalizer",
-                                true,
-                            )?,
-                            strip_accents: bool_of(n, "strip_accents", "normalizer", lowercase)?,
-                            lowercase,
-                        }
-                    }
-                    other => return unsupported(format!("normalizer {other}")),
-                }
-            }
-        };
-
-        match root.get("pre_tokenizer") {
-            Some(Value::Object(p)) if type_name(p, "pre_tokenizer")? == "BertPreTokenizer" => {}
-            Some(Value::Object(p)) => {
-                return unsupported(format!("pre_tokenizer {}", type_name(p, "pre_tokenizer")?));
-            }
-            _ => return unsupported("no pre_tokenizer (whole texts as one word)"),
-        }
-
-        let template = match root.get("post_processor") {
-            None | Some(Value::Null) => Template::plain(),
-            Some(p) => {
-                let p = obj(p, "post_processor")?;
-                match type_name(p, "post_processor")? {
-                    "BertProcessing" => {
-                        let pair_id = |key: &str| -> Result<u32> {
-                            let v = p
-                                .get(key)
-                                .and_then(Value::as_array)
-                                .filter(|a| a.len() == 2)
-                                .ok_or_else(|| {
-                                    invalid(format!("post_processor.{key} is not [token, id]"))
-                                })?;
-                            u32_of(&v[1], &format!("post_processor.{key}[1]"))
-                        };
-                        Template::bert(pair_id("cls")?, pair_id("sep")?)
-                    }
-                    "TemplateProcessing" => template_processing(p)?,
-                    other => return unsupported(format!("post_processor {other}")),
-                }
-            }
-        };
-
-        let mut added_tokens = Vec::new();
-        let vocab_ids: std::collections::HashMap<&str, u32> =
-            vocab.iter().map(|(k, id)| (k.as_str(), *id)).collect();
-        let mut next_id = vocab_ids.len() as u32;
-        if let Some(list) = root.get("added_tokens") {
-            let list = list
-                .as_array()
-                .ok_or_else(|| invalid("added_tokens is not a list"))?;
-            for (i, t) in list.iter().enumerate() {
-                let what = format!("added_tokens[{i}]");
-                let t = obj(t, &what)?;
-                let content = str_of(t, "content", &what)?;
-                for flag in ["single_word", "lstrip", "rstrip", "normalized"] {
-                    if bool_of(t, flag, &what, false)? {
-                        return unsupported(format!("added token {content:?} has {flag} set"));
-                    }
-                }
-                if content.is_empty() {
-                    return unsupported(format!("{what} is empty"));
-                }
-                // `tokenizers` ignores the file's id: a token in the vocabulary gets its
-                // vocabulary id, any other the next id after the vocabulary, in file order.
-                if added_tokens
-                    .iter()
-                    .any(|t: &AddedToken| t.content == content)
-                {
-                    continue;
-                }
-                let id = match vocab_ids.get(content) {
-                    Some(&id) => id,
-                    None => {
-                        next_id += 1;
-                        next_id - 1
-                    }
-                };
-                added_tokens.push(AddedToken {
-                    content: content.to_string(),
-                    id,
-                });
-            }
-        }
-
-        let file_truncation = match root.get("truncation") {
-            None | Some(Value::Null) => None,
-            Some(t) => Some(truncation(obj(t, "truncation")?)?),
-        };
-        let file_padding = !matches!(root.get("padding"), None | Some(Value::Null));
-
-        Ok(Spec {
-            normalization,
+        Ok(WordPieceModel {
             vocab,
             unk_id,
             continuing_subword_prefix: continuing_subword_prefix.to_string(),
             max_input_chars_per_word,
-            template,
-            added_tokens,
-            file_truncation,
-            file_padding,
         })
     }
+}
+
+/// The file's `normalizer`: none, or a `BertNormalizer`.
+fn normalization(root: &Map<String, Value>) -> Result<Normalization> {
+    let Some(n) = root.get("normalizer").filter(|n| !n.is_null()) else {
+        return Ok(Normalization::NONE);
+    };
+    let n = obj(n, "normalizer")?;
+    match type_name(n, "normalizer")? {
+        "BertNormalizer" => {
+            let lowercase = bool_of(n, "lowercase", "normalizer", true)?;
+            Ok(Normalization {
+                clean_text: bool_of(n, "clean_text", "normalizer", true)?,
+                handle_chinese_chars: bool_of(n, "handle_chinese_chars", "normalizer", true)?,
+                strip_accents: bool_of(n, "strip_accents", "normalizer", lowercase)?,
+                lowercase,
+            })
+        }
+        other => unsupported(format!("normalizer {other}")),
+    }
+}
+
+/// The file's `post_processor`: none, `BertProcessing` or `TemplateProcessing`.
+fn post_processor(root: &Map<String, Value>) -> Result<Template> {
+    let Some(p) = root.get("post_processor").filter(|p| !p.is_null()) else {
+        return Ok(Template::plain());
+    };
+    let p = obj(p, "post_processor")?;
+    match type_name(p, "post_processor")? {
+        "BertProcessing" => {
+            let pair_id = |key: &str| -> Result<u32> {
+                let v = p
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .filter(|a| a.len() == 2)
+                    .ok_or_else(|| invalid(format!("post_processor.{key} is not [token, id]")))?;
+                u32_of(&v[1], &format!("post_processor.{key}[1]"))
+            };
+            Ok(Template::bert(pair_id("cls")?, pair_id("sep")?))
+        }
+        "TemplateProcessing" => template_processing(p),
+        other => unsupported(format!("post_processor {other}")),
+    }
+}
+
+/// The file's `added_tokens`, with the ids `tokenizers` gives them.
+fn added_tokens(root: &Map<String, Value>, vocab: &[(String, u32)]) -> Result<Vec<AddedToken>> {
+    let mut added_tokens = Vec::new();
+    let Some(list) = root.get("added_tokens") else {
+        return Ok(added_tokens);
+    };
+    let vocab_ids: std::collections::HashMap<&str, u32> =
+        vocab.iter().map(|(k, id)| (k.as_str(), *id)).collect();
+    let mut next_id = vocab_ids.len() as u32;
+    let list = list
+        .as_array()
+        .ok_or_else(|| invalid("added_tokens is not a list"))?;
+    for (i, t) in list.iter().enumerate() {
+        let what = format!("added_tokens[{i}]");
+        let t = obj(t, &what)?;
+        let content = str_of(t, "content", &what)?;
+        for flag in ["single_word", "lstrip", "rstrip", "normalized"] {
+            if bool_of(t, flag, &what, false)? {
+                return unsupported(format!("added token {content:?} has {flag} set"));
+            }
+        }
+        if content.is_empty() {
+            return unsupported(format!("{what} is empty"));
+        }
+        // `tokenizers` ignores the file's id: a token in the vocabulary gets its
+        // vocabulary id, any other the next id after the vocabulary, in file order.
+        if added_tokens
+            .iter()
+            .any(|t: &AddedToken| t.content == content)
+        {
+            continue;
+        }
+        let id = match vocab_ids.get(content) {
+            Some(&id) => id,
+            None => {
+                next_id += 1;
+                next_id - 1
+            }
+        };
+        added_tokens.push(AddedToken {
+            content: content.to_string(),
+            id,
+        });
+    }
+    Ok(added_tokens)
 }
 
 fn truncation(t: &Map<String, Value>) -> Result<Truncation> {
