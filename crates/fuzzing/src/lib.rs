@@ -164,7 +164,7 @@ fn vocab() -> Vec<String> {
     v
 }
 
-/// A BERT WordPiece `tokenizer.json` over [`vocab`], as `bert-base-uncased` is built
+/// A BERT WordPiece `tokenizer.json` over `vocab()`, as `bert-base-uncased` is built
 /// (BertNormalizer lowercasing and stripping accents, BertPreTokenizer, BERT
 /// post-processing).
 pub fn tokenizer_json() -> String {

@@ -26,7 +26,7 @@ impl TaskBatch {
     pub fn labels(&self) -> Result<&Tensor> {
         self.labels
             .as_ref()
-            .ok_or_else(|| TrainError::Config("a batch without labels".into()))
+            .ok_or_else(|| TrainError::internal("a batch without labels"))
     }
 
     /// What each part of the loss averages over, in [`Output::parts`]' order: the
@@ -87,6 +87,6 @@ impl Output {
     pub fn loss(&self) -> Result<&Tensor> {
         self.loss
             .as_ref()
-            .ok_or_else(|| TrainError::Config("a forward without labels has no loss".into()))
+            .ok_or_else(|| TrainError::internal("a forward without labels has no loss"))
     }
 }

@@ -11,6 +11,7 @@ use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
 use serde_json::{Map, Value, json};
 
+use crate::checkpoint::{self, SavedModel, Snapshot};
 use crate::config::{RunConfig, Strategy};
 use crate::error::{Result, TrainError};
 use crate::model::TaskModel;
@@ -18,7 +19,7 @@ use crate::optim::AdamW;
 use crate::report::Progress;
 use crate::schedule::Schedule;
 use crate::splits::TaskData;
-use crate::state::{TrainerState, checkpoints};
+use crate::state::TrainerState;
 use crate::task::{Task, round4};
 
 /// What the loop just did: one optimizer step.
@@ -96,7 +97,7 @@ impl MetricsLog {
         if let Some(tb) = &self.tensorboard {
             let mut tb = tb
                 .lock()
-                .map_err(|_| TrainError::Config("event writer lock poisoned".into()))?;
+                .map_err(|_| TrainError::internal("event writer lock poisoned"))?;
             tb.scalars(state.global_step as i64, &crate::tensorboard::tags(&entry))?;
         }
         state.log_history.push(entry);
@@ -130,6 +131,29 @@ pub struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// What a checkpoint of this step holds; its model card shows `metrics`.
+    fn snapshot(&self, metrics: &BTreeMap<String, f64>) -> Result<Snapshot<'_>> {
+        Ok(Snapshot {
+            model: SavedModel {
+                model: self.model,
+                architecture: self.task.architecture(),
+                tokenizer: self.tokenizer,
+                tokenizer_dir: self.tokenizer_dir,
+            },
+            model_card: crate::repo::model_card(
+                self.config,
+                &self.data.train.source,
+                self.state.global_step,
+                self.state.epoch,
+                metrics,
+            ),
+            config_toml: self.config.to_toml()?,
+            opt: self.opt,
+            schedule: self.schedule,
+            state: self.state,
+        })
+    }
+
     /// Loss and metrics of the eval split, named `eval_<metric>`.
     pub fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
         let split = self.data.eval.as_ref().ok_or_else(|| {
@@ -357,7 +381,7 @@ impl Callback for Checkpointing {
         }
         s.log
             .println(&format!("Saving model checkpoint to {}", dir.display()));
-        save_checkpoint(s, &dir, &metrics).map_err(|e| {
+        checkpoint::save(&dir, &s.snapshot(&metrics)?).map_err(|e| {
             // The write went to a temp copy that is gone now: say which checkpoint
             // it was and that the ones before it stand.
             TrainError::checkpoint(
@@ -373,72 +397,8 @@ impl Callback for Checkpointing {
             )
         })?;
         c.last_checkpoint = Some(dir);
-        rotate_checkpoints(out, s.state, t.save_total_limit)?;
+        let best = s.state.best_model_checkpoint.as_deref().map(Path::new);
+        checkpoint::rotate(out, best, t.save_total_limit)?;
         Ok(s.collective.barrier()?)
     }
-}
-
-/// Model, optimizer, scheduler and trainer state (with the data position), written
-/// to a temp dir with its manifest last, and renamed into place.
-/// Each one is a complete HF model repo too (tokenizer files and a model card with
-/// the newest eval metrics), so `from_pretrained` and `berth predict` open it.
-fn save_checkpoint(s: &Session<'_>, dir: &Path, metrics: &BTreeMap<String, f64>) -> Result<()> {
-    berth_model::write_dir_atomically(dir, |tmp| -> Result<()> {
-        crate::repo::write_tokenizer_files(
-            tmp,
-            s.tokenizer,
-            s.tokenizer_dir,
-            s.model.config.max_position_embeddings,
-        )?;
-        let card = crate::repo::model_card(
-            s.config,
-            &s.data.train.source,
-            s.state.global_step,
-            s.state.epoch,
-            metrics,
-        );
-        std::fs::write(tmp.join("README.md"), card)
-            .map_err(|e| TrainError::io(tmp.join("README.md"), e))?;
-        berth_model::save_into(tmp, &s.model.config, s.task.architecture(), &s.model.varmap)?;
-        s.opt.save(tmp)?;
-        let json_err = |e: serde_json::Error| TrainError::checkpoint(tmp, e.to_string());
-        for (file, bytes) in [
-            (
-                "scheduler.json",
-                serde_json::to_vec_pretty(s.schedule).map_err(json_err)?,
-            ),
-            (
-                "rng_state.json",
-                serde_json::to_vec_pretty(&s.state.berth).map_err(json_err)?,
-            ),
-            ("training_config.toml", s.config.to_toml()?.into_bytes()),
-        ] {
-            let path = tmp.join(file);
-            std::fs::write(&path, bytes).map_err(|e| TrainError::io(&path, e))?;
-        }
-        s.state.write(&tmp.join("trainer_state.json"))?;
-        // Last: the manifest vouches for every file above.
-        crate::manifest::write(tmp)
-    })
-}
-
-/// Keeps at most `limit` checkpoints, never the best one.
-fn rotate_checkpoints(out: &Path, state: &TrainerState, limit: Option<usize>) -> Result<()> {
-    let Some(limit) = limit else {
-        return Ok(());
-    };
-    let all = checkpoints(out);
-    let best = state.best_model_checkpoint.as_deref().map(PathBuf::from);
-    let mut excess = all.len().saturating_sub(limit.max(1));
-    for (_, dir) in &all {
-        if excess == 0 {
-            break;
-        }
-        if Some(dir) == best.as_ref() {
-            continue;
-        }
-        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        excess -= 1;
-    }
-    Ok(())
 }

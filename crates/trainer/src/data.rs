@@ -70,7 +70,7 @@ impl Rows {
     pub fn get<R: RowSet>(&self) -> Result<&R> {
         let any: &dyn std::any::Any = self.0.as_ref();
         any.downcast_ref::<R>().ok_or_else(|| {
-            TrainError::Config(format!(
+            TrainError::Internal(format!(
                 "rows of another task ({:?}...) given where {} are expected",
                 self.0.len(),
                 std::any::type_name::<R>()
@@ -141,7 +141,7 @@ impl Prepare<'_> {
         ))
     }
 
-    /// The label column as class ids (see [`int_labels`]); empty when predicting.
+    /// The label column as class ids (see `int_labels`); empty when predicting.
     pub fn labels(&self, ds: &Dataset) -> Result<Vec<i64>> {
         match self.stage {
             Stage::Predict => Ok(Vec::new()),
@@ -175,7 +175,7 @@ fn text_labels(ds: &Dataset, column: &str) -> Result<Option<Vec<Option<String>>>
     let s = col
         .as_any()
         .downcast_ref::<StringArray>()
-        .ok_or_else(|| TrainError::Config(format!("column '{column}': not text")))?;
+        .ok_or_else(|| TrainError::Internal(format!("column '{column}': not text after its cast")))?;
     Ok(Some(s.iter().map(|v| v.map(str::to_string)).collect()))
 }
 

@@ -3,8 +3,12 @@ use std::path::{Path, PathBuf};
 /// Everything that can stop a run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// Something the user wrote (a config key, an option, a path) is wrong.
     #[error("config: {0}")]
     Config(String),
+    /// An invariant of Berth's own code does not hold: a bug, never the user's input.
+    #[error("internal error (a bug in Berth, please report it): {0}")]
+    Internal(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -48,6 +52,11 @@ impl TrainError {
             path: path.as_ref().to_path_buf(),
             source,
         }
+    }
+
+    /// A broken invariant (see [`TrainError::Internal`]).
+    pub fn internal(message: impl Into<String>) -> Self {
+        TrainError::Internal(message.into())
     }
 
     pub fn checkpoint(path: impl AsRef<Path>, message: impl Into<String>) -> Self {

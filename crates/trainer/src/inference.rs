@@ -17,7 +17,7 @@ use crate::data::{Prepare, Split, Stage};
 use crate::error::Result;
 use crate::model::TaskModel;
 use crate::task::{PredictContext, Task};
-use crate::trainer::{build_task, load_model, load_tokenizer};
+use crate::setup::{build_task, load_model, load_tokenizer};
 
 /// A trained model and its task.
 pub struct Inference {

@@ -17,17 +17,18 @@
 
 mod batch;
 mod callbacks;
+mod checkpoint;
 mod config;
 mod data;
 mod error;
 mod inference;
-pub mod manifest;
 mod metrics;
 mod model;
 mod optim;
 mod repo;
 mod report;
 mod schedule;
+mod setup;
 mod splits;
 mod state;
 pub mod task;
@@ -36,6 +37,7 @@ mod trainer;
 
 pub use batch::{Output, TaskBatch};
 pub use callbacks::{Callback, Control, MetricsLog, Session, StepEnd};
+pub use checkpoint::{checkpoints, manifest, resolve_checkpoint};
 pub use config::{
     ChunkingConfig, DataConfig, DeviceSpec, IntervalStrategy, MlmConfig, MultiLabelConfig,
     Precision, RunConfig, Strategy, TaskConfig, TrainingArgs,
@@ -49,7 +51,7 @@ pub use optim::{AdamW, AdamWConfig, Grads, decays};
 pub use report::{RunSummary, fmt_metrics, loss_curve, summary_table};
 pub use schedule::{Schedule, SchedulerType};
 pub use splits::{EvalData, TaskData, prepare, prepare_evaluation};
-pub use state::{Position, TrainerState, checkpoints, resolve_checkpoint};
+pub use state::{Position, TrainerState};
 pub use task::{Task, TaskContext};
 pub use trainer::{Trainer, parse_device};
 

@@ -224,7 +224,7 @@ impl AdamW {
         let data = varmap
             .data()
             .lock()
-            .map_err(|_| TrainError::Config("parameter store lock poisoned".into()))?;
+            .map_err(|_| TrainError::internal("parameter store lock poisoned"))?;
         let mut named: Vec<(&String, &Var)> = data.iter().collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         let slots = named
@@ -482,7 +482,7 @@ impl AdamW {
             config: self.config,
         };
         let json =
-            serde_json::to_string_pretty(&meta).map_err(|e| TrainError::Config(e.to_string()))?;
+            serde_json::to_string_pretty(&meta).map_err(|e| TrainError::internal(e.to_string()))?;
         let file = dir.join("optimizer.json");
         std::fs::write(&file, json).map_err(|e| TrainError::io(&file, e))
     }

@@ -24,9 +24,9 @@ pub fn write_tokenizer_files(
 ) -> Result<()> {
     let text = tokenizer
         .to_string(false)
-        .map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?;
+        .map_err(|e| TrainError::Internal(format!("tokenizer: {e}")))?;
     let json: Value =
-        serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("tokenizer: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Internal(format!("tokenizer: {e}")))?;
     let specials = special_tokens(tokenizer, &json);
     let generated: [(&str, Option<String>); 4] = [
         ("tokenizer.json", Some(text)),

@@ -910,7 +910,7 @@ fn prepare_error(files: &[(&str, &str)], sets: &[&str]) -> (String, PathBuf) {
     let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
     let cfg = config(&dir.join("run"), &overrides);
     let tok = tiny_tokenizer();
-    let task = crate::trainer::build_task(&cfg, &tok, &Device::Cpu).unwrap();
+    let task = crate::setup::build_task(&cfg, &tok, &Device::Cpu).unwrap();
     let e = crate::prepare(&cfg, task.as_ref(), &tok, 40).unwrap_err();
     // The files outlive the message only as a name: keep the directory for it.
     (e.to_string(), root.keep())

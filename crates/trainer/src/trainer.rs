@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use berth_collate::{
     BatchSampler, DistributedLengthGroupedSampler, DistributedSampler, LengthGroupedSampler,
-    Padding, RandomSampler,
+    RandomSampler,
 };
 use berth_collective::{Collective, SingleProcess};
 use berth_data::tokenizers::Tokenizer;
 use berth_model::Mode;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde_json::{Map, json};
 use std::sync::Arc;
 
@@ -22,7 +22,8 @@ use crate::callbacks::{
     Callback, Checkpointing, Control, EarlyStopping, Evaluation, Flow, Logging, MetricsLog,
     Session, StepEnd, SyncControl,
 };
-use crate::config::{DeviceSpec, Precision, RunConfig, Strategy};
+use crate::checkpoint::{self, SavedModel, checkpoints, resolve_checkpoint};
+use crate::config::{DeviceSpec, RunConfig, Strategy};
 use crate::data::Split;
 use crate::error::{Result, TrainError};
 use crate::model::TaskModel;
@@ -30,8 +31,9 @@ use crate::optim::{AdamW, AdamWConfig, Grads};
 use crate::report::{self, RunSummary};
 use crate::schedule::Schedule;
 use crate::splits::TaskData;
-use crate::state::{Position, TrainerState, checkpoints, resolve_checkpoint, write_atomic};
-use crate::task::{Task, TaskContext};
+use crate::setup::{build_task, load_model, load_tokenizer};
+use crate::state::{Position, TrainerState, write_atomic};
+use crate::task::{Task, round4};
 
 /// `cpu`, `cuda` or `cuda:N` as a candle device, with a clear error when CUDA is
 /// not compiled in or not there.
@@ -90,6 +92,25 @@ fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
         x ^= x >> 31;
     }
     x
+}
+
+/// A run in progress: what the phases of [`Trainer::train`] hand each other.
+struct Run {
+    out: PathBuf,
+    per_epoch: usize,
+    total_steps: usize,
+    schedule: Schedule,
+    opt: AdamW,
+    state: TrainerState,
+    /// What the callbacks decide, kept across steps.
+    control: Control,
+    /// When the first step of this process started (throughput counts from here).
+    started: Instant,
+    /// The step and tokens seen when this process started (after a resume).
+    start_step: usize,
+    start_tokens: u64,
+    /// The sum of the steps' losses since the start.
+    loss_total: f64,
 }
 
 /// A configured run: model, data and optimizer state.
@@ -368,11 +389,28 @@ impl Trainer {
         self.extra_callbacks.push(callback);
     }
 
-    /// Trains, evaluates and saves; returns the summary printed at the end.
+    /// Trains, evaluates and saves; returns the summary printed at the end. In
+    /// phases, as burn's learner: `start` (the run directory, optimizer,
+    /// schedule and fresh state), `resume` (a checkpoint's state, or a fresh
+    /// log), `callbacks`, `run_epochs` (each epoch a
+    /// `train_epoch`) and `finish` (summary, best model, the final
+    /// evaluation and test, the outputs).
     pub fn train(&mut self) -> Result<RunSummary> {
-        let t = self.config.training.clone();
+        let mut run = self.start()?;
+        self.resume(&mut run)?;
+        self.announce(&run);
+        let log = self.open_log(&run)?;
+        let mut callbacks = self.callbacks();
+        run.started = Instant::now();
+        self.run_epochs(&mut run, &log, &mut callbacks)?;
+        self.finish(run, &log)
+    }
+
+    /// The run directory (created, `run_config.toml` written, what a killed run left
+    /// tidied, shared by every rank), the schedule, the optimizer and a fresh state.
+    fn start(&self) -> Result<Run> {
+        let t = &self.config.training;
         let out = t.output_dir.clone();
-        let world = self.collective.world_size();
         let main = self.collective.is_main();
         if main {
             std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
@@ -389,7 +427,7 @@ impl Trainer {
             t.warmup_ratio,
             total_steps,
         );
-        let mut opt = AdamW::new(
+        let opt = AdamW::new(
             &self.model.varmap,
             AdamWConfig {
                 beta1: t.adam_beta1,
@@ -398,9 +436,8 @@ impl Trainer {
                 weight_decay: t.weight_decay,
             },
         )?;
-        let eval_strategy = t.eval_strategy();
-        let mut state = TrainerState {
-            eval_steps: match eval_strategy {
+        let state = TrainerState {
+            eval_steps: match t.eval_strategy() {
                 Strategy::Steps(n) => Some(n),
                 _ => None,
             },
@@ -413,64 +450,99 @@ impl Trainer {
             train_batch_size: t.per_device_train_batch_size,
             berth: Position {
                 seed: t.seed,
-                world_size: world,
+                world_size: self.collective.world_size(),
                 ..Default::default()
             },
             ..Default::default()
         };
-        let metrics_log = out.join("metrics.jsonl");
-
         if main {
-            crate::state::tidy_output_dir(&out)?;
+            checkpoint::tidy_output_dir(&out)?;
         }
         // The other ranks read checkpoints only once rank 0 has tidied.
         self.collective.barrier()?;
         self.check_shared_output_dir(&out)?;
+        Ok(Run {
+            out,
+            per_epoch,
+            total_steps,
+            schedule,
+            opt,
+            state,
+            control: Control::default(),
+            started: Instant::now(),
+            start_step: 0,
+            start_tokens: 0,
+            loss_total: 0.0,
+        })
+    }
+
+    /// With `resume_from_checkpoint`, the checkpoint's weights, optimizer, state and
+    /// data position (on as many ranks and with the same seed as it was trained);
+    /// else a fresh metrics log. Every rank then starts from rank 0's weights.
+    fn resume(&mut self, run: &mut Run) -> Result<()> {
+        let t = &self.config.training;
+        let world = self.collective.world_size();
         if let Some(spec) = &t.resume_from_checkpoint {
-            let ckpt = resolve_checkpoint(spec, &out)?;
-            self.restore(&ckpt, &mut opt, &mut state)?;
-            if state.berth.world_size != world {
+            let ckpt = resolve_checkpoint(spec, &run.out)?;
+            checkpoint::restore(
+                &ckpt,
+                &self.model.varmap,
+                &self.device,
+                &mut run.opt,
+                &mut run.state,
+            )?;
+            let trained = &run.state.berth;
+            if trained.world_size != world {
                 return Err(TrainError::checkpoint(
                     &ckpt,
                     format!(
                         "was trained on {} data-parallel rank(s), this run has {world}: each rank's shard of the data order and the global batch would change; resume with {} rank(s)",
-                        state.berth.world_size, state.berth.world_size
+                        trained.world_size, trained.world_size
                     ),
                 ));
             }
-            if state.berth.seed != t.seed {
+            if trained.seed != t.seed {
                 return Err(TrainError::checkpoint(
                     &ckpt,
                     format!(
                         "was trained with seed {}, this run has seed {}: resuming would not continue the same run",
-                        state.berth.seed, t.seed
+                        trained.seed, t.seed
                     ),
                 ));
             }
             self.log(&format!(
                 "resuming from {} at step {}",
                 ckpt.display(),
-                state.global_step
+                run.state.global_step
             ));
-        } else if main {
+            // Only this run's checkpoints count (a fresh run ignores an old run's).
+            run.control.last_checkpoint = checkpoints(&run.out).pop().map(|c| c.1);
+        } else if self.collective.is_main() {
             // A fresh run starts a fresh metrics log.
-            let _ = std::fs::remove_file(&metrics_log);
+            let _ = std::fs::remove_file(run.out.join("metrics.jsonl"));
         }
+        run.start_step = run.state.global_step;
+        run.start_tokens = run.state.berth.tokens_seen;
+        run.control.should_stop = run.state.global_step >= run.total_steps;
         // Every rank starts from rank 0's weights.
-        opt.broadcast_weights(self.collective.as_ref())?;
+        run.opt.broadcast_weights(self.collective.as_ref())
+    }
 
-        let n_train = self.data.train.rows.len();
+    /// What is trained on what, on stderr (rank 0).
+    fn announce(&self, run: &Run) {
+        let t = &self.config.training;
         self.log(&format!(
             "training {} on {} rows ({}), {} steps ({} per epoch), batch {} x {} accumulation, device {}",
             self.config.task.name(),
-            n_train,
+            self.data.train.rows.len(),
             self.data.train.source,
-            total_steps,
-            per_epoch,
+            run.total_steps,
+            run.per_epoch,
             t.per_device_train_batch_size,
             t.gradient_accumulation_steps,
             t.device
         ));
+        let world = self.collective.world_size();
         if world > 1 {
             self.log(&format!(
                 "data-parallel: {world} ranks ({}), global batch {} x {world} x {} accumulation",
@@ -485,19 +557,32 @@ impl Trainer {
                 self.model.report.newly_initialized.join(", ")
             ));
         }
+    }
 
-        let log = MetricsLog {
-            path: metrics_log,
-            progress: report::Progress::new(total_steps, state.global_step, self.no_bar || !main),
+    /// The metrics log, progress display and TensorBoard events (rank 0 writes).
+    fn open_log(&self, run: &Run) -> Result<MetricsLog> {
+        let t = &self.config.training;
+        let main = self.collective.is_main();
+        Ok(MetricsLog {
+            path: run.out.join("metrics.jsonl"),
+            progress: report::Progress::new(
+                run.total_steps,
+                run.state.global_step,
+                self.no_bar || !main,
+            ),
             tensorboard: (main && t.tensorboard())
-                .then(|| crate::tensorboard::EventWriter::create(&out))
+                .then(|| crate::tensorboard::EventWriter::create(&run.out))
                 .transpose()?
                 .map(std::sync::Mutex::new),
             quiet: !main,
-        };
-        // As HF: every callback decides after the flow's defaults and before logging,
-        // evaluation and saving act, so an added callback can ask for a save or a stop
-        // (and a stop it asks for is checkpointed, as an early stop is).
+        })
+    }
+
+    /// The policies, in the order they act. As HF: every callback decides after the
+    /// flow's defaults and before logging, evaluation and saving act, so an added
+    /// callback can ask for a save or a stop (and a stop it asks for is
+    /// checkpointed, as an early stop is).
+    fn callbacks(&mut self) -> Vec<Box<dyn Callback>> {
         let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(Flow)];
         callbacks.append(&mut self.extra_callbacks);
         callbacks.extend([
@@ -505,118 +590,202 @@ impl Trainer {
             Box::new(Logging::default()) as Box<dyn Callback>,
             Box::new(Evaluation),
             Box::new(EarlyStopping {
-                patience: t.early_stopping_patience,
+                patience: self.config.training.early_stopping_patience,
             }),
             // An early stop decided from this step's metrics, the same on every rank
             // up to the float sums of the gathered evaluation: or-ed again.
             Box::new(SyncControl),
             Box::new(Checkpointing),
         ]);
-        let started = Instant::now();
-        let start_step = state.global_step;
-        let start_tokens = state.berth.tokens_seen;
-        let mut loss_total = 0f64;
-        let mut control = Control {
-            // Only this run's checkpoints count (a fresh run ignores an old run's).
-            last_checkpoint: match &t.resume_from_checkpoint {
-                Some(_) => checkpoints(&out).pop().map(|c| c.1),
-                None => None,
-            },
-            should_stop: state.global_step >= total_steps,
-            ..Control::default()
-        };
+        callbacks
+    }
 
-        while !control.should_stop {
-            let epoch = state.berth.epoch_index;
-            let plan = self.batch_plan(epoch);
-            let groups: Vec<&[Vec<usize>]> = plan.chunks(t.gradient_accumulation_steps).collect();
-            let skip = state.berth.steps_in_epoch;
-            for group in groups.iter().skip(skip) {
-                let window = self.window_step(&opt, group, epoch, state.global_step)?;
-                if let Some(loss) = window.non_finite {
-                    log.progress.finish();
-                    return Err(TrainError::NonFinite {
-                        loss,
-                        on: window.non_finite_on.clone(),
-                        step: state.global_step + 1,
-                        epoch: state.epoch,
-                        last_checkpoint: control
-                            .last_checkpoint
-                            .as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| "none saved yet".into()),
-                    });
-                }
-                let lr = schedule.lr(state.global_step);
-                let t2 = Instant::now();
-                let grad_norm = opt.step(&window.grads, lr, t.max_grad_norm)?;
-                tracing::debug!("optimizer step {:.2}s", t2.elapsed().as_secs_f64());
-                drop(window.grads);
-                state.global_step += 1;
-                state.berth.steps_in_epoch += 1;
-                state.berth.tokens_seen += window.tokens;
-                state.num_input_tokens_seen = state.berth.tokens_seen;
-                state.epoch =
-                    epoch as f64 + state.berth.steps_in_epoch as f64 / groups.len() as f64;
-                loss_total += window.loss;
-                let epoch_end = state.berth.steps_in_epoch == groups.len();
-                if epoch_end {
-                    // The position a checkpoint saved now resumes from: the next epoch.
-                    state.berth.epoch_index += 1;
-                    state.berth.steps_in_epoch = 0;
-                }
-                let elapsed = started.elapsed().as_secs_f64();
-                let step = StepEnd {
-                    step: state.global_step,
-                    total_steps,
-                    epoch: state.epoch,
-                    epoch_end,
-                    last: state.global_step >= total_steps,
-                    loss: window.loss,
-                    grad_norm,
-                    lr: schedule.lr(state.global_step),
-                    tokens_per_s: (state.berth.tokens_seen - start_tokens) as f64
-                        / elapsed.max(1e-9),
-                };
-                control.new_step();
-                let mut session = Session {
-                    config: &self.config,
-                    tokenizer: &self.tokenizer,
-                    tokenizer_dir: self.tokenizer_dir(),
-                    task: self.task.as_ref(),
-                    model: &self.model,
-                    data: &self.data,
-                    opt: &opt,
-                    schedule: &schedule,
-                    state: &mut state,
-                    log: &log,
-                    collective: self.collective.as_ref(),
-                };
-                for callback in &mut callbacks {
-                    callback.on_step_end(&mut session, &step, &mut control)?;
-                }
-                if step.last {
-                    control.should_stop = true;
-                }
-                if control.should_stop {
-                    break;
-                }
-            }
-            if !control.should_stop && state.berth.steps_in_epoch != 0 {
+    /// Epochs until the run's last step or a callback's stop.
+    fn run_epochs(
+        &self,
+        run: &mut Run,
+        log: &MetricsLog,
+        callbacks: &mut [Box<dyn Callback>],
+    ) -> Result<()> {
+        while !run.control.should_stop {
+            self.train_epoch(run, log, callbacks)?;
+            if !run.control.should_stop && run.state.berth.steps_in_epoch != 0 {
                 // An epoch ends when its plan is used up, even if it was resumed.
-                state.berth.epoch_index += 1;
-                state.berth.steps_in_epoch = 0;
+                run.state.berth.epoch_index += 1;
+                run.state.berth.steps_in_epoch = 0;
             }
         }
         log.progress.finish();
-        let runtime = started.elapsed().as_secs_f64();
-        let steps_done = state.global_step - start_step;
+        Ok(())
+    }
+
+    /// The rest of the current epoch's optimizer steps (all of them, unless resumed
+    /// inside it), each followed by the callbacks; stops early when they say so.
+    fn train_epoch(
+        &self,
+        run: &mut Run,
+        log: &MetricsLog,
+        callbacks: &mut [Box<dyn Callback>],
+    ) -> Result<()> {
+        let t = &self.config.training;
+        let epoch = run.state.berth.epoch_index;
+        let plan = self.batch_plan(epoch);
+        let groups: Vec<&[Vec<usize>]> = plan.chunks(t.gradient_accumulation_steps).collect();
+        let skip = run.state.berth.steps_in_epoch;
+        for group in groups.iter().skip(skip) {
+            let step = self.optimizer_step(run, log, group, epoch, groups.len())?;
+            run.control.new_step();
+            let mut session = Session {
+                config: &self.config,
+                tokenizer: &self.tokenizer,
+                tokenizer_dir: self.tokenizer_dir(),
+                task: self.task.as_ref(),
+                model: &self.model,
+                data: &self.data,
+                opt: &run.opt,
+                schedule: &run.schedule,
+                state: &mut run.state,
+                log,
+                collective: self.collective.as_ref(),
+            };
+            for callback in callbacks.iter_mut() {
+                callback.on_step_end(&mut session, &step, &mut run.control)?;
+            }
+            if step.last {
+                run.control.should_stop = true;
+            }
+            if run.control.should_stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One optimizer step over `group`'s micro-batches: forward and backward, the
+    /// update, and the state moved on; what the callbacks are told of it. A loss
+    /// that is not a number stops the run, naming the last good checkpoint.
+    fn optimizer_step(
+        &self,
+        run: &mut Run,
+        log: &MetricsLog,
+        group: &[Vec<usize>],
+        epoch: u64,
+        steps_per_epoch: usize,
+    ) -> Result<StepEnd> {
+        let t = &self.config.training;
+        let state = &mut run.state;
+        let window = self.window_step(&run.opt, group, epoch, state.global_step)?;
+        if let Some(loss) = window.non_finite {
+            log.progress.finish();
+            return Err(TrainError::NonFinite {
+                loss,
+                on: window.non_finite_on.clone(),
+                step: state.global_step + 1,
+                epoch: state.epoch,
+                last_checkpoint: run
+                    .control
+                    .last_checkpoint
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none saved yet".into()),
+            });
+        }
+        let lr = run.schedule.lr(state.global_step);
+        let t2 = Instant::now();
+        let grad_norm = run.opt.step(&window.grads, lr, t.max_grad_norm)?;
+        tracing::debug!("optimizer step {:.2}s", t2.elapsed().as_secs_f64());
+        drop(window.grads);
+        state.global_step += 1;
+        state.berth.steps_in_epoch += 1;
+        state.berth.tokens_seen += window.tokens;
+        state.num_input_tokens_seen = state.berth.tokens_seen;
+        state.epoch = epoch as f64 + state.berth.steps_in_epoch as f64 / steps_per_epoch as f64;
+        run.loss_total += window.loss;
+        let epoch_end = state.berth.steps_in_epoch == steps_per_epoch;
+        if epoch_end {
+            // The position a checkpoint saved now resumes from: the next epoch.
+            state.berth.epoch_index += 1;
+            state.berth.steps_in_epoch = 0;
+        }
+        let elapsed = run.started.elapsed().as_secs_f64();
+        Ok(StepEnd {
+            step: state.global_step,
+            total_steps: run.total_steps,
+            epoch: state.epoch,
+            epoch_end,
+            last: state.global_step >= run.total_steps,
+            loss: window.loss,
+            grad_norm,
+            lr: run.schedule.lr(state.global_step),
+            tokens_per_s: (state.berth.tokens_seen - run.start_tokens) as f64 / elapsed.max(1e-9),
+        })
+    }
+
+    /// The end of a run: the training metrics logged, the best model reloaded when
+    /// asked, the final evaluation and the test, then (rank 0) the outputs.
+    fn finish(&mut self, mut run: Run, log: &MetricsLog) -> Result<RunSummary> {
+        let runtime = run.started.elapsed().as_secs_f64();
+        let (train_loss, tokens_per_s, train_metrics) = self.train_metrics(&mut run, log, runtime)?;
+        let reloaded_best = self.reload_best(&run)?;
+        let mut eval = BTreeMap::new();
+        if let Some(split) = &self.data.eval
+            && self.config.training.eval_strategy() != Strategy::No
+        {
+            eval = match run.control.last_eval.take() {
+                Some((step, m)) if step == run.state.global_step && !reloaded_best => m,
+                _ => self.evaluate(split, "eval")?,
+            };
+        }
+        let mut test = BTreeMap::new();
+        let mut details: Vec<(String, String)> = Vec::new();
+        if let Some(split) = &self.data.test {
+            let (m, scorer) = self.evaluate_scored(split, "test")?;
+            test = m;
+            if let Some(md) = scorer.details(&self.data.class_names) {
+                details.push(("Test: confusion matrix and per-class scores".into(), md));
+            }
+            log.push(
+                &mut run.state,
+                test.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
+            )?;
+        }
+        let summary = RunSummary {
+            output_dir: run.out.clone(),
+            global_step: run.state.global_step,
+            epoch: run.state.epoch,
+            train_loss,
+            train_runtime_s: runtime,
+            train_tokens_per_s: tokens_per_s,
+            eval,
+            test,
+            best_model_checkpoint: run.state.best_model_checkpoint.clone(),
+        };
+        if self.collective.is_main() {
+            self.write_outputs(&run.out, &run.state, &train_metrics, &summary, &details)?;
+        }
+        // Rank 0 writes the model and the reports; the others wait until it has.
+        self.collective.barrier()?;
+        Ok(summary)
+    }
+
+    /// HF's `train_loss`, runtime and throughput, logged as one entry; returns the
+    /// loss, the tokens per second and the values for `train_results.json`.
+    fn train_metrics(
+        &self,
+        run: &mut Run,
+        log: &MetricsLog,
+        runtime: f64,
+    ) -> Result<(f64, f64, BTreeMap<String, f64>)> {
+        let t = &self.config.training;
+        let world = self.collective.world_size();
+        let steps_done = run.state.global_step - run.start_step;
         let train_loss = if steps_done > 0 {
-            loss_total / steps_done as f64
+            run.loss_total / steps_done as f64
         } else {
             0.0
         };
-        let tokens_per_s = (state.berth.tokens_seen - start_tokens) as f64 / runtime.max(1e-9);
+        let tokens_per_s =
+            (run.state.berth.tokens_seen - run.start_tokens) as f64 / runtime.max(1e-9);
         let mut entry = Map::new();
         entry.insert("train_loss".into(), json!(train_loss));
         entry.insert("train_runtime".into(), json!(round4(runtime)));
@@ -640,58 +809,24 @@ impl Trainer {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
             .collect();
-        log.push(&mut state, entry)?;
+        log.push(&mut run.state, entry)?;
+        Ok((train_loss, tokens_per_s, train_metrics))
+    }
 
-        let mut reloaded_best = false;
-        if t.load_best_model_at_end
-            && let Some(best) = state.best_model_checkpoint.clone()
-        {
-            self.log(&format!("loading the best model from {best}"));
-            crate::manifest::verify_if_present(Path::new(&best))?;
-            self.load_weights(Path::new(&best))?;
-            reloaded_best = true;
-        }
-        let mut eval = BTreeMap::new();
-        if let Some(split) = &self.data.eval
-            && eval_strategy != Strategy::No
-        {
-            eval = match control.last_eval {
-                Some((step, m)) if step == state.global_step && !reloaded_best => m,
-                _ => self.evaluate(split, "eval")?,
-            };
-        }
-        let mut test = BTreeMap::new();
-        let mut details: Vec<(String, String)> = Vec::new();
-        if let Some(split) = &self.data.test {
-            let (m, scorer) = self.evaluate_scored(split, "test")?;
-            test = m;
-            if let Some(md) = scorer.details(&self.data.class_names) {
-                details.push(("Test: confusion matrix and per-class scores".into(), md));
-            }
-            log.push(
-                &mut state,
-                test.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
-            )?;
-        }
-        let summary = RunSummary {
-            output_dir: out.clone(),
-            global_step: state.global_step,
-            epoch: state.epoch,
-            train_loss,
-            train_runtime_s: runtime,
-            train_tokens_per_s: tokens_per_s,
-            eval,
-            test,
-            best_model_checkpoint: state.best_model_checkpoint.clone(),
+    /// With `load_best_model_at_end`, the best checkpoint's weights (checked against
+    /// its manifest); whether they were loaded.
+    fn reload_best(&self, run: &Run) -> Result<bool> {
+        let Some(best) = &run.state.best_model_checkpoint else {
+            return Ok(false);
         };
-        if !main {
-            // Rank 0 writes the model and the reports; wait until it has.
-            self.collective.barrier()?;
-            return Ok(summary);
+        if !self.config.training.load_best_model_at_end {
+            return Ok(false);
         }
-        self.write_outputs(&out, &state, &train_metrics, &summary, &details)?;
-        self.collective.barrier()?;
-        Ok(summary)
+        self.log(&format!("loading the best model from {best}"));
+        let best = Path::new(best);
+        checkpoint::manifest::verify_if_present(best)?;
+        checkpoint::load_weights(&self.model.varmap, best, &self.device)?;
+        Ok(true)
     }
 
     /// With several ranks, every rank must see the output directory rank 0 writes
@@ -830,34 +965,16 @@ impl Trainer {
     }
 
     /// Saves the model as HF does (config.json + model.safetensors, HF names) plus
-    /// the tokenizer, so `from_pretrained(dir)` and `berth predict` load it. The
-    /// files are written into a fresh hidden directory beside them and each renamed
-    /// over its old copy (the run directory holds more than the model, so it is not
-    /// replaced whole).
+    /// the tokenizer, so `from_pretrained(dir)` and `berth predict` load it (see
+    /// `checkpoint::SavedModel::write_final`).
     pub fn save_model(&self, dir: &Path) -> Result<()> {
-        let tmp = berth_fs::temp_sibling(&dir.join("model"), "save");
-        let moved = (|| -> Result<()> {
-            berth_model::save(
-                &tmp,
-                &self.model.config,
-                self.task.architecture(),
-                &self.model.varmap,
-            )?;
-            for f in ["config.json", "model.safetensors"] {
-                std::fs::rename(tmp.join(f), dir.join(f))
-                    .map_err(|e| TrainError::io(dir.join(f), e))?;
-            }
-            Ok(())
-        })();
-        // Whether or not it got there (a full disk), nothing is left behind.
-        let _ = std::fs::remove_dir_all(&tmp);
-        moved?;
-        crate::repo::write_tokenizer_files(
-            dir,
-            &self.tokenizer,
-            self.tokenizer_dir(),
-            self.model.config.max_position_embeddings,
-        )
+        SavedModel {
+            model: &self.model,
+            architecture: self.task.architecture(),
+            tokenizer: &self.tokenizer,
+            tokenizer_dir: self.tokenizer_dir(),
+        }
+        .write_final(dir)
     }
 
     /// The directory the tokenizer was read from: the model's, or `tokenizer` when
@@ -869,80 +986,6 @@ impl Trainer {
             Some(_) => None,
         }
     }
-
-    fn load_weights(&self, dir: &Path) -> Result<()> {
-        let file = dir.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&file, &self.device)?;
-        let data = self
-            .model
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| TrainError::Config("parameter store lock poisoned".into()))?;
-        for (name, var) in data.iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| TrainError::checkpoint(&file, format!("no tensor '{name}'")))?;
-            var.set(&t.to_dtype(DType::F32)?)?;
-        }
-        Ok(())
-    }
-
-    fn restore(&mut self, dir: &Path, opt: &mut AdamW, state: &mut TrainerState) -> Result<()> {
-        self.load_weights(dir)?;
-        opt.load(dir)?;
-        *state = TrainerState::read(&dir.join("trainer_state.json"))?;
-        state.berth = Position::read(&dir.join("rng_state.json"))?;
-        Ok(())
-    }
-}
-
-use crate::task::round4;
-
-/// The run's tokenizer: `tokenizer` when the config names one, else the model's.
-pub(crate) fn load_tokenizer(config: &RunConfig, model_dir: &Path) -> Result<Tokenizer> {
-    let spec = match &config.tokenizer {
-        Some(t) => t.clone(),
-        None => model_dir
-            .to_str()
-            .ok_or_else(|| TrainError::Config("model path is not UTF-8".into()))?
-            .to_string(),
-    };
-    Ok(berth_data::load_tokenizer(&spec, &config.model_hub())?)
-}
-
-/// The config's task, batching onto `device`.
-pub(crate) fn build_task(
-    config: &RunConfig,
-    tokenizer: &Tokenizer,
-    device: &Device,
-) -> Result<Box<dyn Task>> {
-    config.task.build(&TaskContext {
-        tokenizer,
-        seed: config.training.seed,
-        padding: Padding::Longest {
-            multiple_of: config.training.pad_to_multiple_of,
-        },
-        pad_id: berth_data::special_tokens(tokenizer)?.pad,
-        device: device.clone(),
-        eval_rows: config.training.per_device_eval_batch_size,
-    })
-}
-
-/// The model of `model_dir` with the task's head, in the config's precision.
-pub(crate) fn load_model(
-    config: &RunConfig,
-    task: &dyn Task,
-    model_dir: &Path,
-    device: &Device,
-    class_names: &[String],
-) -> Result<TaskModel> {
-    crate::manifest::verify_if_present(model_dir)?;
-    let mut model = TaskModel::load(task, model_dir, device, config.training.seed, class_names)?;
-    if config.training.precision == Precision::Bf16 {
-        model.set_compute_dtype(DType::BF16);
-    }
-    Ok(model)
 }
 
 #[cfg(test)]

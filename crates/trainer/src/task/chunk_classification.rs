@@ -290,7 +290,7 @@ impl PooledHead {
     fn offsets<'b>(&self, b: &'b TaskBatch) -> Result<&'b [usize]> {
         b.doc_offsets
             .as_deref()
-            .ok_or_else(|| TrainError::Config("chunk classification needs chunked batches".into()))
+            .ok_or_else(|| TrainError::internal("chunk classification needs chunked batches"))
     }
 }
 
@@ -343,7 +343,7 @@ impl Head for PooledHead {
         let d = (loss * weight)?.backward()?;
         let d_logits = d
             .get(logits.as_tensor())
-            .ok_or_else(|| TrainError::Config("pooled loss has no chunk gradient".into()))?
+            .ok_or_else(|| TrainError::internal("pooled loss has no chunk gradient"))?
             .clone();
         drop(d);
         // Pass 2: each group again with a graph, its logits weighted by their gradient.

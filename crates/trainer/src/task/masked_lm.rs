@@ -294,8 +294,8 @@ impl Scorer for LmScorer {
 
 /// HF fill-mask: per `[MASK]` of a row (in order), its token position and the
 /// `top_k` most likely tokens with their probabilities. Columns `mask_positions`
-/// (List<Int64>), `fill_token_ids` (List<List<UInt32>>), `fill_tokens`
-/// (List<List<Utf8>>) and `fill_scores` (List<List<Float32>>); pre-training adds the
+/// (`List<Int64>`), `fill_token_ids` (`List<List<UInt32>>`), `fill_tokens`
+/// (`List<List<Utf8>>`) and `fill_scores` (`List<List<Float32>>`); pre-training adds the
 /// next-sentence columns.
 pub struct FillMaskPredictor {
     vocab: Vec<String>,
@@ -342,7 +342,7 @@ impl Predictor for FillMaskPredictor {
                     continue;
                 }
                 let p = next.next().ok_or_else(|| {
-                    TrainError::Config("fewer masked logits than [MASK] tokens".into())
+                    TrainError::internal("fewer masked logits than [MASK] tokens")
                 })?;
                 let mut order: Vec<usize> = (0..p.len()).collect();
                 order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));

@@ -5,8 +5,11 @@
 //!
 //! One file per task, each with its own rows, head adaptor, scorer and predictor
 //! (tokenizers' `ModelWrapper` and burn's `TrainStep`/`ValidStep` are the models).
-//! [`crate::TaskConfig::build`] is the one place a task's name maps to its code, so a
-//! new task touches its own file, its head in `berth-model` and its config variant.
+//! The two matches over tasks are here, side by side: [`crate::TaskConfig::build`]
+//! maps a task's name to its code, and [`crate::TaskConfig::for_checkpoint`] maps a
+//! saved model's `architectures` back to its task (for `berth predict`). A new task
+//! touches its own file, its head in `berth-model`, its config variant and those two
+//! arms.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +58,46 @@ impl TaskConfig {
                 cx,
             )?),
         })
+    }
+}
+
+impl TaskConfig {
+    /// The task a checkpoint was saved for, from its `architectures` entry and
+    /// `problem_type`; `chunking` (prediction's chunk options) makes a sequence
+    /// classifier pool the chunks of long texts. Any other architecture is read as a
+    /// sequence classifier: one without a classifier (a bare `BertModel`) gets a fresh
+    /// one, named in a warning, as transformers does.
+    pub fn for_checkpoint(
+        architecture: &str,
+        problem_type: Option<&str>,
+        chunking: Option<crate::config::ChunkingConfig>,
+    ) -> Result<TaskConfig> {
+        let lm = |task: TaskConfig| match chunking {
+            Some(_) => Err(crate::error::TrainError::Config(format!(
+                "chunk options apply to sequence classifiers, not to a {architecture}"
+            ))),
+            None => Ok(task),
+        };
+        match architecture {
+            "BertForMaskedLM" => lm(TaskConfig::Mlm {
+                mlm: Default::default(),
+            }),
+            "BertForPreTraining" => lm(TaskConfig::Nsp {
+                mlm: Default::default(),
+            }),
+            "BertForSequenceClassification"
+                if problem_type == Some("multi_label_classification") =>
+            {
+                Ok(TaskConfig::MultiLabelClassification {
+                    multi_label: Default::default(),
+                    chunking,
+                })
+            }
+            _ => Ok(match chunking {
+                Some(chunking) => TaskConfig::ChunkClassification { chunking },
+                None => TaskConfig::Classification {},
+            }),
+        }
     }
 }
 
@@ -157,8 +200,8 @@ pub trait Head: Send + Sync {
 
     /// The logits of every row of the batch before pooling (chunk heads only).
     fn chunk_logits(&self, _batch: &TaskBatch, _mode: &Mode) -> Result<Tensor> {
-        Err(crate::error::TrainError::Config(
-            "this head does not pool chunks".into(),
+        Err(crate::error::TrainError::internal(
+            "this head does not pool chunks",
         ))
     }
 
@@ -194,7 +237,7 @@ fn window_loss(parts: &[Tensor], weights: &[f64]) -> Result<Tensor> {
     let mut scaled = parts.iter().zip(weights).map(|(p, &w)| p * w);
     let first = scaled
         .next()
-        .ok_or_else(|| crate::error::TrainError::Config("a head with no loss".into()))??;
+        .ok_or_else(|| crate::error::TrainError::internal("a head with no loss"))??;
     Ok(scaled.try_fold(first, |t, s| t + s?)?)
 }
 
@@ -217,7 +260,7 @@ pub trait Scorer {
 
 /// A scorer state that does not have the shape its scorer writes.
 pub(crate) fn bad_state(what: &str, len: usize) -> crate::error::TrainError {
-    crate::error::TrainError::Config(format!(
+    crate::error::TrainError::Internal(format!(
         "a gathered {what} scorer state of {len} numbers is malformed (ranks out of step?)"
     ))
 }

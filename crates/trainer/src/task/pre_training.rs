@@ -102,7 +102,7 @@ impl Task for PreTraining {
         let next = next
             .as_any()
             .downcast_ref::<Int64Array>()
-            .ok_or_else(|| TrainError::Config("next_sentence_label".into()))?
+            .ok_or_else(|| TrainError::internal("next_sentence_label is not an Int64 column after its cast"))?
             .values()
             .to_vec();
         Ok(Rows::new(Pairs {
@@ -166,8 +166,8 @@ impl Head for PreTrainingHead {
                 vec![mlm, nsp_loss]
             }
             (Some(_), None) => {
-                return Err(TrainError::Config(
-                    "pre-training batches need next_sentence_label".into(),
+                return Err(TrainError::internal(
+                    "pre-training batches need next_sentence_label",
                 ));
             }
             (None, _) => Vec::new(),
@@ -196,7 +196,7 @@ impl Predictor for NextSentencePredictor {
         let nsp = out
             .nsp_logits
             .as_ref()
-            .ok_or_else(|| TrainError::Config("a pre-training output without NSP".into()))?;
+            .ok_or_else(|| TrainError::internal("a pre-training output without NSP"))?;
         self.logits.extend(nsp.to_vec2::<f32>()?);
         Ok(())
     }
