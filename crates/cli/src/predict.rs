@@ -3,6 +3,7 @@
 //! and label name; masked-LM and pre-training checkpoints write the top-k fills of
 //! each `[MASK]` (pre-training adds the next-sentence logits and label).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -10,9 +11,56 @@ use berth_data::Dataset;
 use berth_data::arrow::array::{ArrayRef, RecordBatch};
 use berth_data::arrow::compute::concat_batches;
 use berth_model::BertConfig;
-use berth_trainer::{ChunkingConfig, DataConfig, Inference, MlmConfig, Precision, TaskConfig};
+use berth_trainer::{ChunkingConfig, DataConfig, Inference, Precision, TaskConfig};
+use clap::Args;
 
-use crate::{PredictArgs, check_output, write_output};
+use crate::input::{InputArgs, check_output, write_output};
+
+#[derive(Args)]
+pub(crate) struct PredictArgs {
+    /// A model directory (config.json, model.safetensors, tokenizer.json) or hub id.
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    input: InputArgs,
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Chunk long texts (belt_nlp) instead of truncating them.
+    #[arg(long)]
+    chunk_size: Option<usize>,
+    #[arg(long)]
+    stride: Option<usize>,
+    #[arg(long = "min-chunk-len", default_value_t = 1)]
+    minimal_chunk_length: usize,
+    #[arg(long = "max-text-len")]
+    maximal_text_length: Option<usize>,
+    /// How chunk logits of a text are reduced: mean or max.
+    #[arg(long, default_value = "mean")]
+    pool: String,
+    /// At most this many chunks per forward pass, however long a text (bounded
+    /// memory); by default `--batch-size` chunks.
+    #[arg(long)]
+    chunk_group_size: Option<usize>,
+    /// Texts per batch; with chunking, chunks per forward pass too (a long text's
+    /// chunks span several).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// The branch, tag or commit of a hub `--model`.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Masked-LM checkpoints: fills written per [MASK] (HF fill-mask's top_k).
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// auto (a GPU when the binary has CUDA and one is there), cpu, cuda or cuda:N
+    /// (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output file: .parquet or .jsonl, or `-` for JSON Lines on stdout.
+    #[arg(long)]
+    output: PathBuf,
+}
 
 /// The task a checkpoint was saved for, from its `architectures` (chunk options make
 /// a sequence classifier pool chunks).
@@ -31,35 +79,12 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
     if chunked && a.pair_column.is_some() {
         bail!("--pair-column cannot be combined with chunking");
     }
-    let lm = |task: TaskConfig| {
-        if chunked {
-            bail!("chunk options apply to sequence classifiers, not to a {arch}");
-        }
-        Ok(task)
-    };
-    match arch {
-        "BertForMaskedLM" => lm(TaskConfig::Mlm {
-            mlm: MlmConfig::default(),
-        }),
-        "BertForPreTraining" => lm(TaskConfig::Nsp {
-            mlm: MlmConfig::default(),
-        }),
-        "BertForSequenceClassification"
-            if config.problem_type.as_deref() == Some("multi_label_classification") =>
-        {
-            Ok(TaskConfig::MultiLabelClassification {
-                multi_label: Default::default(),
-                chunking: chunked.then(|| chunking(a, config)).transpose()?,
-            })
-        }
-        // Any other checkpoint is read as a sequence classifier; one without a
-        // classifier (a bare BertModel) gets a fresh one, named in a warning, as
-        // transformers does.
-        _ if chunked => Ok(TaskConfig::ChunkClassification {
-            chunking: chunking(a, config)?,
-        }),
-        _ => Ok(TaskConfig::Classification {}),
-    }
+    let chunking = chunked.then(|| chunking(a, config)).transpose()?;
+    Ok(TaskConfig::for_checkpoint(
+        arch,
+        config.problem_type.as_deref(),
+        chunking,
+    )?)
 }
 
 /// The chunking that `predict`'s chunk options ask for.
