@@ -136,7 +136,6 @@ fn padding_table(shapes: &[ItemShape]) {
         );
     }
     println!();
-
 }
 
 criterion_group!(benches, bench);

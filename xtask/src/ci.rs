@@ -90,13 +90,7 @@ pub(crate) fn ci() -> Result<()> {
     // metadata is clippy's, so nothing of the tree builds twice.
     println!("ci: cargo doc --no-deps ({CI_FEATURES}, RUSTDOCFLAGS=-D warnings)");
     run(cargo()
-        .args([
-            "doc",
-            "--workspace",
-            "--no-deps",
-            "--features",
-            CI_FEATURES,
-        ])
+        .args(["doc", "--workspace", "--no-deps", "--features", CI_FEATURES])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     println!("ci: cargo test ({CI_FEATURES})");
     run(cargo()
@@ -161,4 +155,3 @@ fn finetune_elsewhere() -> Result<()> {
     }
     Ok(())
 }
-

@@ -111,4 +111,3 @@ pub(crate) fn python_fixture() -> Result<PathBuf> {
     std::fs::rename(&staging, &dir).with_context(|| format!("installing {}", dir.display()))?;
     Ok(dir)
 }
-

@@ -220,4 +220,3 @@ fn report(t: &str, r: &Result<Outcome>) {
         Err(e) => println!("{t:<14} FAILED: {e:#}"),
     }
 }
-

@@ -96,4 +96,3 @@ pub(crate) fn run(a: ChunkArgs) -> Result<()> {
     write_output(&out, &a.output, "chunked", "texts", &a.input.input, started)?;
     Ok(())
 }
-

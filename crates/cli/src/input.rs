@@ -98,4 +98,3 @@ pub(crate) fn check_output(path: &Path) -> Result<()> {
         _ => bail!("{}: output must end in .parquet or .jsonl", path.display()),
     }
 }
-

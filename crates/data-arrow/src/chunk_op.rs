@@ -9,9 +9,9 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, UInt32Type};
 use berth_chunking::{ChunkConfig, SpecialTokens, chunk_ids};
 
+use crate::columns::{column_of, list_of, with_columns};
 use crate::error::{DataError, Result};
 use crate::ops::BatchOp;
-use crate::columns::{column_of, list_of, with_columns};
 
 /// Reads `ids_column` (a List of integer ids without special tokens) and adds
 /// `chunks` and `num_chunks`.

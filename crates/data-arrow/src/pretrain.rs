@@ -13,12 +13,12 @@ use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
 use crate::chunk_op::id_lists;
+use crate::columns::{list_of, text_values, with_columns};
 use crate::dataset::Dataset;
+use crate::encoder::{tokenizer_digest, unpadded};
 use crate::error::{DataError, Result};
 use crate::ops::BatchOp;
 use crate::special::special_tokens;
-use crate::columns::{list_of, text_values, with_columns};
-use crate::encoder::{tokenizer_digest, unpadded};
 
 /// Masks `input_ids` as HF's MLM collator does and adds `labels` (`List<Int64>`, -100
 /// where not selected). Row `r` is masked with `rng_for(seed, r)`, so the output does

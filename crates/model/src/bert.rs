@@ -3,10 +3,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::activation::Activation;
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::fused;
-use crate::activation::Activation;
 use crate::layers::{LayerNorm, Linear, Mode, linear_act, softmax_last};
 use crate::params::{Init, Params};
 

@@ -3,11 +3,11 @@
 
 use candle_core::{D, DType, Tensor};
 
+use crate::activation::Activation;
 use crate::bert::{BertModel, layer_norm, linear};
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 use crate::fused::Ops;
-use crate::activation::Activation;
 use crate::layers::{LayerNorm, Linear, Mode, linear_act};
 use crate::loss::{IGNORE_INDEX, cross_entropy, mse};
 use crate::params::{Init, Params};

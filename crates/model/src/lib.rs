@@ -31,6 +31,7 @@ mod layers;
 mod loss;
 mod params;
 
+pub use activation::Activation;
 pub use bert::{BertModel, BertOutput};
 pub use checkpoint::{
     io_error as checkpoint_io_error, open_dir, resolve_model_dir, save, save_into,
@@ -42,7 +43,6 @@ pub use fused::Ops;
 pub use heads::{
     ChunkPooledClassifier, MaskedLm, Pool, PreTraining, SequenceClassifier, pool_chunks,
 };
-pub use activation::Activation;
 pub use layers::{LayerNorm, Linear, Mode, linear_act, softmax_last};
 pub use loss::{
     IGNORE_INDEX, bce_with_logits, cross_entropy, cross_entropy_composed, cross_entropy_with, mse,

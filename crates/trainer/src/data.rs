@@ -172,10 +172,9 @@ fn text_labels(ds: &Dataset, column: &str) -> Result<Option<Vec<Option<String>>>
         return Ok(None);
     }
     let col = cast(&col, &DataType::Utf8).map_err(|e| arrow_err(ds, e))?;
-    let s = col
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| TrainError::Internal(format!("column '{column}': not text after its cast")))?;
+    let s = col.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+        TrainError::Internal(format!("column '{column}': not text after its cast"))
+    })?;
     Ok(Some(s.iter().map(|v| v.map(str::to_string)).collect()))
 }
 

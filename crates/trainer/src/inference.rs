@@ -16,8 +16,8 @@ use crate::config::{DataConfig, DeviceSpec, Precision, RunConfig, TaskConfig};
 use crate::data::{Prepare, Split, Stage};
 use crate::error::Result;
 use crate::model::TaskModel;
-use crate::task::{PredictContext, Task};
 use crate::setup::{build_task, load_model, load_tokenizer};
+use crate::task::{PredictContext, Task};
 
 /// A trained model and its task.
 pub struct Inference {

@@ -102,7 +102,9 @@ impl Task for PreTraining {
         let next = next
             .as_any()
             .downcast_ref::<Int64Array>()
-            .ok_or_else(|| TrainError::internal("next_sentence_label is not an Int64 column after its cast"))?
+            .ok_or_else(|| {
+                TrainError::internal("next_sentence_label is not an Int64 column after its cast")
+            })?
             .values()
             .to_vec();
         Ok(Rows::new(Pairs {
