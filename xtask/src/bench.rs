@@ -210,7 +210,8 @@ fn bench_long_docs(a: LongDocsArgs) -> Result<()> {
             "task = \"chunk_classification\"\nmodel = {:?}\n[data]\ntrain = \"unused\"\n\
              [chunking]\nchunk_size = 126\nstride = 126\n[training]\noutput_dir = {:?}\n\
              max_steps = 2\nper_device_train_batch_size = 1\nsave_strategy = \"no\"\n\
-             logging_steps = 1\ndisable_tqdm = true\nseed = 42\ndevice = \"cpu\"\n",
+             logging_steps = 1\ndisable_tqdm = true\nseed = 42\ndevice = \"cpu\"\n\
+             overwrite_output_dir = true\n",
             model.display().to_string(),
             work.join("run").display().to_string(),
         ),
@@ -281,7 +282,12 @@ fn predict_long_docs(
         timed(&mut cmd)
     };
     let mut runs = vec![
-        ("predict 4 chunks, batch 32".to_string(), 4, 32, predict(short, 32)?),
+        (
+            "predict 4 chunks, batch 32".to_string(),
+            4,
+            32,
+            predict(short, 32)?,
+        ),
         (
             format!("predict {chunks} chunks, batch 32 (32 chunks per forward)"),
             chunks,

@@ -10,8 +10,10 @@ use crate::util::{cargo, release_binary, run, workspace_root};
 
 /// `cargo xtask finetune`'s options.
 #[derive(clap::Args)]
-#[command(after_help = "data: --data DIR, else $BERTH_DATA_DIR, else ../shared/data when it \
-exists, else (or with --data hub) the dataset's parquet from the Hugging Face hub")]
+#[command(
+    after_help = "data: --data DIR, else $BERTH_DATA_DIR, else ../shared/data when it \
+exists, else (or with --data hub) the dataset's parquet from the Hugging Face hub"
+)]
 pub(crate) struct FinetuneArgs {
     /// imdb, mrpc, mlm or nsp.
     #[arg(long, default_value = "imdb")]
@@ -52,13 +54,14 @@ pub(crate) fn finetune(a: FinetuneArgs) -> Result<()> {
             (other, _) => bail!("unknown task '{other}' (imdb, mrpc, mlm, nsp)"),
         });
     // A `--set training.output_dir=...` of the user's moves the run (and the report).
-    let run_dir = a
+    let own_dir = a
         .sets
         .iter()
         .rev()
         .find_map(|s| s.strip_prefix("training.output_dir="))
-        .map(|v| PathBuf::from(v.trim().trim_matches('"')))
-        .unwrap_or_else(|| workspace_root().join("target/finetune").join(&a.task));
+        .map(|v| PathBuf::from(v.trim().trim_matches('"')));
+    let demo_dir = own_dir.is_none();
+    let run_dir = own_dir.unwrap_or_else(|| workspace_root().join("target/finetune").join(&a.task));
     println!(
         "finetune: task {}, model {model}, data {}, device {}, config {}",
         a.task,
@@ -82,6 +85,12 @@ pub(crate) fn finetune(a: FinetuneArgs) -> Result<()> {
         format!("training.output_dir={:?}", run_dir.display().to_string()),
         format!("training.device={:?}", a.device),
     ]);
+    // The demo directory is the job's own: each run replaces the last (berth refuses
+    // a fresh run into a directory holding one). A directory the user named is
+    // theirs to resume or overwrite.
+    if demo_dir {
+        overrides.push("training.overwrite_output_dir=true".into());
+    }
     if let Some(n) = a.max_steps {
         overrides.push(format!("training.max_steps={n}"));
     }
@@ -195,4 +204,3 @@ fn hub_has(repo: &str) -> bool {
         .flatten()
         .any(|e| e.path().join("config.json").is_file())
 }
-

@@ -110,8 +110,7 @@ fn train_as(a: TrainArgs, collective: Arc<dyn Collective>) -> Result<()> {
     let main = collective.is_main();
     // Rank 0 shows the progress of the work every rank does.
     berth_data::hide_progress(!main);
-    let mut trainer = Trainer::new(config)?;
-    trainer.set_collective(collective);
+    let mut trainer = Trainer::with_collective(config, collective)?;
     let summary = trainer.train()?;
     if !main {
         return Ok(());

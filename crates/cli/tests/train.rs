@@ -376,7 +376,12 @@ logging_steps = 1
         "{svg}"
     );
 
-    // A split the repo lacks is named, with the repo.
+    // A split the repo lacks is named, with the repo (a run of its own: `out`
+    // holds the finished one).
+    let elsewhere = format!(
+        "output_dir={:?}",
+        tmp.path().join("run-validation").display().to_string()
+    );
     let o = berth_output_env(
         &[
             "train",
@@ -384,6 +389,8 @@ logging_steps = 1
             cfg.to_str().unwrap(),
             "--set",
             "data.eval=\"validation\"",
+            "--set",
+            &elsewhere,
         ],
         &cache,
         &env,

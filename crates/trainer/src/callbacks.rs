@@ -17,6 +17,7 @@ use crate::error::{Result, TrainError};
 use crate::model::TaskModel;
 use crate::optim::AdamW;
 use crate::report::Progress;
+use crate::run_dir;
 use crate::schedule::Schedule;
 use crate::splits::TaskData;
 use crate::state::TrainerState;
@@ -397,6 +398,8 @@ impl Callback for Checkpointing {
             )
         })?;
         c.last_checkpoint = Some(dir);
+        // With overwrite_output_dir, the old run goes once the new one has this.
+        run_dir::commit_overwrite(out)?;
         let best = s.state.best_model_checkpoint.as_deref().map(Path::new);
         checkpoint::rotate(out, best, t.save_total_limit)?;
         Ok(s.collective.barrier()?)

@@ -27,6 +27,9 @@ pub enum TrainError {
     Collective(#[from] berth_collective::CollectiveError),
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    /// The output directory is another run's: in use, or holding a finished run.
+    #[error("output_dir {path}: {message}")]
+    OutputDir { path: PathBuf, message: String },
     /// The loss stopped being a number; the last good checkpoint is kept.
     #[error(
         "loss is {loss}{on} at step {step} (epoch {epoch:.2}); stopping. Last good checkpoint: {last_checkpoint}"

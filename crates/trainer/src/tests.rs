@@ -242,28 +242,42 @@ fn a_resumed_run_ends_with_the_same_weights() {
     .unwrap();
     assert_eq!((pos.epoch_index, pos.steps_in_epoch), (1, 2));
 
-    // A different seed does not silently continue someone else's run.
+    // A different seed does not silently continue someone else's run: refused
+    // before the run starts, naming the key with both values (from the checkpoint's
+    // training_config.toml).
     let c = root.path().join("c");
     std::fs::create_dir_all(&c).unwrap();
     copy_dir(&a.join("checkpoint-5"), &c.join("checkpoint-5"));
-    let mut rows = separable_rows(20);
-    rows.truncate(20);
-    let err = trainer(
-        config(
-            &c,
-            &[
-                "max_steps=12",
-                "resume_from_checkpoint=\"latest\"",
-                "seed=1",
-            ],
-        ),
-        &dir,
-        rows,
-    )
-    .train()
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("seed 42") && err.contains("seed 1"), "{err}");
+    let data = TaskData {
+        train: Split {
+            name: "train".into(),
+            source: "synthetic".into(),
+            rows: separable_rows(20),
+        },
+        eval: None,
+        test: None,
+        class_names: vec!["neg".into(), "pos".into()],
+    };
+    let args = [
+        "learning_rate=1e-3",
+        "max_steps=12",
+        "per_device_train_batch_size=4",
+        "gradient_accumulation_steps=2",
+        "warmup_steps=3",
+        "weight_decay=0.01",
+        "save_strategy=\"steps\"",
+        "save_steps=5",
+        "resume_from_checkpoint=\"latest\"",
+        "seed=1",
+    ];
+    let err = Trainer::with_data(config(&c, &args), data, tiny_tokenizer(), dir, Device::Cpu)
+        .err()
+        .expect("a resume with another seed is refused")
+        .to_string();
+    assert!(
+        err.contains("was trained with another configuration: training.seed 42 -> 1;"),
+        "{err}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

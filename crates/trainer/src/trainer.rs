@@ -29,9 +29,10 @@ use crate::error::{Result, TrainError};
 use crate::model::TaskModel;
 use crate::optim::{AdamW, AdamWConfig, Grads};
 use crate::report::{self, RunSummary};
+use crate::run_dir::{self, RunLock};
 use crate::schedule::Schedule;
-use crate::splits::TaskData;
 use crate::setup::{build_task, load_model, load_tokenizer};
+use crate::splits::TaskData;
 use crate::state::{Position, TrainerState, write_atomic};
 use crate::task::{Task, round4};
 
@@ -128,12 +129,26 @@ pub struct Trainer {
     extra_callbacks: Vec<Box<dyn Callback>>,
     /// The data-parallel ranks this process trains with (one by default).
     collective: Arc<dyn Collective>,
+    /// Rank 0's lock on `output_dir`, held until the trainer is dropped.
+    _claim: Option<RunLock>,
 }
 
 impl Trainer {
     /// Resolves the model (directory or hub id), loads the tokenizer, prepares the
-    /// data and builds the model with its task head.
+    /// data and builds the model with its task head, for one process. The run holds
+    /// `output_dir` from here on: a second run there, or a fresh run into a finished
+    /// run's directory, fails before any data is read.
     pub fn new(config: RunConfig) -> Result<Self> {
+        Self::with_collective(config, Arc::new(SingleProcess))
+    }
+
+    /// [`Trainer::new`] as one of the ranks of `collective`
+    /// (`berth_collective::from_env()` under `mpirun`): each rank takes its shard of
+    /// every epoch's permutation, the gradients are summed across ranks before
+    /// clipping, every rank starts from rank 0's weights, evaluation is sharded and
+    /// gathered, and only rank 0 writes (and holds `output_dir`).
+    pub fn with_collective(config: RunConfig, collective: Arc<dyn Collective>) -> Result<Self> {
+        let claim = Self::claim(&config, collective.as_ref())?;
         let hub = config.model_hub();
         let device = config.training.device.device()?;
         let model_dir = berth_model::resolve_model_dir(&config.model, &hub)?;
@@ -146,10 +161,13 @@ impl Trainer {
             &tokenizer,
             model_config.max_position_embeddings,
         )?;
-        Self::with_task(config, task, data, tokenizer, model_dir, device)
+        Self::with_task(
+            config, claim, collective, task, data, tokenizer, model_dir, device,
+        )
     }
 
-    /// A trainer over already prepared rows (tests, other front ends).
+    /// A trainer over already prepared rows (tests, other front ends), for one
+    /// process.
     pub fn with_data(
         config: RunConfig,
         data: TaskData,
@@ -157,12 +175,31 @@ impl Trainer {
         model_dir: PathBuf,
         device: Device,
     ) -> Result<Self> {
+        let collective: Arc<dyn Collective> = Arc::new(SingleProcess);
+        let claim = Self::claim(&config, collective.as_ref())?;
         let task = build_task(&config, &tokenizer, &device)?;
-        Self::with_task(config, task, data, tokenizer, model_dir, device)
+        Self::with_task(
+            config, claim, collective, task, data, tokenizer, model_dir, device,
+        )
     }
 
+    /// Rank 0's hold on `output_dir` (see [`crate::run_dir::claim`]); the other
+    /// ranks hold nothing.
+    fn claim(config: &RunConfig, collective: &dyn Collective) -> Result<Option<RunLock>> {
+        // Checked here too, so a config built in code is refused before it claims.
+        config.training.validate()?;
+        if collective.is_main() {
+            run_dir::claim(config).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn with_task(
         config: RunConfig,
+        claim: Option<RunLock>,
+        collective: Arc<dyn Collective>,
         task: Box<dyn Task>,
         data: TaskData,
         tokenizer: Tokenizer,
@@ -189,16 +226,9 @@ impl Trainer {
             device,
             no_bar,
             extra_callbacks: Vec::new(),
-            collective: Arc::new(SingleProcess),
+            collective,
+            _claim: claim,
         })
-    }
-
-    /// Trains as one of the ranks of `collective` (`berth_collective::from_env()`
-    /// under `mpirun`): each rank takes its shard of every epoch's permutation, the
-    /// gradients are summed across ranks before clipping, every rank starts from rank
-    /// 0's weights, evaluation is sharded and gathered, and only rank 0 writes.
-    pub fn set_collective(&mut self, collective: Arc<dyn Collective>) {
-        self.collective = collective;
     }
 
     /// The ranks this trainer trains with.
@@ -406,14 +436,23 @@ impl Trainer {
         self.finish(run, &log)
     }
 
-    /// The run directory (created, `run_config.toml` written, what a killed run left
-    /// tidied, shared by every rank), the schedule, the optimizer and a fresh state.
+    /// The run directory (an old run moved aside with `overwrite_output_dir`,
+    /// `run_config.toml` written, shared by every rank), the schedule, the optimizer
+    /// and a fresh state.
     fn start(&self) -> Result<Run> {
         let t = &self.config.training;
         let out = t.output_dir.clone();
         let main = self.collective.is_main();
         if main {
-            std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
+            // The claim has locked and tidied the directory; a run still there is
+            // one overwrite_output_dir replaces (a fresh run was refused otherwise).
+            if t.overwrite_output_dir && !run_dir::run_in(&out).is_empty() {
+                self.log(&format!(
+                    "overwrite_output_dir: moving the run in {} aside; it is removed once this run's first checkpoint is written",
+                    out.display()
+                ));
+                run_dir::move_aside(&out)?;
+            }
             write_atomic(
                 &out.join("run_config.toml"),
                 self.config.to_toml()?.as_bytes(),
@@ -455,10 +494,8 @@ impl Trainer {
             },
             ..Default::default()
         };
-        if main {
-            checkpoint::tidy_output_dir(&out)?;
-        }
-        // The other ranks read checkpoints only once rank 0 has tidied.
+        // The other ranks read checkpoints only once rank 0 has claimed and tidied
+        // the directory.
         self.collective.barrier()?;
         self.check_shared_output_dir(&out)?;
         Ok(Run {
@@ -477,12 +514,14 @@ impl Trainer {
     }
 
     /// With `resume_from_checkpoint`, the checkpoint's weights, optimizer, state and
-    /// data position (on as many ranks and with the same seed as it was trained);
+    /// data position (with the configuration it was trained with, in what changes
+    /// the result, and on as many ranks);
     /// else a fresh metrics log. Every rank then starts from rank 0's weights.
     fn resume(&mut self, run: &mut Run) -> Result<()> {
         let t = &self.config.training;
         let world = self.collective.world_size();
         if let Some(spec) = &t.resume_from_checkpoint {
+            // Rank 0's claim has checked that it was trained with this configuration.
             let ckpt = resolve_checkpoint(spec, &run.out)?;
             checkpoint::restore(
                 &ckpt,
@@ -725,7 +764,8 @@ impl Trainer {
     /// asked, the final evaluation and the test, then (rank 0) the outputs.
     fn finish(&mut self, mut run: Run, log: &MetricsLog) -> Result<RunSummary> {
         let runtime = run.started.elapsed().as_secs_f64();
-        let (train_loss, tokens_per_s, train_metrics) = self.train_metrics(&mut run, log, runtime)?;
+        let (train_loss, tokens_per_s, train_metrics) =
+            self.train_metrics(&mut run, log, runtime)?;
         let reloaded_best = self.reload_best(&run)?;
         let mut eval = BTreeMap::new();
         if let Some(split) = &self.data.eval
@@ -762,6 +802,7 @@ impl Trainer {
         };
         if self.collective.is_main() {
             self.write_outputs(&run.out, &run.state, &train_metrics, &summary, &details)?;
+            run_dir::commit_overwrite(&run.out)?;
         }
         // Rank 0 writes the model and the reports; the others wait until it has.
         self.collective.barrier()?;

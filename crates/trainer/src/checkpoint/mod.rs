@@ -4,6 +4,9 @@
 //! is *how*, and takes the parts of a run it needs, never the callbacks' `Session`.
 
 pub mod manifest;
+mod same_run;
+
+pub(crate) use same_run::check as check_same_run;
 
 use std::path::{Path, PathBuf};
 

@@ -65,6 +65,10 @@ pub struct TrainingArgs {
     pub pad_to_multiple_of: Option<usize>,
     /// `latest` or a checkpoint directory.
     pub resume_from_checkpoint: Option<String>,
+    /// Start over in an `output_dir` that holds a run (transformers 4.x's name): the
+    /// old run is moved aside and removed once this run's first checkpoint (or its
+    /// end) is written. Without it a fresh run there is refused.
+    pub overwrite_output_dir: bool,
     /// No progress bar even on a terminal (the log lines stay).
     pub disable_tqdm: bool,
     /// Where logged values also go, as HF's `report_to`: `"tensorboard"` (or
@@ -125,6 +129,7 @@ impl Default for TrainingArgs {
             dataloader_drop_last: false,
             pad_to_multiple_of: None,
             resume_from_checkpoint: None,
+            overwrite_output_dir: false,
             disable_tqdm: false,
             report_to: Vec::new(),
         }
@@ -216,6 +221,12 @@ impl TrainingArgs {
         }
         if self.gradient_accumulation_steps == 0 {
             return bad("gradient_accumulation_steps must be at least 1".into());
+        }
+        if self.overwrite_output_dir && self.resume_from_checkpoint.is_some() {
+            return bad(
+                "resume_from_checkpoint and overwrite_output_dir = true together: the first continues the run in output_dir, the second replaces it; set one"
+                    .into(),
+            );
         }
         if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
             return bad("set num_train_epochs > 0 or max_steps > 0".into());
