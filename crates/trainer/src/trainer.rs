@@ -448,7 +448,7 @@ impl Trainer {
             // one overwrite_output_dir replaces (a fresh run was refused otherwise).
             if t.overwrite_output_dir && !run_dir::run_in(&out).is_empty() {
                 self.log(&format!(
-                    "overwrite_output_dir: moving the run in {} aside; it is removed once this run's first checkpoint is written",
+                    "overwrite_output_dir: moving the run in {} aside; it is removed once this run has written its first checkpoint or its final model",
                     out.display()
                 ));
                 run_dir::move_aside(&out)?;
