@@ -245,7 +245,15 @@ pub fn run_in(dir: &Path) -> Vec<String> {
 pub fn recover(dir: &Path) -> Result<()> {
     remove_all(&dir.join(ASIDE_DONE))?;
     let aside = dir.join(ASIDE);
-    if aside.is_dir() {
+    if aside.is_dir() && !run_in(dir).is_empty() {
+        // The new run had its first checkpoint (renamed into place whole) or its
+        // final model when it was stopped, before it could remove the old run.
+        tracing::info!(
+            "{}: removing the run an overwrite replaced (the new run has its first checkpoint)",
+            dir.display()
+        );
+        commit_overwrite(dir)?;
+    } else if aside.is_dir() {
         tracing::warn!(
             "{}: the run that overwrote the run there ended before its first checkpoint; putting the previous run back",
             dir.display()
@@ -443,6 +451,20 @@ mod tests {
         std::fs::create_dir_all(dir.join(".checkpoint-1.tmp-5-0")).unwrap();
         recover(dir).unwrap();
         assert_eq!(tree(dir), before);
+    }
+
+    #[test]
+    fn a_new_run_killed_after_its_first_checkpoint_keeps_it_and_the_old_run_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        old_run(dir);
+        move_aside(dir).unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), b"{\"loss\":2}\n").unwrap();
+        std::fs::create_dir_all(dir.join("checkpoint-1")).unwrap();
+        // Killed here, before commit_overwrite.
+        recover(dir).unwrap();
+        let names: Vec<String> = tree(dir).into_iter().map(|f| f.0).collect();
+        assert_eq!(names, ["checkpoint-1/", "metrics.jsonl"]);
     }
 
     #[test]
