@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use berth_model::{BertConfig, MaskedLm, Mode, Params, SequenceClassifier};
+use berth_model::{EncoderConfig, MaskedLm, Mode, Params, SequenceClassifier};
 use berth_trainer::{AdamW, AdamWConfig, parse_device};
 use candle_core::{DType, Tensor};
 
@@ -195,7 +195,7 @@ fn inputs(s: &Shape, device: &candle_core::Device) -> Result<[Tensor; 4], Error>
 
 /// `s`'s model, random init, computing in `dtype`, with its parameters.
 fn model(s: &Shape, run: &Run) -> Result<(Model, Params), Error> {
-    let cfg: BertConfig = serde_json::from_value(serde_json::json!({
+    let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 30522, "hidden_size": s.hidden, "num_hidden_layers": s.layers,
         "num_attention_heads": s.heads, "intermediate_size": s.intermediate,
         "max_position_embeddings": 512, "type_vocab_size": 2, "num_labels": 2
@@ -203,11 +203,11 @@ fn model(s: &Shape, run: &Run) -> Result<(Model, Params), Error> {
     let mut p = Params::random(&run.device, 0, cfg.initializer_range);
     let model = if s.mlm {
         let mut m = MaskedLm::new(&cfg, &mut p)?;
-        m.bert.set_compute_dtype(run.dtype);
+        m.encoder.set_compute_dtype(run.dtype);
         Model::Mlm(m)
     } else {
         let mut m = SequenceClassifier::new(&cfg, &mut p)?;
-        m.bert.set_compute_dtype(run.dtype);
+        m.encoder.set_compute_dtype(run.dtype);
         Model::Cls(m)
     };
     Ok((model, p))

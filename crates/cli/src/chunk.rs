@@ -32,8 +32,8 @@ pub(crate) struct ChunkArgs {
     /// Cut each text to this many ids before chunking.
     #[arg(long = "max-text-len")]
     maximal_text_length: Option<usize>,
-    /// The model's positions (default: max_position_embeddings of the model
-    /// directory's config.json, else 512).
+    /// The model's positions (default: the tokens the positions of the model
+    /// directory's config.json cover, else 512).
     #[arg(long)]
     max_positions: Option<usize>,
     /// Output file: .parquet or .jsonl.
@@ -41,15 +41,21 @@ pub(crate) struct ChunkArgs {
     output: PathBuf,
 }
 
-/// `max_position_embeddings` from a model directory's config.json, if there is one.
+/// The tokens a model directory's config.json positions cover
+/// (`max_position_embeddings`, less RoBERTa's unused first positions), if there is
+/// one.
 fn model_max_positions(tokenizer_spec: &str) -> Option<usize> {
     let p = Path::new(tokenizer_spec);
     let dir = if p.is_dir() { p } else { p.parent()? };
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("max_position_embeddings")?
-        .as_u64()
-        .map(|n| n as usize)
+    match berth_model::EncoderConfig::from_value(v.clone()) {
+        Ok(config) => Some(config.max_tokens()),
+        Err(_) => v
+            .get("max_position_embeddings")?
+            .as_u64()
+            .map(|n| n as usize),
+    }
 }
 
 pub(crate) fn run(a: ChunkArgs) -> Result<()> {

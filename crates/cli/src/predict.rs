@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use berth_data::Dataset;
 use berth_data::arrow::array::{ArrayRef, RecordBatch};
 use berth_data::arrow::compute::concat_batches;
-use berth_model::BertConfig;
+use berth_model::EncoderConfig;
 use berth_trainer::{ChunkingConfig, DataConfig, Inference, Precision, TaskConfig};
 use clap::Args;
 
@@ -64,7 +64,7 @@ pub(crate) struct PredictArgs {
 
 /// The task a checkpoint was saved for, from its `architectures` (chunk options make
 /// a sequence classifier pool chunks).
-fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
+fn task_of(a: &PredictArgs, config: &EncoderConfig) -> Result<TaskConfig> {
     let arch = config
         .architectures
         .as_ref()
@@ -88,8 +88,10 @@ fn task_of(a: &PredictArgs, config: &BertConfig) -> Result<TaskConfig> {
 }
 
 /// The chunking that `predict`'s chunk options ask for.
-fn chunking(a: &PredictArgs, config: &BertConfig) -> Result<ChunkingConfig> {
-    let size = a.chunk_size.unwrap_or(config.max_position_embeddings - 2);
+fn chunking(a: &PredictArgs, config: &EncoderConfig) -> Result<ChunkingConfig> {
+    let size = a
+        .chunk_size
+        .unwrap_or(config.max_tokens().saturating_sub(2).max(1));
     Ok(ChunkingConfig {
         chunk_size: size,
         stride: a.stride.unwrap_or(size),
@@ -111,7 +113,7 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
     let started = Instant::now();
     let hub = berth_data::HubOptions::from_env().at_revision(a.revision.as_deref());
     let dir = berth_model::resolve_model_dir(&a.model, &hub)?;
-    let config = BertConfig::from_file(&dir.join("config.json"))?;
+    let config = EncoderConfig::from_file(&dir.join("config.json"))?;
     let task = task_of(&a, &config)?;
     let model = Inference::for_prediction(
         task,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use berth_model::{BertConfig, Params, SequenceClassifier};
+use berth_model::{EncoderConfig, Params, SequenceClassifier};
 use candle_core::Device;
 
 use common::{berth_ok, jsonl_rows as rows};
@@ -21,7 +21,7 @@ fn predicts_in_order_with_label_names_and_pools_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     // A small random model over MiniLM's vocabulary, with named classes.
     let model = tmp.path().join("model");
-    let mut cfg: BertConfig = BertConfig::tiny();
+    let mut cfg: EncoderConfig = EncoderConfig::tiny();
     cfg.vocab_size = 30522;
     cfg.max_position_embeddings = 64;
     cfg.set_labels(&["neg".into(), "pos".into()]);
@@ -364,12 +364,12 @@ fn tiny_checkpoint(
     dir: &std::path::Path,
     arch: &str,
     seed: u64,
-    build: impl FnOnce(&BertConfig, &mut Params),
+    build: impl FnOnce(&EncoderConfig, &mut Params),
 ) -> berth_data::tokenizers::Tokenizer {
     let Some(minilm) = berth_testkit::minilm_dir() else {
         panic!("MiniLM fixture missing: run `cargo xtask fixtures`");
     };
-    let mut cfg: BertConfig = BertConfig::tiny();
+    let mut cfg: EncoderConfig = EncoderConfig::tiny();
     cfg.vocab_size = 30522;
     cfg.max_position_embeddings = 64;
     let mut p = Params::random(&Device::Cpu, seed, 0.5);

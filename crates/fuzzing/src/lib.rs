@@ -443,7 +443,7 @@ pub fn model_config(data: &[u8]) {
     std::fs::create_dir_all(&dir).expect("scratch");
     let path = dir.join("config.json");
     std::fs::write(&path, data).expect("scratch file");
-    let cfg = match berth_model::BertConfig::from_file(&path) {
+    let cfg = match berth_model::EncoderConfig::from_file(&path) {
         Ok(cfg) => cfg,
         Err(e) => {
             assert!(e.to_string().contains("config.json"), "{e}");
@@ -468,7 +468,7 @@ pub fn model_config(data: &[u8]) {
         return;
     }
     let mut p = berth_model::Params::random(&candle_core::Device::Cpu, 0, cfg.initializer_range);
-    let Ok(model) = berth_model::BertModel::new(&cfg, &mut p, "", true) else {
+    let Ok(model) = berth_model::Encoder::new(&cfg, &mut p, false, true) else {
         return;
     };
     let len = cfg.max_position_embeddings.min(4);
@@ -483,7 +483,7 @@ pub fn model_config(data: &[u8]) {
 
 /// The tiny BERT every checkpoint-loading input is read as.
 fn tiny_config_json() -> String {
-    serde_json::to_string(&berth_model::BertConfig::tiny()).expect("tiny config")
+    serde_json::to_string(&berth_model::EncoderConfig::tiny()).expect("tiny config")
 }
 
 /// A `model.safetensors` beside the tiny config: loading it and building the model
@@ -497,7 +497,7 @@ pub fn safetensors(data: &[u8]) {
     let Ok((cfg, mut params)) = berth_model::open_dir(&dir, &candle_core::Device::Cpu, 0) else {
         return;
     };
-    if berth_model::BertModel::new(&cfg, &mut params, "bert.", true).is_ok() {
+    if berth_model::Encoder::new(&cfg, &mut params, true, true).is_ok() {
         let _ = params.finish();
     }
 }
@@ -634,9 +634,9 @@ fn parquet_seed(jsonl: &[u8]) -> std::io::Result<Vec<u8>> {
 
 fn tiny_safetensors() -> std::io::Result<Vec<u8>> {
     let to_io = |e: berth_model::ModelError| std::io::Error::other(e.to_string());
-    let cfg = berth_model::BertConfig::tiny();
+    let cfg = berth_model::EncoderConfig::tiny();
     let mut p = berth_model::Params::random(&candle_core::Device::Cpu, 7, cfg.initializer_range);
-    berth_model::BertModel::new(&cfg, &mut p, "bert.", true).map_err(to_io)?;
+    berth_model::Encoder::new(&cfg, &mut p, true, true).map_err(to_io)?;
     let (varmap, _) = p.finish();
     let dir = tempfile::tempdir()?;
     berth_model::save(&dir.path().join("m"), &cfg, "BertModel", &varmap).map_err(to_io)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use candle_nn::VarMap;
 
-use crate::config::BertConfig;
+use crate::config::EncoderConfig;
 use crate::error::{ModelError, Result};
 use crate::params::Params;
 
@@ -51,30 +51,30 @@ pub fn resolve_model_dir(spec: &str, hub: &berth_hub::HubOptions) -> Result<Path
 }
 
 /// The config and the parameter source of a model directory.
-pub fn open_dir(dir: &Path, device: &Device, seed: u64) -> Result<(BertConfig, Params)> {
-    let config = BertConfig::from_file(&dir.join("config.json"))?;
+pub fn open_dir(dir: &Path, device: &Device, seed: u64) -> Result<(EncoderConfig, Params)> {
+    let config = EncoderConfig::from_file(&dir.join("config.json"))?;
     let params = Params::from_dir(dir, device, seed, config.initializer_range)?;
     Ok((config, params))
 }
 
 /// Writes `config.json` (with `architectures`) and `model.safetensors` into `dir`,
 /// through a temp directory renamed into place.
-pub fn save(dir: &Path, config: &BertConfig, architecture: &str, varmap: &VarMap) -> Result<()> {
+pub fn save(dir: &Path, config: &EncoderConfig, architecture: &str, varmap: &VarMap) -> Result<()> {
     write_dir_atomically(dir, |tmp| save_into(tmp, config, architecture, varmap))
 }
 
 /// `config.json` + `model.safetensors` into an existing directory.
 pub fn save_into(
     dir: &Path,
-    config: &BertConfig,
+    config: &EncoderConfig,
     architecture: &str,
     varmap: &VarMap,
 ) -> Result<()> {
     let mut config = config.clone();
     config.architectures = Some(vec![architecture.to_string()]);
     let tensors = crate::params::varmap_tensors(varmap)?;
-    let json =
-        serde_json::to_string_pretty(&config).map_err(|e| ModelError::Checkpoint(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&config.to_value())
+        .map_err(|e| ModelError::Checkpoint(e.to_string()))?;
     std::fs::write(dir.join("config.json"), json)
         .map_err(|e| ModelError::io(dir.join("config.json"), e))?;
     let file = dir.join("model.safetensors");

@@ -1,37 +1,91 @@
-//! The heads, as HF's `BertForSequenceClassification`, `BertForMaskedLM` and
-//! `BertForPreTraining`, plus belt_nlp's chunk-pooled classifier.
+//! The heads, as transformers' `<Family>ForSequenceClassification`,
+//! `<Family>ForMaskedLM` and `BertForPreTraining`, plus belt_nlp's chunk-pooled
+//! classifier. Each family's layout (names, order of dropouts, activation) is in its
+//! own file; the heads here run it.
 
 use candle_core::{D, DType, Tensor};
 
 use crate::activation::Activation;
-use crate::bert::{BertModel, layer_norm, linear};
-use crate::config::BertConfig;
+use crate::config::EncoderConfig;
+use crate::encoder::{Encoder, layer_norm, linear};
 use crate::error::{ModelError, Result};
+use crate::family::{Family, HeadKind};
 use crate::fused::Ops;
 use crate::layers::{LayerNorm, Linear, Mode, linear_act};
 use crate::loss::{IGNORE_INDEX, cross_entropy, mse};
 use crate::params::{Init, Params};
 
-/// pooler -> dropout -> classifier. `num_labels == 1` is a regressor (MSE), as HF.
+/// How a classifier head squashes its dense layer's output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Squash {
+    Tanh,
+    Gelu,
+    Relu,
+}
+
+/// A family's classification head over the first token (or BERT's pooled output):
+/// [`dropout ->`] `dense -> squash ->` dropout -> `out`, with the family's names
+/// (see each family's `classifier`).
+pub(crate) struct ClassifierHead {
+    /// `None`: the input is the pooler's output (BERT).
+    pub dense: Option<(Linear, Squash)>,
+    /// Dropout before `dense` too (RoBERTa's and ELECTRA's heads).
+    pub dropout_before_dense: bool,
+    pub out: Linear,
+    pub dropout: f64,
+}
+
+impl ClassifierHead {
+    fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
+        match config.family {
+            Family::Bert => crate::bert::classifier(config, p),
+            Family::Roberta | Family::XlmRoberta | Family::Camembert => {
+                crate::roberta::classifier(config, p)
+            }
+            Family::DistilBert => crate::distilbert::classifier(config, p),
+            Family::Electra => crate::electra::classifier(config, p),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let ops = mode.ops();
+        let x = match &self.dense {
+            None => x.clone(),
+            Some((dense, squash)) => {
+                let x = if self.dropout_before_dense {
+                    mode.dropout(x, self.dropout)?
+                } else {
+                    x.clone()
+                };
+                let y = dense.forward_with(&x, ops)?;
+                match squash {
+                    Squash::Tanh => y.tanh()?,
+                    Squash::Gelu => y.gelu_erf()?,
+                    Squash::Relu => y.relu()?,
+                }
+            }
+        };
+        self.out.forward_with(&mode.dropout(&x, self.dropout)?, ops)
+    }
+}
+
+/// The encoder and its family's sequence-classification head (`BertFor...`,
+/// `RobertaFor...`, `DistilBertFor...`, `ElectraForSequenceClassification`).
+/// `num_labels == 1` is a regressor (MSE), as HF.
 pub struct SequenceClassifier {
-    pub bert: BertModel,
-    classifier: Linear,
-    dropout: f64,
+    pub encoder: Encoder,
+    head: ClassifierHead,
     num_labels: usize,
 }
 
 impl SequenceClassifier {
-    pub fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
-        let bert = BertModel::new(config, p, "bert.", true)?;
-        let num_labels = config.num_labels();
-        let classifier = linear(p, "classifier", num_labels, config.hidden_size)?;
+    pub fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
+        let encoder = Encoder::new(config, p, true, config.family == Family::Bert)?;
+        let head = ClassifierHead::new(config, p)?;
         Ok(SequenceClassifier {
-            bert,
-            classifier,
-            dropout: config
-                .classifier_dropout
-                .unwrap_or(config.hidden_dropout_prob),
-            num_labels,
+            encoder,
+            head,
+            num_labels: config.num_labels(),
         })
     }
 
@@ -39,8 +93,9 @@ impl SequenceClassifier {
         self.num_labels
     }
 
-    /// Logits `[B, num_labels]`. The pooler reads only `[CLS]`, so the last layer
-    /// computes nothing else after its attention ([`BertModel::forward_first_token`]).
+    /// Logits `[B, num_labels]`. Every head reads only the first token, so the last
+    /// layer computes nothing else after its attention
+    /// ([`Encoder::forward_first_token`]).
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -48,14 +103,17 @@ impl SequenceClassifier {
         attention_mask: Option<&Tensor>,
         mode: &Mode,
     ) -> Result<Tensor> {
-        let out = self
-            .bert
-            .forward_first_token(input_ids, token_type_ids, attention_mask, mode)?;
-        let pooled = out
-            .pooled
-            .ok_or_else(|| ModelError::Checkpoint("classifier needs a pooler".into()))?;
-        self.classifier
-            .forward_with(&mode.dropout(&pooled, self.dropout)?, mode.ops())
+        let out =
+            self.encoder
+                .forward_first_token(input_ids, token_type_ids, attention_mask, mode)?;
+        let first = match (&self.head.dense, out.pooled) {
+            (None, Some(pooled)) => pooled,
+            (None, None) => {
+                return Err(ModelError::Checkpoint("classifier needs a pooler".into()));
+            }
+            (Some(_), _) => out.sequence.narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        self.head.forward(&first, mode)
     }
 
     /// Cross-entropy against class labels `[B]` (i64), or MSE against targets `[B]`
@@ -117,7 +175,7 @@ pub struct ChunkPooledClassifier {
 }
 
 impl ChunkPooledClassifier {
-    pub fn new(config: &BertConfig, p: &mut Params, pool: Pool) -> Result<Self> {
+    pub fn new(config: &EncoderConfig, p: &mut Params, pool: Pool) -> Result<Self> {
         Ok(ChunkPooledClassifier {
             inner: SequenceClassifier::new(config, p)?,
             pool,
@@ -144,8 +202,19 @@ impl ChunkPooledClassifier {
     }
 }
 
-/// `cls.predictions`: dense + activation + LayerNorm, then the decoder tied to the
-/// word embeddings, plus a bias.
+/// The names of a family's MLM head parameters.
+pub(crate) struct MlmNames {
+    pub dense: &'static str,
+    pub norm: &'static str,
+    pub bias: &'static str,
+    /// `None`: the config's `hidden_act`.
+    pub activation: Option<Activation>,
+    /// `None`: the config's `layer_norm_eps`.
+    pub eps: Option<f64>,
+}
+
+/// A family's MLM head: dense + activation + LayerNorm, then the decoder tied to the
+/// word embeddings, plus a bias (`cls.predictions`, `lm_head`, `vocab_*`).
 struct MlmHead {
     dense: Linear,
     norm: LayerNorm,
@@ -154,22 +223,24 @@ struct MlmHead {
 }
 
 impl MlmHead {
-    fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+    fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
+        let names = match config.family {
+            Family::Bert => &crate::bert::MLM_NAMES,
+            Family::Roberta | Family::XlmRoberta | Family::Camembert => &crate::roberta::MLM_NAMES,
+            Family::DistilBert => &crate::distilbert::MLM_NAMES,
+            Family::Electra => return Err(no_head(config.family, HeadKind::MaskedLm)),
+        };
+        let h = config.hidden_size;
+        let e = config.embedding_size();
+        let activation = match names.activation {
+            Some(a) => a,
+            None => Activation::parse(&config.hidden_act).map_err(ModelError::Checkpoint)?,
+        };
         Ok(MlmHead {
-            dense: linear(
-                p,
-                "cls.predictions.transform.dense",
-                config.hidden_size,
-                config.hidden_size,
-            )?,
-            norm: layer_norm(
-                p,
-                "cls.predictions.transform.LayerNorm",
-                config.hidden_size,
-                config.layer_norm_eps,
-            )?,
-            bias: p.get("cls.predictions.bias", &[config.vocab_size], Init::Zeros)?,
-            activation: Activation::parse(&config.hidden_act).map_err(ModelError::Checkpoint)?,
+            dense: linear(p, names.dense, e, h)?,
+            norm: layer_norm(p, names.norm, e, names.eps.unwrap_or(config.layer_norm_eps))?,
+            bias: p.get(names.bias, &[config.vocab_size], Init::Zeros)?,
+            activation,
         })
     }
 
@@ -220,16 +291,36 @@ fn mlm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     cross_entropy(&logits.reshape(((), v))?, &labels.flatten_all()?)
 }
 
-/// HF `BertForMaskedLM` (no pooler).
+/// The error for a head the family does not have.
+pub(crate) fn no_head(family: Family, head: HeadKind) -> ModelError {
+    let arch = family.architecture(head);
+    let why = match (family, head) {
+        (Family::Electra, HeadKind::MaskedLm) => format!(
+            "an {} discriminator has no masked-LM head ({arch} is ELECTRA's generator, another model)",
+            family.name()
+        ),
+        (_, HeadKind::PreTraining) => {
+            format!("next-sentence prediction is BERT's; transformers has no {arch}")
+        }
+        _ => format!("a {} model has no such head", family.name()),
+    };
+    ModelError::Checkpoint(format!("Berth does not build {arch}: {why}"))
+}
+
+/// HF `BertForMaskedLM`, `RobertaForMaskedLM`, `DistilBertForMaskedLM`, ... (no
+/// pooler).
 pub struct MaskedLm {
-    pub bert: BertModel,
+    pub encoder: Encoder,
     head: MlmHead,
 }
 
 impl MaskedLm {
-    pub fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+    pub fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
+        if !config.family.has_head(HeadKind::MaskedLm) {
+            return Err(no_head(config.family, HeadKind::MaskedLm));
+        }
         Ok(MaskedLm {
-            bert: BertModel::new(config, p, "bert.", false)?,
+            encoder: Encoder::new(config, p, true, false)?,
             head: MlmHead::new(config, p)?,
         })
     }
@@ -243,10 +334,10 @@ impl MaskedLm {
         mode: &Mode,
     ) -> Result<Tensor> {
         let out = self
-            .bert
+            .encoder
             .forward(input_ids, token_type_ids, attention_mask, mode)?;
         self.head
-            .forward(&out.sequence, self.bert.word_embeddings(), mode.ops())
+            .forward(&out.sequence, self.encoder.word_embeddings(), mode.ops())
     }
 
     /// Logits `[M, V]` of the M positions whose label is not -100 (in row-major order
@@ -261,11 +352,11 @@ impl MaskedLm {
         mode: &Mode,
     ) -> Result<(Tensor, Tensor)> {
         let out = self
-            .bert
+            .encoder
             .forward(input_ids, token_type_ids, attention_mask, mode)?;
         self.head.forward_labelled(
             &out.sequence,
-            self.bert.word_embeddings(),
+            self.encoder.word_embeddings(),
             labels,
             mode.ops(),
         )
@@ -278,16 +369,20 @@ impl MaskedLm {
 }
 
 /// HF `BertForPreTraining`: MLM + NSP (`cls.seq_relationship`), loss their sum.
+/// BERT's only.
 pub struct PreTraining {
-    pub bert: BertModel,
+    pub encoder: Encoder,
     head: MlmHead,
     seq_relationship: Linear,
 }
 
 impl PreTraining {
-    pub fn new(config: &BertConfig, p: &mut Params) -> Result<Self> {
+    pub fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
+        if !config.family.has_head(HeadKind::PreTraining) {
+            return Err(no_head(config.family, HeadKind::PreTraining));
+        }
         Ok(PreTraining {
-            bert: BertModel::new(config, p, "bert.", true)?,
+            encoder: Encoder::new(config, p, true, true)?,
             head: MlmHead::new(config, p)?,
             seq_relationship: linear(p, "cls.seq_relationship", 2, config.hidden_size)?,
         })
@@ -302,7 +397,7 @@ impl PreTraining {
         mode: &Mode,
     ) -> Result<(Tensor, Tensor)> {
         let out = self
-            .bert
+            .encoder
             .forward(input_ids, token_type_ids, attention_mask, mode)?;
         let pooled = out
             .pooled
@@ -324,7 +419,7 @@ impl PreTraining {
         let (sequence, nsp) = self.encode(input_ids, token_type_ids, attention_mask, mode)?;
         let logits = self
             .head
-            .forward(&sequence, self.bert.word_embeddings(), mode.ops())?;
+            .forward(&sequence, self.encoder.word_embeddings(), mode.ops())?;
         Ok((logits, nsp))
     }
 
@@ -341,7 +436,7 @@ impl PreTraining {
         let (sequence, nsp) = self.encode(input_ids, token_type_ids, attention_mask, mode)?;
         let (logits, kept) = self.head.forward_labelled(
             &sequence,
-            self.bert.word_embeddings(),
+            self.encoder.word_embeddings(),
             labels,
             mode.ops(),
         )?;

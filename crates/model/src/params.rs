@@ -40,10 +40,20 @@ pub struct Params {
     init_range: f64,
     /// A view of an existing store: `get` hands out its tensors detached.
     view: bool,
+    /// The encoder's name inside a head model (`bert`, `roberta`, ...): a name is
+    /// also looked for with it added or removed.
+    base_prefix: String,
+    /// Parameters asked for so far.
+    requested: usize,
 }
 
-/// Keys HF checkpoints carry that are not parameters here: buffers, and the MLM
-/// decoder that is tied to the word embeddings.
+/// Where a [`Params`] stood: parameters asked for and those newly initialised.
+#[derive(Clone, Copy, Debug)]
+pub struct Counts {
+    requested: usize,
+    fresh: usize,
+}
+
 /// The tensors of `varmap` by name (sharing the `Var`s' storage).
 pub(crate) fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
     Ok(varmap
@@ -55,10 +65,16 @@ pub(crate) fn varmap_tensors(varmap: &VarMap) -> Result<HashMap<String, Tensor>>
         .collect())
 }
 
+/// Keys HF checkpoints carry that are not parameters here: buffers, and the MLM
+/// decoders tied to the word embeddings.
 fn ignorable(key: &str) -> bool {
     key.ends_with("position_ids")
+        || key.ends_with("embeddings.token_type_ids")
         || key.ends_with("cls.predictions.decoder.weight")
         || key.ends_with("cls.predictions.decoder.bias")
+        || key.ends_with("lm_head.decoder.weight")
+        || key.ends_with("lm_head.decoder.bias")
+        || key.ends_with("vocab_projector.weight")
 }
 
 impl Params {
@@ -91,6 +107,70 @@ impl Params {
             rng: ChaCha8Rng::seed_from_u64(seed),
             init_range,
             view: false,
+            base_prefix: "bert".into(),
+            requested: 0,
+        }
+    }
+
+    /// The encoder's name inside a head model (`bert` by default): a checkpoint
+    /// saved as a bare encoder is read by a head model and the other way round.
+    pub fn set_base_prefix(&mut self, prefix: &str) {
+        self.base_prefix = prefix.to_string();
+    }
+
+    /// Where loading stands, for [`Params::require_some_loaded`].
+    pub fn counts(&self) -> Counts {
+        Counts {
+            requested: self.requested,
+            fresh: self.report.newly_initialized.len(),
+        }
+    }
+
+    /// An error when a checkpoint was given but none of the parameters asked for
+    /// since `before` were in it: an encoder whose weights are all missing would
+    /// train from random weights (transformers initialises heads only). `example` is
+    /// one name that was looked for, `what` the model's name.
+    pub fn require_some_loaded(&self, before: Counts, example: &str, what: &str) -> Result<()> {
+        let now = self.counts();
+        let asked = now.requested - before.requested;
+        if self.checkpoint.is_empty() || self.view || asked == 0 || now.fresh - before.fresh < asked
+        {
+            return Ok(());
+        }
+        let mut keys: Vec<&str> = self.checkpoint.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys.truncate(3);
+        Err(ModelError::Checkpoint(format!(
+            "{}: none of the {what} encoder's weights are in it (looked for '{example}'; it holds {} tensors such as {}): is config.json's model_type the checkpoint's?",
+            self.source.display(),
+            self.checkpoint.len(),
+            keys.join(", ")
+        )))
+    }
+
+    /// A fixed (untrained) tensor: the checkpoint's `name` when it has one, else
+    /// `make()`. It is not a variable, so it is neither trained nor saved.
+    pub fn constant(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        make: impl FnOnce(&Device) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match Self::candidates(name, &self.base_prefix)
+            .into_iter()
+            .find_map(|k| self.checkpoint.get(&k).map(|t| (k, t.clone())))
+        {
+            Some((key, t)) if t.dims() == shape => {
+                self.used.insert(key);
+                Ok(t.to_dtype(DType::F32)?)
+            }
+            Some((key, t)) => Err(ModelError::Shape {
+                path: self.source.clone(),
+                name: key,
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            }),
+            None => make(&self.device),
         }
     }
 
@@ -146,11 +226,14 @@ impl Params {
         ))
     }
 
-    fn candidates(name: &str) -> Vec<String> {
+    fn candidates(name: &str, base: &str) -> Vec<String> {
         let mut c = vec![name.to_string()];
-        match name.strip_prefix("bert.") {
+        match name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('.'))
+        {
             Some(rest) => c.push(rest.to_string()),
-            None => c.push(format!("bert.{name}")),
+            None => c.push(format!("{base}.{name}")),
         }
         // Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
         let more: Vec<String> = c
@@ -178,7 +261,8 @@ impl Params {
                 ))),
             };
         }
-        let found = Self::candidates(name)
+        self.requested += 1;
+        let found = Self::candidates(name, &self.base_prefix)
             .into_iter()
             .find_map(|k| self.checkpoint.get(&k).map(|t| (k, t.clone())));
         let value = match found {

@@ -52,7 +52,7 @@ fn assert_all_grads(varmap: &VarMap, loss: &Tensor, except: &[&str]) {
 #[test]
 fn every_parameter_of_every_head_gets_a_gradient() {
     let dev = Device::Cpu;
-    let cfg = BertConfig::tiny();
+    let cfg = EncoderConfig::tiny();
     let (ids, types, mask) = batch(&dev);
     let mode = Mode::train(1);
 
@@ -106,7 +106,7 @@ fn every_parameter_of_every_head_gets_a_gradient() {
 #[test]
 fn gradients_match_finite_differences() {
     let dev = Device::Cpu;
-    let mut cfg = BertConfig::tiny();
+    let mut cfg = EncoderConfig::tiny();
     cfg.hidden_dropout_prob = 0.0;
     cfg.attention_probs_dropout_prob = 0.0;
     let (ids, types, mask) = batch(&dev);
@@ -184,7 +184,7 @@ fn gradients_match_finite_differences() {
 #[test]
 fn a_saved_checkpoint_loads_back_to_identical_outputs() {
     let dev = Device::Cpu;
-    let mut cfg = BertConfig::tiny();
+    let mut cfg = EncoderConfig::tiny();
     cfg.set_labels(&["neg".into(), "neu".into(), "pos".into()]);
     let mut p = Params::random(&dev, 9, cfg.initializer_range);
     let model = SequenceClassifier::new(&cfg, &mut p).unwrap();
@@ -234,7 +234,7 @@ fn minilm_loads_with_new_heads_listed_and_runs() {
     assert_eq!(report.unexpected, Vec::<String>::new());
     let (ids, types, mask) = batch(&dev);
     let out = model
-        .bert
+        .encoder
         .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
         .unwrap();
     assert_eq!(out.sequence.dims(), &[2, 6, 384]);
@@ -247,9 +247,9 @@ fn minilm_loads_with_new_heads_listed_and_runs() {
     );
     // bf16 compute gives the same hidden states to bf16 precision.
     let mut bf = model;
-    bf.bert.set_compute_dtype(DType::BF16);
+    bf.encoder.set_compute_dtype(DType::BF16);
     let low = bf
-        .bert
+        .encoder
         .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
         .unwrap();
     let diff = (low.sequence.to_dtype(DType::F32).unwrap() - &out.sequence)
@@ -341,7 +341,7 @@ fn minilm_matches_transformers_within_1e_4() {
         grid("attention_mask"),
     );
     let (cfg, mut p) = open_dir(&dir, &dev, 0).unwrap();
-    let model = BertModel::new(&cfg, &mut p, "", true).unwrap();
+    let model = Encoder::new(&cfg, &mut p, false, true).unwrap();
     let out = model
         .forward(&ids, Some(&types), Some(&mask), &Mode::eval())
         .unwrap();
@@ -414,7 +414,7 @@ fn minilm_matches_transformers_within_1e_4() {
 
 #[test]
 fn a_detached_view_shares_weights_but_records_no_graph() {
-    let cfg = BertConfig::tiny();
+    let cfg = EncoderConfig::tiny();
     let mut p = Params::random(&Device::Cpu, 3, cfg.initializer_range);
     let train = SequenceClassifier::new(&cfg, &mut p).unwrap();
     let (varmap, _) = p.finish();
@@ -467,7 +467,7 @@ fn scaled_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// One training step's logits and every parameter's gradient, fused against composed.
 fn fused_step_matches_composed(
-    cfg: &BertConfig,
+    cfg: &EncoderConfig,
     mut params: impl FnMut() -> Params,
     mode: impl Fn(Ops) -> Mode,
     tol: f64,
@@ -526,7 +526,7 @@ fn fused_training_step_matches_composed_on_minilm() {
 fn fused_training_step_matches_composed_with_dropout() {
     // The counter-based masks are the same on both paths, so even with dropout on the
     // two steps agree to rounding.
-    let cfg = BertConfig::tiny();
+    let cfg = EncoderConfig::tiny();
     fused_step_matches_composed(
         &cfg,
         || Params::random(&Device::Cpu, 0, cfg.initializer_range),
@@ -538,7 +538,7 @@ fn fused_training_step_matches_composed_with_dropout() {
 #[test]
 fn mlm_loss_on_labelled_positions_equals_the_full_projection() {
     let dev = Device::Cpu;
-    let cfg = BertConfig::tiny();
+    let cfg = EncoderConfig::tiny();
     let (ids, types, mask) = batch(&dev);
     let labels = Tensor::new(
         &[
@@ -601,12 +601,12 @@ fn the_first_token_forward_equals_the_full_forward_with_dropout() {
     // Its pooled output, its [CLS] row and every parameter's gradient must be the full
     // forward's, dropout on (the mapped masks are the full tensor's), on both paths.
     let dev = Device::Cpu;
-    let cfg = BertConfig::tiny();
+    let cfg = EncoderConfig::tiny();
     let (ids, types, mask) = batch(&dev);
     for ops in [Ops::Fused, Ops::Composed] {
         let run = |first: bool| {
             let mut p = Params::random(&dev, 0, cfg.initializer_range);
-            let bert = BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+            let bert = Encoder::new(&cfg, &mut p, true, true).unwrap();
             let (vm, _) = p.finish();
             let mode = Mode::train(11).with_ops(ops);
             let out = if first {
@@ -699,12 +699,12 @@ fn candle_stores_the_first_gradient_without_a_copy() {
 
 #[test]
 fn a_pytorch_pickle_checkpoint_loads_as_transformers_loads_it() {
-    // scripts/make_pytorch_fixture.py: a tiny BertModel saved with torch.save, with
+    // scripts/make_pytorch_fixture.py: a tiny Encoder saved with torch.save, with
     // the original BERT checkpoints' LayerNorm.gamma/beta names, and its output.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-pytorch");
     assert!(!dir.join("model.safetensors").exists());
     let (cfg, mut p) = crate::open_dir(&dir, &Device::Cpu, 0).unwrap();
-    let model = BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    let model = Encoder::new(&cfg, &mut p, true, true).unwrap();
     let (_, report) = p.finish();
     assert!(
         report.newly_initialized.is_empty(),
@@ -748,7 +748,7 @@ fn a_batch_run_in_groups_of_samples_drops_what_one_pass_drops() {
     // with `starting_at_sample`, each group's masks are the whole batch's, so the
     // logits are the same rows, on both paths; without it they differ.
     let dev = Device::Cpu;
-    let mut cfg = BertConfig::tiny();
+    let mut cfg = EncoderConfig::tiny();
     cfg.hidden_dropout_prob = 0.3;
     cfg.attention_probs_dropout_prob = 0.3;
     let ids = Tensor::new(

@@ -137,7 +137,7 @@ impl Session<'_> {
         Ok(Snapshot {
             model: SavedModel {
                 model: self.model,
-                architecture: self.task.architecture(),
+                head: self.task.head_kind(),
                 tokenizer: self.tokenizer,
                 tokenizer_dir: self.tokenizer_dir,
             },

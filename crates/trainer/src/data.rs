@@ -105,7 +105,8 @@ pub type Tokenized = (Vec<Vec<u32>>, Vec<Vec<u8>>);
 pub struct Prepare<'a> {
     pub data: &'a DataConfig,
     pub tokenizer: &'a Tokenizer,
-    /// The model's `max_position_embeddings`.
+    /// The most tokens the model's positions cover (`max_position_embeddings`, less
+    /// RoBERTa's unused first positions).
     pub max_positions: usize,
     /// Class names (classification), index = class id.
     pub class_names: &'a [String],

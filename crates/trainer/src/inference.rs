@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use berth_data::Dataset;
 use berth_data::arrow::array::ArrayRef;
 use berth_data::tokenizers::Tokenizer;
-use berth_model::{BertConfig, Mode};
+use berth_model::{EncoderConfig, Mode};
 use candle_core::Device;
 
 use crate::config::{DataConfig, DeviceSpec, Precision, RunConfig, TaskConfig};
@@ -36,7 +36,7 @@ impl Inference {
         let model_dir = berth_model::resolve_model_dir(&config.model, &config.model_hub())?;
         let tokenizer = load_tokenizer(config, &model_dir)?;
         let task = build_task(config, &tokenizer, &device)?;
-        let checkpoint = BertConfig::from_file(&model_dir.join("config.json"))?;
+        let checkpoint = EncoderConfig::from_file(&model_dir.join("config.json"))?;
         let names: Vec<String> = (0..checkpoint.num_labels())
             .map(|i| {
                 checkpoint
@@ -94,7 +94,7 @@ impl Inference {
             config,
             self.task.as_ref(),
             &self.tokenizer,
-            self.model.config.max_position_embeddings,
+            self.model.config.max_tokens(),
             &self.class_names(),
         )?;
         Ok([data.eval, data.test].into_iter().flatten().collect())
@@ -133,7 +133,7 @@ impl Inference {
         let prep = Prepare {
             data,
             tokenizer: &self.tokenizer,
-            max_positions: self.model.config.max_position_embeddings,
+            max_positions: self.model.config.max_tokens(),
             class_names: &class_names,
             seed: 0,
             stage: Stage::Predict,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use berth_model::{BertConfig, LoadReport, Mode, Params};
+use berth_model::{EncoderConfig, LoadReport, Mode, Params};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 
@@ -16,7 +16,7 @@ pub struct TaskModel {
     head: Box<dyn Head>,
     /// The same weights as detached views: evaluation records no autograd graph.
     eval_head: Box<dyn Head>,
-    pub config: BertConfig,
+    pub config: EncoderConfig,
     pub varmap: VarMap,
     pub report: LoadReport,
 }
@@ -61,7 +61,7 @@ impl TaskModel {
     /// its weight, so gradients flow back to the f32 `Var`s.
     pub fn set_compute_dtype(&mut self, dtype: DType) {
         for head in [&mut self.head, &mut self.eval_head] {
-            head.bert_mut().set_compute_dtype(dtype);
+            head.encoder_mut().set_compute_dtype(dtype);
         }
     }
 

@@ -15,12 +15,14 @@ use crate::error::{Result, TrainError};
 /// `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` and, for a
 /// WordPiece tokenizer, `vocab.txt`: copied from `source` (the directory the run's
 /// tokenizer came from) when it has them, so they stay byte for byte what the user
-/// gave, else written from `tokenizer` as transformers' `save_pretrained` would.
+/// gave, else written from `tokenizer` as transformers' `save_pretrained` would for
+/// the model `config` (its family's `tokenizer_class`, `model_max_length` the tokens
+/// its positions cover).
 pub fn write_tokenizer_files(
     dir: &Path,
     tokenizer: &Tokenizer,
     source: Option<&Path>,
-    max_positions: usize,
+    config: &berth_model::EncoderConfig,
 ) -> Result<()> {
     let text = tokenizer
         .to_string(false)
@@ -32,7 +34,12 @@ pub fn write_tokenizer_files(
         ("tokenizer.json", Some(text)),
         (
             "tokenizer_config.json",
-            Some(pretty(&tokenizer_config(&json, &specials, max_positions))),
+            Some(pretty(&tokenizer_config(
+                &json,
+                &specials,
+                config.max_tokens(),
+                config.family,
+            ))),
         ),
         (
             "special_tokens_map.json",
@@ -73,11 +80,13 @@ fn special_tokens(tokenizer: &Tokenizer, json: &Value) -> BTreeMap<String, Strin
         .filter_map(|t| t["content"].as_str().map(str::to_string))
         .collect();
     for (attr, candidates) in [
-        ("cls_token", ["[CLS]", "<s>"]),
-        ("sep_token", ["[SEP]", "</s>"]),
-        ("pad_token", ["[PAD]", "<pad>"]),
-        ("unk_token", ["[UNK]", "<unk>"]),
-        ("mask_token", ["[MASK]", "<mask>"]),
+        ("cls_token", &["[CLS]", "<s>"][..]),
+        ("sep_token", &["[SEP]", "</s>"]),
+        ("pad_token", &["[PAD]", "<pad>"]),
+        ("unk_token", &["[UNK]", "<unk>"]),
+        ("mask_token", &["[MASK]", "<mask>"]),
+        ("bos_token", &["<s>"]),
+        ("eos_token", &["</s>"]),
     ] {
         if let Some(t) = candidates
             .iter()
@@ -89,30 +98,46 @@ fn special_tokens(tokenizer: &Tokenizer, json: &Value) -> BTreeMap<String, Strin
     out
 }
 
-/// `tokenizer_config.json` as transformers writes it for a BERT tokenizer: the
-/// special tokens, `model_max_length` and the normalizer's choices.
-fn tokenizer_config(json: &Value, specials: &BTreeMap<String, String>, max_len: usize) -> Value {
+/// `tokenizer_config.json` as transformers writes it: the special tokens,
+/// `model_max_length`, the family's `tokenizer_class` when the tokenizer is of the
+/// kind that class reads (WordPiece for BERT, DistilBERT and ELECTRA, byte-level BPE
+/// for RoBERTa, Unigram for XLM-RoBERTa and CamemBERT; `PreTrainedTokenizerFast`
+/// otherwise) and, for WordPiece, the normalizer's choices.
+fn tokenizer_config(
+    json: &Value,
+    specials: &BTreeMap<String, String>,
+    max_len: usize,
+    family: berth_model::Family,
+) -> Value {
+    use berth_model::Family;
     let norm = &json["normalizer"];
     let mut c = serde_json::Map::new();
     c.insert("clean_up_tokenization_spaces".into(), json!(true));
-    c.insert(
-        "do_lower_case".into(),
-        json!(norm["lowercase"].as_bool().unwrap_or(false)),
-    );
     c.insert("model_max_length".into(), json!(max_len));
-    c.insert(
-        "strip_accents".into(),
-        norm.get("strip_accents").cloned().unwrap_or(Value::Null),
-    );
-    c.insert(
-        "tokenize_chinese_chars".into(),
-        json!(norm["handle_chinese_chars"].as_bool().unwrap_or(true)),
-    );
-    let bert = json["model"]["type"] == "WordPiece";
+    let kind = json["model"]["type"].as_str().unwrap_or_default();
+    if kind == "WordPiece" {
+        c.insert(
+            "do_lower_case".into(),
+            json!(norm["lowercase"].as_bool().unwrap_or(false)),
+        );
+        c.insert(
+            "strip_accents".into(),
+            norm.get("strip_accents").cloned().unwrap_or(Value::Null),
+        );
+        c.insert(
+            "tokenize_chinese_chars".into(),
+            json!(norm["handle_chinese_chars"].as_bool().unwrap_or(true)),
+        );
+    }
+    let family_kind = match family {
+        Family::Bert | Family::DistilBert | Family::Electra => "WordPiece",
+        Family::Roberta => "BPE",
+        Family::XlmRoberta | Family::Camembert => "Unigram",
+    };
     c.insert(
         "tokenizer_class".into(),
-        json!(if bert {
-            "BertTokenizer"
+        json!(if kind == family_kind {
+            family.tokenizer_class()
         } else {
             "PreTrainedTokenizerFast"
         }),

@@ -119,7 +119,8 @@ fn split(task: &dyn Task, ds: &Dataset, name: &str, prep: &Prepare<'_>) -> Resul
 }
 
 /// Loads and prepares the splits of `config` as rows of `task`, tokenized with
-/// `tokenizer`; `max_positions` is the model's `max_position_embeddings`.
+/// `tokenizer`; `max_positions` is the most tokens the model's positions cover
+/// ([`berth_model::EncoderConfig::max_tokens`]).
 pub fn prepare(
     config: &RunConfig,
     task: &dyn Task,

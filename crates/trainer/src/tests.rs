@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use berth_data::tokenizers::Tokenizer;
-use berth_model::{BertConfig, BertModel, Params};
+use berth_model::{Encoder, EncoderConfig, Params};
 use candle_core::Device;
 
 use crate::task::{Documents, LabelledSequences, Pairs, Sequences, Texts};
@@ -38,14 +38,14 @@ fn tiny_tokenizer() -> Tokenizer {
 
 /// A random tiny BERT (encoder + pooler only) saved as an HF directory.
 fn tiny_model_dir(root: &Path) -> PathBuf {
-    model_dir(root, "tiny-bert", &BertConfig::tiny())
+    model_dir(root, "tiny-bert", &EncoderConfig::tiny())
 }
 
 /// A random BERT of `cfg` (encoder + pooler only) saved as `root/name`.
-fn model_dir(root: &Path, name: &str, cfg: &BertConfig) -> PathBuf {
+fn model_dir(root: &Path, name: &str, cfg: &EncoderConfig) -> PathBuf {
     let dir = root.join(name);
     let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
-    BertModel::new(cfg, &mut p, "bert.", true).unwrap();
+    Encoder::new(cfg, &mut p, true, true).unwrap();
     let (varmap, _) = p.finish();
     berth_model::save(&dir, cfg, "BertModel", &varmap).unwrap();
     dir
@@ -437,7 +437,7 @@ fn accumulated_micro_batches_give_the_gradients_of_one_batch() {
     // numbers of masked tokens) and 4 + 4 + 4 + 2 (classification: a short last
     // batch) train as one batch. Dropout off, so both batchings draw nothing.
     let root = tempfile::tempdir().unwrap();
-    let mut cfg = BertConfig::tiny();
+    let mut cfg = EncoderConfig::tiny();
     cfg.hidden_dropout_prob = 0.0;
     cfg.attention_probs_dropout_prob = 0.0;
     let dir = model_dir(root.path(), "tiny-bert-no-dropout", &cfg);
@@ -498,7 +498,7 @@ fn grouped_chunks_give_the_gradients_of_one_pass() {
     // draws the whole batch's masks).
     let root = tempfile::tempdir().unwrap();
     for dropout in [0.0, 0.2] {
-        let mut cfg = BertConfig::tiny();
+        let mut cfg = EncoderConfig::tiny();
         cfg.hidden_dropout_prob = dropout;
         cfg.attention_probs_dropout_prob = dropout;
         let dir = model_dir(root.path(), &format!("tiny-dropout-{dropout}"), &cfg);
@@ -789,7 +789,7 @@ fn a_run_directory_and_its_checkpoints_are_hf_model_repos() {
         let tc = read(d.join("tokenizer_config.json"));
         assert_eq!(
             tc["model_max_length"],
-            BertConfig::tiny().max_position_embeddings
+            EncoderConfig::tiny().max_position_embeddings
         );
         assert_eq!(tc["cls_token"], "[CLS]");
         assert_eq!(
@@ -851,7 +851,7 @@ fn a_multi_label_set_converges_and_saves_its_problem_type() {
     let root = tempfile::tempdir().unwrap();
     // Wider than the tiny config: at 16 hidden units the first class learned takes
     // the whole pooled representation and the second never separates.
-    let mut bert = BertConfig::tiny();
+    let mut bert = EncoderConfig::tiny();
     bert.hidden_size = 64;
     bert.intermediate_size = 128;
     let dir = model_dir(root.path(), "small-bert", &bert);

@@ -154,12 +154,12 @@ impl Trainer {
         let model_dir = berth_model::resolve_model_dir(&config.model, &hub)?;
         let tokenizer = load_tokenizer(&config, &model_dir)?;
         let task = build_task(&config, &tokenizer, &device)?;
-        let model_config = berth_model::BertConfig::from_file(&model_dir.join("config.json"))?;
+        let model_config = berth_model::EncoderConfig::from_file(&model_dir.join("config.json"))?;
         let data = crate::splits::prepare(
             &config,
             task.as_ref(),
             &tokenizer,
-            model_config.max_position_embeddings,
+            model_config.max_tokens(),
         )?;
         Self::with_task(
             config, claim, collective, task, data, tokenizer, model_dir, device,
@@ -1011,7 +1011,7 @@ impl Trainer {
     pub fn save_model(&self, dir: &Path) -> Result<()> {
         SavedModel {
             model: &self.model,
-            architecture: self.task.architecture(),
+            head: self.task.head_kind(),
             tokenizer: &self.tokenizer,
             tokenizer_dir: self.tokenizer_dir(),
         }

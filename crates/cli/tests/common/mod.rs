@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use berth_model::{BertConfig, BertModel, Params};
+use berth_model::{Encoder, EncoderConfig, Params};
 use candle_core::Device;
 
 /// Runs `berth` offline with its cache under `cache`.
@@ -62,12 +62,12 @@ pub fn jsonl_rows(path: &Path) -> Vec<serde_json::Value> {
 /// A random BERT small enough that a run takes seconds, with MiniLM's tokenizer.
 pub fn tiny_model(root: &Path, minilm: &Path) -> PathBuf {
     let dir = root.join("tiny-bert");
-    let mut cfg = BertConfig::tiny();
+    let mut cfg = EncoderConfig::tiny();
     cfg.vocab_size = 30522;
     cfg.hidden_size = 32;
     cfg.max_position_embeddings = 64;
     let mut p = Params::random(&Device::Cpu, 7, cfg.initializer_range);
-    BertModel::new(&cfg, &mut p, "bert.", true).unwrap();
+    Encoder::new(&cfg, &mut p, true, true).unwrap();
     let (varmap, _) = p.finish();
     berth_model::save(&dir, &cfg, "BertModel", &varmap).unwrap();
     for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"] {

@@ -24,13 +24,19 @@ use crate::state::{Position, TrainerState};
 /// tokenizer (copied from `tokenizer_dir` when it came from a directory).
 pub struct SavedModel<'a> {
     pub model: &'a TaskModel,
-    /// The saved `architectures` entry (`BertForSequenceClassification`, ...).
-    pub architecture: &'a str,
+    /// The head, whose architecture for the model's family the saved
+    /// `architectures` entry names (`RobertaForSequenceClassification`, ...).
+    pub head: berth_model::HeadKind,
     pub tokenizer: &'a Tokenizer,
     pub tokenizer_dir: Option<&'a Path>,
 }
 
 impl SavedModel<'_> {
+    /// `config.json`'s `architectures` entry.
+    pub fn architecture(&self) -> String {
+        self.model.config.family.architecture(self.head)
+    }
+
     /// `config.json`, `model.safetensors` and the tokenizer files into `dir`, which
     /// holds nothing else of them yet (a checkpoint's temp directory).
     fn write_into(&self, dir: &Path) -> Result<()> {
@@ -38,12 +44,12 @@ impl SavedModel<'_> {
             dir,
             self.tokenizer,
             self.tokenizer_dir,
-            self.model.config.max_position_embeddings,
+            &self.model.config,
         )?;
         berth_model::save_into(
             dir,
             &self.model.config,
-            self.architecture,
+            &self.architecture(),
             &self.model.varmap,
         )?;
         Ok(())
@@ -60,7 +66,7 @@ impl SavedModel<'_> {
             berth_model::save(
                 &tmp,
                 &self.model.config,
-                self.architecture,
+                &self.architecture(),
                 &self.model.varmap,
             )?;
             for f in ["config.json", "model.safetensors"] {
@@ -76,7 +82,7 @@ impl SavedModel<'_> {
             dir,
             self.tokenizer,
             self.tokenizer_dir,
-            self.model.config.max_position_embeddings,
+            &self.model.config,
         )
     }
 }

@@ -6,7 +6,9 @@ use berth_collate::{Document, Padding, collate_chunks};
 use berth_data::Dataset;
 use berth_data::arrow::datatypes::UInt32Type;
 use berth_data::berth_chunking::ChunkConfig;
-use berth_model::{BertConfig, BertModel, ChunkPooledClassifier, Mode, Params, pool_chunks};
+use berth_model::{
+    ChunkPooledClassifier, Encoder, EncoderConfig, HeadKind, Mode, Params, pool_chunks,
+};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
@@ -182,7 +184,7 @@ impl Chunker {
     /// The pooled head over `params`, with `loss` on the pooled logits.
     pub fn head(
         &self,
-        config: &BertConfig,
+        config: &EncoderConfig,
         params: &mut Params,
         loss: PooledLoss,
     ) -> Result<Box<dyn Head>> {
@@ -355,8 +357,8 @@ impl Head for PooledHead {
         Ok(vec![value])
     }
 
-    fn bert_mut(&mut self) -> &mut BertModel {
-        &mut self.model.inner.bert
+    fn encoder_mut(&mut self) -> &mut Encoder {
+        &mut self.model.inner.encoder
     }
 }
 
@@ -370,8 +372,8 @@ impl ChunkClassification {
 }
 
 impl Task for ChunkClassification {
-    fn architecture(&self) -> &'static str {
-        "BertForSequenceClassification"
+    fn head_kind(&self) -> HeadKind {
+        HeadKind::SequenceClassification
     }
 
     fn classifies(&self) -> bool {
@@ -385,7 +387,7 @@ impl Task for ChunkClassification {
         }))
     }
 
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+    fn head(&self, config: &EncoderConfig, params: &mut Params) -> Result<Box<dyn Head>> {
         self.0.head(config, params, PooledLoss::Class)
     }
 

@@ -9,7 +9,7 @@ use berth_data::Dataset;
 use berth_data::arrow::array::{
     ArrayRef, Float32Array, Float32Builder, Int64Array, ListBuilder, StringArray,
 };
-use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
+use berth_model::{Encoder, EncoderConfig, HeadKind, Mode, Params, SequenceClassifier};
 use candle_core::{DType, Device};
 
 use super::{Head, PredictContext, Predictor, Scorer, Task, TaskContext, argmax};
@@ -61,8 +61,8 @@ impl Classification {
 }
 
 impl Task for Classification {
-    fn architecture(&self) -> &'static str {
-        "BertForSequenceClassification"
+    fn head_kind(&self) -> HeadKind {
+        HeadKind::SequenceClassification
     }
 
     fn classifies(&self) -> bool {
@@ -78,7 +78,7 @@ impl Task for Classification {
         }))
     }
 
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+    fn head(&self, config: &EncoderConfig, params: &mut Params) -> Result<Box<dyn Head>> {
         Ok(Box::new(SequenceHead(SequenceClassifier::new(
             config, params,
         )?)))
@@ -147,8 +147,8 @@ impl Head for SequenceHead {
         class_output(logits, b.labels.as_ref(), |l, y| Ok(self.0.loss(l, y)?))
     }
 
-    fn bert_mut(&mut self) -> &mut BertModel {
-        &mut self.0.bert
+    fn encoder_mut(&mut self) -> &mut Encoder {
+        &mut self.0.encoder
     }
 }
 

@@ -12,7 +12,7 @@ use berth_data::arrow::array::{
 };
 use berth_data::berth_masking::{DynamicMasker, MlmConfig as MaskConfig};
 use berth_data::tokenizers::Tokenizer;
-use berth_model::{BertConfig, BertModel, MaskedLm, Mode, Params};
+use berth_model::{Encoder, EncoderConfig, HeadKind, MaskedLm, Mode, Params};
 use candle_core::{D, DType, Device, Tensor};
 
 use super::{Head, PredictContext, Predictor, Scorer, Task, TaskContext, argmax};
@@ -82,8 +82,8 @@ impl MaskedLanguageModeling {
 }
 
 impl Task for MaskedLanguageModeling {
-    fn architecture(&self) -> &'static str {
-        "BertForMaskedLM"
+    fn head_kind(&self) -> HeadKind {
+        HeadKind::MaskedLm
     }
 
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
@@ -91,7 +91,7 @@ impl Task for MaskedLanguageModeling {
         Ok(Rows::new(Texts { ids }))
     }
 
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+    fn head(&self, config: &EncoderConfig, params: &mut Params) -> Result<Box<dyn Head>> {
         Ok(Box::new(MlmHead {
             model: MaskedLm::new(config, params)?,
             mask_id: self.mask_id,
@@ -216,8 +216,8 @@ impl Head for MlmHead {
         Ok(out)
     }
 
-    fn bert_mut(&mut self) -> &mut BertModel {
-        &mut self.model.bert
+    fn encoder_mut(&mut self) -> &mut Encoder {
+        &mut self.model.encoder
     }
 }
 

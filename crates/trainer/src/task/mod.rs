@@ -17,7 +17,7 @@ use berth_collate::Padding;
 use berth_data::Dataset;
 use berth_data::arrow::array::ArrayRef;
 use berth_data::tokenizers::Tokenizer;
-use berth_model::{BertConfig, BertModel, Mode, Params};
+use berth_model::{Encoder, EncoderConfig, Family, HeadKind, Mode, Params};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 
@@ -62,11 +62,13 @@ impl TaskConfig {
 }
 
 impl TaskConfig {
-    /// The task a checkpoint was saved for, from its `architectures` entry and
+    /// The task a checkpoint was saved for, from its `architectures` entry (of any
+    /// family: `BertForMaskedLM`, `RobertaForSequenceClassification`, ...) and
     /// `problem_type`; `chunking` (prediction's chunk options) makes a sequence
     /// classifier pool the chunks of long texts. Any other architecture is read as a
-    /// sequence classifier: one without a classifier (a bare `BertModel`) gets a fresh
-    /// one, named in a warning, as transformers does.
+    /// sequence classifier: one without a classifier (a bare `BertModel`) gets a
+    /// fresh one, named in a warning, as transformers does. `berth predict` picks
+    /// its task here; [`TaskConfig::build`] above is the other match over tasks.
     pub fn for_checkpoint(
         architecture: &str,
         problem_type: Option<&str>,
@@ -78,14 +80,14 @@ impl TaskConfig {
             ))),
             None => Ok(task),
         };
-        match architecture {
-            "BertForMaskedLM" => lm(TaskConfig::Mlm {
+        match Family::parse_architecture(architecture).map(|(_, head)| head) {
+            Some(HeadKind::MaskedLm) => lm(TaskConfig::Mlm {
                 mlm: Default::default(),
             }),
-            "BertForPreTraining" => lm(TaskConfig::Nsp {
+            Some(HeadKind::PreTraining) => lm(TaskConfig::Nsp {
                 mlm: Default::default(),
             }),
-            "BertForSequenceClassification"
+            Some(HeadKind::SequenceClassification)
                 if problem_type == Some("multi_label_classification") =>
             {
                 Ok(TaskConfig::MultiLabelClassification {
@@ -126,8 +128,9 @@ pub struct PredictContext<'a> {
 
 /// One task: see the module docs.
 pub trait Task: Send + Sync {
-    /// The HF architecture written into a saved `config.json`.
-    fn architecture(&self) -> &'static str;
+    /// The head whose HF architecture (for the model's family) a saved
+    /// `config.json` names, e.g. `RobertaForSequenceClassification`.
+    fn head_kind(&self) -> HeadKind;
 
     /// Whether the labels are classes named from the label column (they set the
     /// model's `num_labels` / `id2label`), one dataset row per item.
@@ -151,7 +154,7 @@ pub trait Task: Send + Sync {
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows>;
 
     /// The BERT with this task's head, its weights taken from `params`.
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>>;
+    fn head(&self, config: &EncoderConfig, params: &mut Params) -> Result<Box<dyn Head>>;
 
     /// Items `indices` of `rows` as tensors; MLM rows are masked afresh for `epoch`
     /// (masks depend on seed, epoch and row index only).
@@ -206,7 +209,7 @@ pub trait Head: Send + Sync {
     }
 
     /// The encoder, to set its compute dtype.
-    fn bert_mut(&mut self) -> &mut BertModel;
+    fn encoder_mut(&mut self) -> &mut Encoder;
 }
 
 /// [`Head::train_step`]'s default: forward with a graph, each part read once (a

@@ -17,7 +17,7 @@ use berth_data::arrow::array::{
 };
 use berth_data::arrow::compute::cast;
 use berth_data::arrow::datatypes::DataType;
-use berth_model::{BertConfig, BertModel, Mode, Params, SequenceClassifier};
+use berth_model::{Encoder, EncoderConfig, HeadKind, Mode, Params, SequenceClassifier};
 use candle_core::{Device, Tensor};
 
 use super::Documents;
@@ -87,8 +87,8 @@ impl MultiLabelClassification {
 }
 
 impl Task for MultiLabelClassification {
-    fn architecture(&self) -> &'static str {
-        "BertForSequenceClassification"
+    fn head_kind(&self) -> HeadKind {
+        HeadKind::SequenceClassification
     }
 
     fn classifies(&self) -> bool {
@@ -127,7 +127,7 @@ impl Task for MultiLabelClassification {
         Ok(Rows::new(LabelledSequences { ids, types, labels }))
     }
 
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+    fn head(&self, config: &EncoderConfig, params: &mut Params) -> Result<Box<dyn Head>> {
         if let Some(chunker) = &self.chunker {
             return chunker.head(config, params, PooledLoss::MultiLabel);
         }
@@ -204,8 +204,8 @@ impl Head for MultiLabelHead {
         })
     }
 
-    fn bert_mut(&mut self) -> &mut BertModel {
-        &mut self.0.bert
+    fn encoder_mut(&mut self) -> &mut Encoder {
+        &mut self.0.encoder
     }
 }
 

@@ -11,7 +11,7 @@ use berth_data::arrow::array::{Array, ArrayRef, Float32Builder, Int64Array, List
 use berth_data::arrow::compute::cast;
 use berth_data::arrow::datatypes::{DataType, UInt8Type, UInt32Type};
 use berth_data::berth_masking::NspConfig;
-use berth_model::{BertConfig, BertModel, Mode, Params};
+use berth_model::{Encoder, EncoderConfig, HeadKind, Mode, Params};
 use candle_core::{DType, Device};
 
 use super::masked_lm::{mask_positions, mlm_batch, mlm_collator, unmasked_batch};
@@ -77,8 +77,8 @@ impl PreTraining {
 }
 
 impl Task for PreTraining {
-    fn architecture(&self) -> &'static str {
-        "BertForPreTraining"
+    fn head_kind(&self) -> HeadKind {
+        HeadKind::PreTraining
     }
 
     fn rows(&self, ds: &Dataset, prep: &Prepare<'_>) -> Result<Rows> {
@@ -114,7 +114,7 @@ impl Task for PreTraining {
         }))
     }
 
-    fn head(&self, config: &BertConfig, params: &mut Params) -> Result<Box<dyn Head>> {
+    fn head(&self, config: &EncoderConfig, params: &mut Params) -> Result<Box<dyn Head>> {
         Ok(Box::new(PreTrainingHead {
             model: berth_model::PreTraining::new(config, params)?,
             mask_id: self.mask_id,
@@ -180,8 +180,8 @@ impl Head for PreTrainingHead {
         Ok(out)
     }
 
-    fn bert_mut(&mut self) -> &mut BertModel {
-        &mut self.model.bert
+    fn encoder_mut(&mut self) -> &mut Encoder {
+        &mut self.model.encoder
     }
 }
 

@@ -1,0 +1,73 @@
+//! DistilBERT (transformers `modeling_distilbert.py`): no token types, no pooler,
+//! its own layer names under `distilbert.transformer.layer`, no dropout on the
+//! attention output, optional fixed sinusoidal positions, `pre_classifier` + ReLU,
+//! and `vocab_transform` / `vocab_layer_norm` / `vocab_projector`.
+
+use candle_core::{Device, Tensor};
+
+use crate::config::EncoderConfig;
+use crate::encoder::{LayerNames, linear};
+use crate::error::Result;
+use crate::heads::{ClassifierHead, MlmNames, Squash};
+use crate::params::{Init, Params};
+
+pub(crate) const LAYER_NAMES: LayerNames = LayerNames {
+    stack: "transformer.layer",
+    query: "attention.q_lin",
+    key: "attention.k_lin",
+    value: "attention.v_lin",
+    attn_out: "attention.out_lin",
+    attn_norm: "sa_layer_norm",
+    intermediate: "ffn.lin1",
+    output: "ffn.lin2",
+    out_norm: "output_layer_norm",
+    attn_output_dropout: false,
+};
+
+/// The position table: a variable, or with `sinusoidal_pos_embds` the fixed table
+/// transformers' `create_sinusoidal_embeddings` writes (read from the checkpoint when
+/// there, never trained or saved).
+pub(crate) fn position_embeddings(p: &mut Params, at: &str, cfg: &EncoderConfig) -> Result<Tensor> {
+    let (n, dim) = (cfg.max_position_embeddings, cfg.hidden_size);
+    let name = format!("{at}.position_embeddings.weight");
+    if cfg.sinusoidal_pos_embds != Some(true) {
+        return p.get(&name, &[n, dim], Init::Normal);
+    }
+    p.constant(&name, &[n, dim], |dev: &Device| {
+        Ok(Tensor::from_vec(sinusoidal(n, dim), (n, dim), dev)?)
+    })
+}
+
+/// `out[pos, j] = sin/cos(pos / 10000^(2 (j / 2) / dim))`, sin at even `j`.
+pub(crate) fn sinusoidal(n: usize, dim: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * dim);
+    for pos in 0..n {
+        for j in 0..dim {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            out.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+        }
+    }
+    out
+}
+
+/// `DistilBertForSequenceClassification`: first token -> `pre_classifier` -> ReLU
+/// -> dropout (`seq_classif_dropout`) -> `classifier`.
+pub(crate) fn classifier(cfg: &EncoderConfig, p: &mut Params) -> Result<ClassifierHead> {
+    let h = cfg.hidden_size;
+    Ok(ClassifierHead {
+        dense: Some((linear(p, "pre_classifier", h, h)?, Squash::Relu)),
+        dropout_before_dense: false,
+        out: linear(p, "classifier", cfg.num_labels(), h)?,
+        dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
+    })
+}
+
+/// `vocab_transform` -> `activation` -> `vocab_layer_norm` (eps 1e-12) ->
+/// `vocab_projector`, tied to the word embeddings.
+pub(crate) const MLM_NAMES: MlmNames = MlmNames {
+    dense: "vocab_transform",
+    norm: "vocab_layer_norm",
+    bias: "vocab_projector.bias",
+    activation: None,
+    eps: Some(1e-12),
+};
