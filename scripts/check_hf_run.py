@@ -24,6 +24,7 @@ for d in sys.argv[1:]:
         "global_step": state.global_step,
         "log_entries": len(state.log_history),
         "id2label": {str(k): v for k, v in config.id2label.items()},
+        "model_type": config.model_type,
         "tokenizer_class": type(tok).__name__,
         "is_fast": tok.is_fast,
         "model_max_length": tok.model_max_length,
