@@ -74,7 +74,8 @@ pub(crate) fn run(a: PretrainArgs) -> Result<()> {
     };
     let table = a
         .whole_word_mask
-        .then(|| berth_data::continuation_table(&tokenizer));
+        .then(|| berth_data::continuation_table(&tokenizer))
+        .transpose()?;
     let op = MlmOp::new(mlm, berth_data::masking_tokens(&tokenizer)?, a.seed, table)?;
     let out = examples.map_batched(&op, &MapOptions::default())?;
     write_output(

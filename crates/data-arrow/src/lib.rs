@@ -51,7 +51,7 @@ pub use load::{
 pub use ops::{BatchOp, FnOp, MapOptions, SplitSize, permutation};
 pub use pretrain::MlmOp;
 pub use progress::{Progress, hide_progress};
-pub use special::{continuation_table, masking_tokens, special_tokens};
+pub use special::{WordMarks, continuation_table, masking_tokens, special_tokens, word_marks};
 pub use stream::{StreamStats, stream_parquet};
 pub use tokenize::{TokenizeConfig, TokenizeOp, load_tokenizer};
 

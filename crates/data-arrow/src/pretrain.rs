@@ -291,7 +291,7 @@ mod tests {
             },
             masking_tokens(&tok).unwrap(),
             3,
-            Some(continuation_table(&tok)),
+            Some(continuation_table(&tok).unwrap()),
         )
         .unwrap();
         let a = ds

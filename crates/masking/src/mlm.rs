@@ -166,7 +166,11 @@ pub fn mask_tokens(
     let mut i = 0;
     while i < n {
         let mut j = i + 1;
+        // A special token is a unit of its own: what follows it starts a word even
+        // where the tokenizer marks no start (a byte-level BPE text's first word has
+        // no `Ġ`).
         if cfg.whole_word
+            && !tokens.is_special(ids[i])
             && let Some(starts) = word_starts
         {
             while j < n && !starts.get(j).copied().unwrap_or(true) && !tokens.is_special(ids[j]) {

@@ -58,7 +58,8 @@ pub(super) fn mlm_collator(mlm: &MlmConfig, cx: &TaskContext<'_>) -> Result<MlmC
         masker,
         words: mlm
             .whole_word
-            .then(|| berth_data::continuation_table(cx.tokenizer)),
+            .then(|| berth_data::continuation_table(cx.tokenizer))
+            .transpose()?,
         padding: cx.padding,
         pad_id: cx.pad_id,
     })
