@@ -24,6 +24,7 @@ grad.<name> for every parameter).
 import json
 import os
 import shutil
+import sys
 import zlib
 
 import torch
@@ -184,21 +185,30 @@ def make(family, config_cls, kwargs, tok, prefix, head, out):
 
 
 def slow_ids(family, dir_):
-    """Ids of transformers' tokenizer built from the slow files alone."""
-    if family == "bert":
-        tok = T.BertTokenizerFast(vocab_file=os.path.join(dir_, "vocab.txt"), do_lower_case=True)
-    elif family == "roberta":
-        tok = T.RobertaTokenizerFast(
-            vocab_file=os.path.join(dir_, "vocab.json"), merges_file=os.path.join(dir_, "merges.txt")
-        )
-    else:
-        return
-    ids = [tok(t)["input_ids"] for t in SLOW_TEXTS]
-    pair = tok(SLOW_TEXTS[0], SLOW_TEXTS[1])["input_ids"]
-    json.dump({"texts": SLOW_TEXTS, "ids": ids, "pair_ids": pair}, open(os.path.join(dir_, "slow_ids.json"), "w"), indent=1)
+    """Ids of transformers' tokenizer built from the slow files alone (a directory with
+    only them and a tokenizer_config.json naming the class), as from_pretrained
+    converts them."""
+    import tempfile
+
+    files = {"bert": ["vocab.txt"], "roberta": ["vocab.json", "merges.txt"]}[family]
+    config = {"bert": {"tokenizer_class": "BertTokenizer", "do_lower_case": True},
+              "roberta": {"tokenizer_class": "RobertaTokenizer"}}[family]
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            shutil.copy(os.path.join(dir_, f), tmp)
+        json.dump(config, open(os.path.join(tmp, "tokenizer_config.json"), "w"))
+        tok = T.AutoTokenizer.from_pretrained(tmp)
+        ids = [tok(t)["input_ids"] for t in SLOW_TEXTS]
+        pair = tok(SLOW_TEXTS[0], SLOW_TEXTS[1])["input_ids"]
+        json.dump({"texts": SLOW_TEXTS, "ids": ids, "pair_ids": pair, "class": type(tok).__name__},
+                  open(os.path.join(dir_, "slow_ids.json"), "w"), indent=1)
 
 
 def main():
+    if "--slow-ids-only" in sys.argv:
+        for family in ("bert", "roberta"):
+            slow_ids(family, os.path.join(ROOT, family))
+        return
     corpus = lines()
     shutil.rmtree(ROOT, ignore_errors=True)
     tokenizers = {}

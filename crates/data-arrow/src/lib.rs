@@ -34,6 +34,7 @@ mod ops;
 mod pretrain;
 mod progress;
 mod save;
+mod slow_tokenizer;
 mod special;
 mod storage;
 mod stream;

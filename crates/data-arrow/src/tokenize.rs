@@ -15,8 +15,9 @@ use crate::error::{DataError, Result};
 use crate::load::{HubOptions, hub_model_file};
 use crate::ops::BatchOp;
 
-/// Loads a tokenizer from a `tokenizer.json` file, a model directory holding one, or
-/// a hub model id (through the hf-hub cache, online unless `HF_HUB_OFFLINE`).
+/// Loads a tokenizer from a `tokenizer.json` file, a model directory holding one (or
+/// only the slow files: `vocab.txt`, or `vocab.json` + `merges.txt`, converted as
+/// transformers converts them), or a hub model id (through the hf-hub cache, online unless `HF_HUB_OFFLINE`).
 pub fn load_tokenizer(spec: &str, hub: &HubOptions) -> Result<Tokenizer> {
     let path = Path::new(spec);
     let file = if path.is_file() {
@@ -24,10 +25,8 @@ pub fn load_tokenizer(spec: &str, hub: &HubOptions) -> Result<Tokenizer> {
     } else if path.is_dir() {
         let f = path.join("tokenizer.json");
         if !f.is_file() {
-            return Err(DataError::Tokenizer {
-                what: spec.into(),
-                message: "the directory has no tokenizer.json".into(),
-            });
+            // As transformers does: the slow files, converted.
+            return crate::slow_tokenizer::from_slow_files(path);
         }
         f
     } else if spec.contains('/') && !spec.starts_with(['/', '.']) && spec.split('/').count() == 2 {

@@ -29,6 +29,8 @@ pub fn resolve_model_dir(spec: &str, hub: &berth_hub::HubOptions) -> Result<Path
                     | "tokenizer_config.json"
                     | "special_tokens_map.json"
                     | "vocab.txt"
+                    | "vocab.json"
+                    | "merges.txt"
             )
         })?;
         // An older repo with PyTorch weights only: fetch them (never both).
