@@ -27,6 +27,11 @@ pub(crate) struct PredictArgs {
     text_column: String,
     #[arg(long)]
     pair_column: Option<String>,
+    /// Truncate each text (a pair `longest_first`) to N ids, specials included, as
+    /// the tokenizer's `truncation=True, max_length=N`; by default where the model's
+    /// positions end. Not with chunk options (those chunk long texts instead).
+    #[arg(long)]
+    max_length: Option<usize>,
     /// Chunk long texts (belt_nlp) instead of truncating them.
     #[arg(long)]
     chunk_size: Option<usize>,
@@ -78,6 +83,14 @@ fn task_of(a: &PredictArgs, config: &EncoderConfig) -> Result<TaskConfig> {
     }
     if chunked && a.pair_column.is_some() {
         bail!("--pair-column cannot be combined with chunking");
+    }
+    if chunked && a.max_length.is_some() {
+        bail!(
+            "--max-length truncates texts; with --chunk-size, --stride or --max-text-len they are chunked instead"
+        );
+    }
+    if a.max_length == Some(0) {
+        bail!("--max-length must be at least 1");
     }
     let chunking = chunked.then(|| chunking(a, config)).transpose()?;
     Ok(TaskConfig::for_checkpoint(
@@ -141,7 +154,8 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
         )?,
         None => a.input.load()?,
     };
-    let data = DataConfig::for_columns(&a.text_column, a.pair_column.as_deref());
+    let mut data = DataConfig::for_columns(&a.text_column, a.pair_column.as_deref());
+    data.max_length = a.max_length;
     let predicted = model.predict(&ds, &data, a.batch_size, a.top_k)?;
     // Row i of the output is row i of the input: its columns, then the predictions
     // (an input column a prediction is named like is kept as `<name>_input`).

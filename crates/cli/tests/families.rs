@@ -133,11 +133,11 @@ fn keys(file: &Path) -> BTreeSet<String> {
 }
 
 /// The classifier logits of `dir`'s saved weights for `texts`, one text at a time
-/// (no padding), tokenized by the run's own tokenizer.json and cut where the
-/// model's positions end, as `berth predict` does without `--max-length`.
-fn logits_of(dir: &Path, texts: &[&str]) -> Vec<Vec<f32>> {
+/// (no padding), tokenized by the run's own tokenizer.json and cut to `max_length`
+/// ids, by default where the model's positions end, as `berth predict` does.
+fn logits_of(dir: &Path, texts: &[&str], max_length: Option<usize>) -> Vec<Vec<f32>> {
     let cfg = EncoderConfig::from_file(&dir.join("config.json")).unwrap();
-    let max_length = cfg.max_tokens();
+    let max_length = max_length.unwrap_or(cfg.max_tokens());
     let mut p = Params::from_dir(dir, &Device::Cpu, 0, 0.02).unwrap();
     let model = SequenceClassifier::new(&cfg, &mut p).unwrap();
     let mut tok = berth_data::tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
@@ -294,7 +294,7 @@ fn predict_reloads(family: &str, task: &str, out: &Path, train: &Path, cache: &P
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             berth_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), cache);
             let rows = jsonl_rows(&pred);
-            let mut want = logits_of(out, &texts);
+            let mut want = logits_of(out, &texts, None);
             let got = if task == "multi_label_classification" {
                 // Multi-label prediction writes each class's sigmoid.
                 for w in &mut want {
@@ -366,4 +366,69 @@ fn opens_in_transformers(runs: &[(&str, &str, PathBuf)]) {
             assert_eq!(ours, theirs, "{family} {task}: {t:?}");
         }
     }
+}
+
+#[test]
+fn predict_max_length_truncates_as_the_tokenizer_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let input = data(tmp.path());
+    let texts: Vec<String> = jsonl_rows(&input)
+        .iter()
+        .map(|r| r["long"].as_str().unwrap().to_string())
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for family in ["bert", "roberta"] {
+        let model = model_dir(tmp.path(), family, "seqcls");
+        let pred = tmp.path().join(format!("{family}-pred.jsonl"));
+        let args = [
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--text-column",
+            "long",
+            "--max-length",
+            "7",
+            "--output",
+            pred.to_str().unwrap(),
+        ];
+        berth_ok(&args, &cache);
+        let got = column(&jsonl_rows(&pred), "logits");
+        let (cut, full) = (
+            logits_of(&model, &texts, Some(7)),
+            logits_of(&model, &texts, None),
+        );
+        for ((g, c), f) in got.iter().zip(&cut).zip(&full) {
+            for (a, b) in g.iter().zip(c) {
+                assert!((a - b).abs() < 1e-5, "{family}: {g:?} vs {c:?}");
+            }
+            assert!(
+                g.iter().zip(f).any(|(a, b)| (a - b).abs() > 1e-4),
+                "{family}: cutting to 7 ids changed nothing"
+            );
+        }
+    }
+    let o = common::berth_output(
+        &[
+            "predict",
+            "--model",
+            model_dir(tmp.path(), "bert", "seqcls").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--max-length",
+            "7",
+            "--chunk-size",
+            "5",
+            "--output",
+            tmp.path().join("x.jsonl").to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("--max-length truncates texts"),
+        "{stderr}"
+    );
 }
