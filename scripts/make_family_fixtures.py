@@ -13,9 +13,14 @@ family's specifics are exercised: ELECTRA's embedding projection (embedding_size
 hidden 16), RoBERTa's positions counted over non-pad tokens (a padded batch),
 DistilBERT's names and missing token types.
 
+`tokenizers`' WordPiece and Unigram trainers order tied tokens differently from run
+to run, so a rerun rewrites those tokenizers and every file that depends on them;
+each run's files are consistent with each other.
+
 Layout, per family: tokenizer.json (and the slow files: vocab.txt, or vocab.json +
 merges.txt), slow_ids.json (ids transformers' tokenizer built from the slow files
-gives), and per head a directory with config.json, model.safetensors and
+gives), and per head a directory with config.json, model.safetensors (and for the
+sequence classifier the same weights as pytorch_model.bin) and
 expected.safetensors (input_ids, attention_mask, token_type_ids, labels, logits,
 loss, next_sentence_label and seq_relationship_logits for pre-training, and
 grad.<name> for every parameter).
@@ -160,6 +165,10 @@ def make(family, config_cls, kwargs, tok, prefix, head, out):
     out_.loss.backward()
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
+    if head == "seqcls":
+        # The PyTorch pickle transformers 4 wrote (safe_serialization=False) and older
+        # hub repos still ship; transformers 5 reads it but no longer writes it.
+        torch.save(model.state_dict(), os.path.join(out, "pytorch_model.bin"))
     logits = out_.logits if head != "pretraining" else out_.prediction_logits
     tensors = {
         "input_ids": ids.to(torch.int64).contiguous(),

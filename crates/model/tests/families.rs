@@ -304,3 +304,31 @@ fn families_without_a_head_say_so() {
         "{err}"
     );
 }
+
+#[test]
+fn every_family_loads_from_a_pytorch_pickle_too() {
+    for family in FAMILIES_WITH_BIN {
+        let src = fixture(family, "seqcls");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "pytorch_model.bin"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let e = expected(&src);
+        let (model, _, _) = Model::load(dir.path(), "seqcls");
+        let (logits, _) = model.run(&e, &Mode::eval());
+        let d = max_abs_diff(&logits[0], &e["logits"]);
+        assert!(
+            d < 1e-5,
+            "{family} from pytorch_model.bin: logits differ by {d}"
+        );
+    }
+}
+
+const FAMILIES_WITH_BIN: [&str; 6] = [
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "distilbert",
+    "electra",
+];
