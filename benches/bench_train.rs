@@ -1,5 +1,5 @@
-//! Training throughput of `BertForSequenceClassification` (and of `BertForMaskedLM`
-//! for `minilm-l6-mlm`): random init, full steps
+//! Training throughput of `<Family>ForSequenceClassification` (BERT, RoBERTa,
+//! DistilBERT; and of `BertForMaskedLM` for `minilm-l6-mlm`): random init, full steps
 //! (forward, cross-entropy, backward, clipping, AdamW), warm-up excluded, the device
 //! synchronized before the clock is read. Prints a table and one JSON line per
 //! config. Run through `cargo xtask bench train [--device cpu|cuda] [--precision
@@ -13,6 +13,8 @@ use candle_core::{DType, Tensor};
 
 struct Shape {
     name: &'static str,
+    /// transformers' `model_type`.
+    family: &'static str,
     hidden: usize,
     layers: usize,
     heads: usize,
@@ -31,10 +33,11 @@ fn shapes(gpu: bool) -> Vec<Shape> {
     } else {
         ((512, 1), (128, 4), (512, 2))
     };
-    let bert_base = |(seq, batch): (usize, usize)| Shape {
-        name: "bert-base",
+    let base = |name, family, layers, (seq, batch): (usize, usize)| Shape {
+        name,
+        family,
         hidden: 768,
-        layers: 12,
+        layers,
         heads: 12,
         intermediate: 3072,
         seq,
@@ -42,10 +45,17 @@ fn shapes(gpu: bool) -> Vec<Shape> {
         mlm: false,
     };
     vec![
-        bert_base(base512),
-        bert_base(base128),
+        base("bert-base", "bert", 12, base512),
+        base("bert-base", "bert", 12, base128),
+        // The encoder-families issue's configs: roberta-base (bert-base's shapes,
+        // 50,265 ids, positions from 2) and distilbert-base (6 layers).
+        base("roberta-base", "roberta", 12, base512),
+        base("roberta-base", "roberta", 12, base128),
+        base("distilbert-base", "distilbert", 6, base512),
+        base("distilbert-base", "distilbert", 6, base128),
         Shape {
             name: "minilm-l6",
+            family: "bert",
             hidden: 384,
             layers: 6,
             heads: 12,
@@ -57,6 +67,7 @@ fn shapes(gpu: bool) -> Vec<Shape> {
         // The fused-ops issue's MLM step: MiniLM at 16 x 128 (128 x 128 on a GPU).
         Shape {
             name: "minilm-l6-mlm",
+            family: "bert",
             hidden: 384,
             layers: 6,
             heads: 12,
@@ -195,11 +206,25 @@ fn inputs(s: &Shape, device: &candle_core::Device) -> Result<[Tensor; 4], Error>
 
 /// `s`'s model, random init, computing in `dtype`, with its parameters.
 fn model(s: &Shape, run: &Run) -> Result<(Model, Params), Error> {
-    let cfg: EncoderConfig = serde_json::from_value(serde_json::json!({
-        "vocab_size": 30522, "hidden_size": s.hidden, "num_hidden_layers": s.layers,
-        "num_attention_heads": s.heads, "intermediate_size": s.intermediate,
-        "max_position_embeddings": 512, "type_vocab_size": 2, "num_labels": 2
-    }))?;
+    // transformers' configs of bert-base, roberta-base and distilbert-base.
+    let cfg = EncoderConfig::from_value(match s.family {
+        "roberta" => serde_json::json!({
+            "model_type": "roberta", "vocab_size": 50265, "hidden_size": s.hidden,
+            "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
+            "intermediate_size": s.intermediate, "max_position_embeddings": 514,
+            "type_vocab_size": 1, "pad_token_id": 1, "layer_norm_eps": 1e-5
+        }),
+        "distilbert" => serde_json::json!({
+            "model_type": "distilbert", "vocab_size": 30522, "dim": s.hidden,
+            "n_layers": s.layers, "n_heads": s.heads, "hidden_dim": s.intermediate,
+            "max_position_embeddings": 512
+        }),
+        _ => serde_json::json!({
+            "vocab_size": 30522, "hidden_size": s.hidden, "num_hidden_layers": s.layers,
+            "num_attention_heads": s.heads, "intermediate_size": s.intermediate,
+            "max_position_embeddings": 512, "type_vocab_size": 2
+        }),
+    })?;
     let mut p = Params::random(&run.device, 0, cfg.initializer_range);
     let model = if s.mlm {
         let mut m = MaskedLm::new(&cfg, &mut p)?;

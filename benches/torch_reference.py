@@ -1,6 +1,7 @@
 """The PyTorch side of `cargo xtask bench train`: the same models, shapes and steps.
 
-BertForSequenceClassification (transformers), random init, SDPA attention, AdamW
+BertForSequenceClassification (RobertaFor..., DistilBertFor... for roberta-base and
+distilbert-base; transformers), random init, SDPA attention, AdamW
 (fused on CUDA), full steps (forward, loss, backward, clip_grad_norm_, step), warm-up
 excluded, torch.cuda.synchronize() before the clock is read, TF32 off. bf16 is
 autocast (f32 master weights), as the issue's reference numbers were taken.
@@ -12,7 +13,8 @@ Prints the same table and JSON lines as bench-train.
 """
 import argparse, json, resource, time
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, DistilBertConfig,
+                          DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--device", default="cpu")
@@ -29,6 +31,10 @@ torch.backends.cudnn.allow_tf32 = False
 torch.manual_seed(0)
 shapes = [("bert-base", 768, 12, 12, 3072, *((512, 32) if gpu else (512, 1))),
           ("bert-base", 768, 12, 12, 3072, *((128, 128) if gpu else (128, 4))),
+          ("roberta-base", 768, 12, 12, 3072, *((512, 32) if gpu else (512, 1))),
+          ("roberta-base", 768, 12, 12, 3072, *((128, 128) if gpu else (128, 4))),
+          ("distilbert-base", 768, 6, 12, 3072, *((512, 32) if gpu else (512, 1))),
+          ("distilbert-base", 768, 6, 12, 3072, *((128, 128) if gpu else (128, 4))),
           ("minilm-l6", 384, 6, 12, 1536, *((512, 32) if gpu else (512, 2))),
           # BertForMaskedLM, 15% of positions labelled (3 in every 20), -100 elsewhere
           ("minilm-l6-mlm", 384, 6, 12, 1536, 128, 128 if gpu else 16)]
@@ -43,10 +49,21 @@ lines = []
 for name, h, layers, heads, inter, seq, batch in shapes:
     if a.config and a.config != name:
         continue
-    cfg = BertConfig(vocab_size=30522, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=inter, max_position_embeddings=512, num_labels=2)
     mlm = name.endswith("-mlm")
-    model = (BertForMaskedLM if mlm else BertForSequenceClassification)(cfg).to(a.device).train()
+    if name.startswith("roberta"):
+        cfg = RobertaConfig(vocab_size=50265, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                            intermediate_size=inter, max_position_embeddings=514, type_vocab_size=1,
+                            pad_token_id=1, layer_norm_eps=1e-5, num_labels=2)
+        cls = RobertaForSequenceClassification
+    elif name.startswith("distilbert"):
+        cfg = DistilBertConfig(vocab_size=30522, dim=h, n_layers=layers, n_heads=heads, hidden_dim=inter,
+                               max_position_embeddings=512, num_labels=2)
+        cls = DistilBertForSequenceClassification
+    else:
+        cfg = BertConfig(vocab_size=30522, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                         intermediate_size=inter, max_position_embeddings=512, num_labels=2)
+        cls = BertForMaskedLM if mlm else BertForSequenceClassification
+    model = cls(cfg).to(a.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, fused=gpu)
     ids = (1000 + (torch.arange(batch * seq) * 7919) % 28000).reshape(batch, seq).to(a.device)
     if mlm:
