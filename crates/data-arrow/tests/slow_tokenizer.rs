@@ -131,3 +131,40 @@ fn a_malformed_merge_names_its_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_tokenizer_without_a_token_the_task_needs_names_it() {
+    // RoBERTa's vocabulary without `<mask>`: it tokenizes, but cannot mask.
+    let src = family_dir("roberta");
+    let dir = only(&src, &["merges.txt"]);
+    let mut vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(src.join("vocab.json")).unwrap()).unwrap();
+    vocab.remove("<mask>");
+    std::fs::write(
+        dir.path().join("vocab.json"),
+        serde_json::Value::Object(vocab).to_string(),
+    )
+    .unwrap();
+    let tok = load_tokenizer(dir.path().to_str().unwrap(), &HubOptions::from_env()).unwrap();
+    let err = berth_data::masking_tokens(&tok).unwrap_err().to_string();
+    assert!(
+        err.contains("mask token") && err.contains("<mask>"),
+        "{err}"
+    );
+    // Without `<s>` a RoBERTa tokenizer cannot be built at all.
+    let mut vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(src.join("vocab.json")).unwrap()).unwrap();
+    vocab.remove("<s>");
+    std::fs::write(
+        dir.path().join("vocab.json"),
+        serde_json::Value::Object(vocab).to_string(),
+    )
+    .unwrap();
+    let err = load_tokenizer(dir.path().to_str().unwrap(), &HubOptions::from_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("vocab.json") && err.contains("no '<s>'"),
+        "{err}"
+    );
+}

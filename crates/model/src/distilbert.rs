@@ -71,3 +71,46 @@ pub(crate) const MLM_NAMES: MlmNames = MlmNames {
     activation: None,
     eps: Some(1e-12),
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoidal_positions_are_transformers_table() {
+        // create_sinusoidal_embeddings(n_pos=3, dim=4): row 1 is
+        // sin(1), cos(1), sin(1 / 100), cos(1 / 100); row 0 is 0, 1, 0, 1.
+        let t = sinusoidal(3, 4);
+        let want = [
+            0.0,
+            1.0,
+            0.0,
+            1.0,
+            1f64.sin(),
+            1f64.cos(),
+            0.01f64.sin(),
+            0.01f64.cos(),
+        ];
+        for (got, want) in t.iter().zip(want) {
+            assert!((*got as f64 - want).abs() < 1e-7, "{t:?}");
+        }
+        assert!((t[8] as f64 - 2f64.sin()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn a_sinusoidal_table_is_fixed_and_not_a_parameter() {
+        let mut cfg = EncoderConfig::tiny();
+        cfg.family = crate::Family::DistilBert;
+        cfg.type_vocab_size = 0;
+        cfg.sinusoidal_pos_embds = Some(true);
+        let mut p = Params::random(&Device::Cpu, 0, 0.02);
+        crate::Encoder::new(&cfg, &mut p, true, false).unwrap();
+        let (varmap, _) = p.finish();
+        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        assert!(
+            !names.iter().any(|n| n.contains("position_embeddings")),
+            "{names:?}"
+        );
+        assert!(names.contains(&"distilbert.embeddings.word_embeddings.weight".to_string()));
+    }
+}
