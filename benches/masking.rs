@@ -7,7 +7,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 fn bench(c: &mut Criterion) {
     let tok = berth_benches::tokenizer();
     let tokens_cfg = berth_data::masking_tokens(&tok).expect("masking tokens");
-    let table = berth_data::continuation_table(&tok);
+    let table =
+        berth_data::continuation_table(&tok).expect("a WordPiece tokenizer marks its words");
     let (ids, _) = berth_benches::imdb_ids(berth_benches::bench_rows(5_000));
     let total: usize = ids.iter().map(Vec::len).sum();
     let mut g = c.benchmark_group("mlm_masking_imdb");
