@@ -2,7 +2,7 @@
 # the debug berth binary, predicts, and checks with torch + transformers that the run
 # loads in AutoModelForSequenceClassification with the same logits (within 1e-5).
 #   PYTHON=/path/to/venv/bin/python bash scripts/check_family_runs.sh
-set -e
+set -e -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 B=$ROOT/target/debug/berth; R=${TMPDIR:-/tmp}/berth-family-runs; rm -rf $R; mkdir -p $R

@@ -21,7 +21,7 @@ const FAMILIES: [&str; 6] = [
     "electra",
 ];
 
-const SENTENCES: [&str; 8] = [
+const SENTENCES: [&str; 9] = [
     "The soul becomes dyed with the colour of its thoughts.",
     "You have power over your mind, not outside events.",
     "Waste no more time arguing what a good man should be.",
@@ -30,6 +30,8 @@ const SENTENCES: [&str; 8] = [
     "Loss is nothing else but change, and change is nature's delight.",
     "Accept the things to which fate binds you.",
     "If it is not right, do not do it; if it is not true, do not say it.",
+    // NFKC folds these (ﬁ, ½): a tokenizer rebuilt without its normalizer differs.
+    "Ünïcode ﬁne café ½ and   spaces\ttoo.",
 ];
 
 fn fixture(family: &str, head: &str) -> PathBuf {
@@ -245,10 +247,20 @@ fn check_run_dir(family: &str, task: &str, head: &str, out: &Path) {
     let tok_cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
             .unwrap();
-    let class = berth_model::Family::from_model_type(family)
-        .unwrap()
-        .tokenizer_class();
-    assert_eq!(tok_cfg["tokenizer_class"], class, "{family} {task}");
+    assert_eq!(tok_cfg["tokenizer_class"], written_class(family), "{family} {task}");
+}
+
+/// The `tokenizer_class` a run of `family`'s fixture writes: the family's, except for
+/// the Unigram fixtures, whose NFKC normalizer transformers would drop when it
+/// rebuilds an XLM-R tokenizer from its class (a real XLM-R's `Precompiled` one it
+/// keeps).
+fn written_class(family: &str) -> &'static str {
+    match family {
+        "xlm-roberta" | "camembert" => "PreTrainedTokenizerFast",
+        f => berth_model::Family::from_model_type(f)
+            .unwrap()
+            .tokenizer_class(),
+    }
 }
 
 /// `berth predict` on the run directory: a classifier's logits are those of its
@@ -306,6 +318,7 @@ fn predict_reloads(family: &str, task: &str, out: &Path, train: &Path, cache: &P
             };
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.len(), w.len(), "{family} {task}: classes");
                 for (a, b) in g.iter().zip(w) {
                     assert!((a - b).abs() < 1e-5, "{family} {task}: {g:?} vs {w:?}");
                 }
@@ -342,12 +355,12 @@ fn opens_in_transformers(runs: &[(&str, &str, PathBuf)]) {
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for (family, task, dir) in runs {
         let r = &got[dir.to_str().unwrap()];
-        // transformers 5 names ElectraTokenizer's class BertTokenizer (an alias).
-        let class = match *family {
-            "electra" => "BertTokenizer",
-            f => berth_model::Family::from_model_type(f)
-                .unwrap()
-                .tokenizer_class(),
+        // transformers 5 names ElectraTokenizer's class BertTokenizer (an alias), and
+        // PreTrainedTokenizerFast's TokenizersBackend.
+        let class = match written_class(family) {
+            "ElectraTokenizer" => "BertTokenizer",
+            "PreTrainedTokenizerFast" => "TokenizersBackend",
+            c => c,
         };
         assert!(
             r["tokenizer_class"].as_str().unwrap().starts_with(class) && r["is_fast"] == true,

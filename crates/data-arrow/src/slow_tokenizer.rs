@@ -102,9 +102,10 @@ fn wordpiece(dir: &Path, config: &Value) -> Result<Value> {
     let path = dir.join("vocab.txt");
     let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
     let mut vocab = serde_json::Map::new();
-    for (i, line) in text.lines().enumerate() {
-        // transformers' load_vocab: one token per line, the line's end stripped.
-        vocab.entry(line.trim_end().to_string()).or_insert(json!(i));
+    for (i, line) in text.split_terminator('\n').enumerate() {
+        // transformers' load_vocab: one token per line, only the newline stripped,
+        // and a token listed twice keeps its last index.
+        vocab.insert(line.to_string(), json!(i));
     }
     let [cls, sep, unk, pad, mask] = [
         ("cls_token", "[CLS]"),

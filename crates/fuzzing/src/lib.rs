@@ -468,7 +468,8 @@ pub fn model_config(data: &[u8]) {
         return;
     }
     let mut p = berth_model::Params::random(&candle_core::Device::Cpu, 0, cfg.initializer_range);
-    let Ok(model) = berth_model::Encoder::new(&cfg, &mut p, false, true) else {
+    let with_pooler = cfg.family == berth_model::Family::Bert;
+    let Ok(model) = berth_model::Encoder::new(&cfg, &mut p, false, with_pooler) else {
         return;
     };
     let len = cfg.max_position_embeddings.min(4);

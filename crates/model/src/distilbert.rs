@@ -3,7 +3,7 @@
 //! attention output, optional fixed sinusoidal positions, `pre_classifier` + ReLU,
 //! and `vocab_transform` / `vocab_layer_norm` / `vocab_projector`.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::config::EncoderConfig;
 use crate::encoder::{LayerNames, linear};
@@ -24,18 +24,17 @@ pub(crate) const LAYER_NAMES: LayerNames = LayerNames {
     attn_output_dropout: false,
 };
 
-/// The position table: a variable, or with `sinusoidal_pos_embds` the fixed table
-/// transformers' `create_sinusoidal_embeddings` writes (read from the checkpoint when
-/// there, never trained or saved).
+/// The position table, a variable; with `sinusoidal_pos_embds` one that starts, when
+/// the checkpoint lacks it, from the table transformers' `create_sinusoidal_embeddings`
+/// writes (transformers 5 copies that table into a trainable parameter, so it trains
+/// and is saved).
 pub(crate) fn position_embeddings(p: &mut Params, at: &str, cfg: &EncoderConfig) -> Result<Tensor> {
     let (n, dim) = (cfg.max_position_embeddings, cfg.hidden_size);
     let name = format!("{at}.position_embeddings.weight");
     if cfg.sinusoidal_pos_embds != Some(true) {
         return p.get(&name, &[n, dim], Init::Normal);
     }
-    p.constant(&name, &[n, dim], |dev: &Device| {
-        Ok(Tensor::from_vec(sinusoidal(n, dim), (n, dim), dev)?)
-    })
+    p.get_or_table(&name, &[n, dim], sinusoidal(n, dim))
 }
 
 /// `out[pos, j] = sin/cos(pos / 10000^(2 (j / 2) / dim))`, sin at even `j`.
@@ -98,19 +97,30 @@ mod tests {
     }
 
     #[test]
-    fn a_sinusoidal_table_is_fixed_and_not_a_parameter() {
+    fn a_missing_sinusoidal_table_starts_as_transformers_table_and_is_a_parameter() {
         let mut cfg = EncoderConfig::tiny();
         cfg.family = crate::Family::DistilBert;
         cfg.type_vocab_size = 0;
         cfg.sinusoidal_pos_embds = Some(true);
-        let mut p = Params::random(&Device::Cpu, 0, 0.02);
+        let mut p = Params::random(&candle_core::Device::Cpu, 0, 0.02);
         crate::Encoder::new(&cfg, &mut p, true, false).unwrap();
         let (varmap, _) = p.finish();
-        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
-        assert!(
-            !names.iter().any(|n| n.contains("position_embeddings")),
-            "{names:?}"
+        let data = varmap.data().lock().unwrap();
+        let table = data["distilbert.embeddings.position_embeddings.weight"]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            table,
+            sinusoidal(cfg.max_position_embeddings, cfg.hidden_size)
         );
-        assert!(names.contains(&"distilbert.embeddings.word_embeddings.weight".to_string()));
+        // The next parameter is drawn as usual, not from the table.
+        let ln = data["distilbert.embeddings.LayerNorm.weight"]
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(ln.iter().all(|&v| v == 1.0));
     }
 }

@@ -179,7 +179,9 @@ impl Embeddings {
         let ops = mode.ops();
         let normed = match &self.token_type {
             Some(table) => {
-                let types = match types {
+                // A one-row table (RoBERTa's family) reads type 0 whatever the batch
+                // says: its tokenizers return no token types, so HF's model sees zeros.
+                let types = match types.filter(|_| cfg.type_vocab_size > 1) {
                     Some(t) => table.embedding(&t.flatten_all()?)?,
                     None => table.embedding(&Tensor::zeros(b * l, DType::U32, ids.device())?)?,
                 };

@@ -299,6 +299,9 @@ pub(crate) fn no_head(family: Family, head: HeadKind) -> ModelError {
             "an {} discriminator has no masked-LM head ({arch} is ELECTRA's generator, another model)",
             family.name()
         ),
+        (Family::Electra, HeadKind::PreTraining) => format!(
+            "{arch} is ELECTRA's replaced-token detection head, which Berth does not train (next-sentence prediction is BERT's)"
+        ),
         (_, HeadKind::PreTraining) => {
             format!("next-sentence prediction is BERT's; transformers has no {arch}")
         }

@@ -45,6 +45,8 @@ pub struct Params {
     base_prefix: String,
     /// Parameters asked for so far.
     requested: usize,
+    /// The values the next missing parameter starts from, instead of its `Init`.
+    table: Option<Vec<f32>>,
 }
 
 /// Where a [`Params`] stood: parameters asked for and those newly initialised.
@@ -109,6 +111,7 @@ impl Params {
             view: false,
             base_prefix: "bert".into(),
             requested: 0,
+            table: None,
         }
     }
 
@@ -148,30 +151,14 @@ impl Params {
         )))
     }
 
-    /// A fixed (untrained) tensor: the checkpoint's `name` when it has one, else
-    /// `make()`. It is not a variable, so it is neither trained nor saved.
-    pub fn constant(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        make: impl FnOnce(&Device) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        match Self::candidates(name, &self.base_prefix)
-            .into_iter()
-            .find_map(|k| self.checkpoint.get(&k).map(|t| (k, t.clone())))
-        {
-            Some((key, t)) if t.dims() == shape => {
-                self.used.insert(key);
-                Ok(t.to_dtype(DType::F32)?)
-            }
-            Some((key, t)) => Err(ModelError::Shape {
-                path: self.source.clone(),
-                name: key,
-                expected: shape.to_vec(),
-                found: t.dims().to_vec(),
-            }),
-            None => make(&self.device),
-        }
+    /// The parameter `name` of `shape` as [`Params::get`], starting from `values`
+    /// (row-major) when the checkpoint does not have it (DistilBERT's sinusoidal
+    /// positions).
+    pub fn get_or_table(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> Result<Tensor> {
+        self.table = Some(values);
+        let t = self.get(name, shape, Init::Normal);
+        self.table = None;
+        t
     }
 
     /// The parameters of `varmap` as detached views: a model built from them shares
@@ -295,6 +282,11 @@ impl Params {
 
     fn init(&mut self, shape: &[usize], init: Init) -> Result<Tensor> {
         let n: usize = shape.iter().product();
+        if let Some(values) = self.table.take()
+            && values.len() == n
+        {
+            return Ok(Tensor::from_vec(values, shape, &self.device)?);
+        }
         let values: Vec<f32> = match init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],

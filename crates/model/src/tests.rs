@@ -699,7 +699,7 @@ fn candle_stores_the_first_gradient_without_a_copy() {
 
 #[test]
 fn a_pytorch_pickle_checkpoint_loads_as_transformers_loads_it() {
-    // scripts/make_pytorch_fixture.py: a tiny Encoder saved with torch.save, with
+    // scripts/make_pytorch_fixture.py: a tiny BertModel saved with torch.save, with
     // the original BERT checkpoints' LayerNorm.gamma/beta names, and its output.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-pytorch");
     assert!(!dir.join("model.safetensors").exists());

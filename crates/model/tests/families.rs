@@ -332,3 +332,23 @@ const FAMILIES_WITH_BIN: [&str; 6] = [
     "distilbert",
     "electra",
 ];
+
+#[test]
+fn every_family_drops_out_the_same_elements_fused_and_composed() {
+    // Training mode: each family's own dropout sites (RoBERTa's and ELECTRA's before
+    // the head's dense layer, none on DistilBERT's attention output) draw the same
+    // masks on both paths, so the logits agree and differ from eval's.
+    for (family, head) in HEADS {
+        let dir = fixture(family, head);
+        let e = expected(&dir);
+        let (model, _, _) = Model::load(&dir, head);
+        let fused = model.run(&e, &Mode::train(5).with_ops(Ops::Fused)).0;
+        let composed = model.run(&e, &Mode::train(5).with_ops(Ops::Composed)).0;
+        let eval = model.run(&e, &Mode::eval()).0;
+        for ((f, c), ev) in fused.iter().zip(&composed).zip(&eval) {
+            let d = max_abs_diff(f, c);
+            assert!(d < 1e-4, "{family}/{head}: fused and composed dropout differ by {d}");
+            assert!(max_abs_diff(f, ev) > 1e-3, "{family}/{head}: dropout changed nothing");
+        }
+    }
+}

@@ -99,10 +99,14 @@ fn special_tokens(tokenizer: &Tokenizer, json: &Value) -> BTreeMap<String, Strin
 }
 
 /// `tokenizer_config.json` as transformers writes it: the special tokens,
-/// `model_max_length`, the family's `tokenizer_class` when the tokenizer is of the
-/// kind that class reads (WordPiece for BERT, DistilBERT and ELECTRA, byte-level BPE
-/// for RoBERTa, Unigram for XLM-RoBERTa and CamemBERT; `PreTrainedTokenizerFast`
-/// otherwise) and, for WordPiece, the normalizer's choices.
+/// `model_max_length`, and the family's `tokenizer_class` where transformers 5 gives
+/// that class the tokenizer.json's ids, else `PreTrainedTokenizerFast` (which reads
+/// tokenizer.json as it is). transformers 5 rebuilds a RoBERTa or XLM-R tokenizer's
+/// pipeline from the class and keeps only tokenizer.json's vocabulary, post-processor
+/// and a `Precompiled` normalizer: so the family class is written for WordPiece
+/// (BERT, DistilBERT, ELECTRA; with the normalizer's choices), for byte-level BPE
+/// without a normalizer (RoBERTa; with its `add_prefix_space` and `trim_offsets`) and
+/// for Unigram whose normalizer is SentencePiece's `Precompiled` (XLM-R, CamemBERT).
 fn tokenizer_config(
     json: &Value,
     specials: &BTreeMap<String, String>,
@@ -129,14 +133,22 @@ fn tokenizer_config(
             json!(norm["handle_chinese_chars"].as_bool().unwrap_or(true)),
         );
     }
-    let family_kind = match family {
-        Family::Bert | Family::DistilBert | Family::Electra => "WordPiece",
-        Family::Roberta => "BPE",
-        Family::XlmRoberta | Family::Camembert => "Unigram",
+    let faithful = match family {
+        Family::Bert | Family::DistilBert | Family::Electra => kind == "WordPiece",
+        Family::Roberta => {
+            let pre = &json["pre_tokenizer"];
+            let ok = kind == "BPE" && json["normalizer"].is_null() && pre["type"] == "ByteLevel";
+            if ok {
+                c.insert("add_prefix_space".into(), json!(pre["add_prefix_space"].as_bool().unwrap_or(false)));
+                c.insert("trim_offsets".into(), json!(json["post_processor"]["trim_offsets"].as_bool().unwrap_or(true)));
+            }
+            ok
+        }
+        Family::XlmRoberta | Family::Camembert => kind == "Unigram" && norm["type"] == "Precompiled",
     };
     c.insert(
         "tokenizer_class".into(),
-        json!(if kind == family_kind {
+        json!(if faithful {
             family.tokenizer_class()
         } else {
             "PreTrainedTokenizerFast"

@@ -1088,3 +1088,28 @@ fn scorer_states_merge_into_the_scorer_of_all_batches() {
     assert!(ClassScorer::new(2).merge(&[2.0, 1.0]).is_err());
     assert!(LmScorer::default().merge(&[1.0]).is_err());
 }
+
+#[test]
+fn a_checkpoint_s_architecture_picks_its_task_in_every_family() {
+    use crate::config::TaskConfig;
+    let task = |arch: &str, problem: Option<&str>| {
+        TaskConfig::for_checkpoint(arch, problem, None)
+            .unwrap()
+            .name()
+            .to_string()
+    };
+    assert_eq!(task("RobertaForMaskedLM", None), "mlm");
+    assert_eq!(task("DistilBertForMaskedLM", None), "mlm");
+    assert_eq!(task("BertForPreTraining", None), "nsp");
+    assert_eq!(
+        task(
+            "XLMRobertaForSequenceClassification",
+            Some("multi_label_classification")
+        ),
+        "multi_label_classification"
+    );
+    // Every google/electra-*-discriminator names ElectraForPreTraining (replaced-token
+    // detection, not NSP): it starts a classifier, as a bare encoder does.
+    assert_eq!(task("ElectraForPreTraining", None), "classification");
+    assert_eq!(task("RobertaModel", None), "classification");
+}

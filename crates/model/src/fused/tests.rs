@@ -159,7 +159,7 @@ fn bias_act_case(rows: usize, w: usize, act: Activation, seed: u64) {
     finite_differences(&inputs, |t| f(t, Ops::Fused));
 }
 
-/// Composed attention built the way `bert.rs` builds it.
+/// Composed attention built the way `attention.rs` builds it.
 fn attention_ref(
     q: &Tensor,
     k: &Tensor,

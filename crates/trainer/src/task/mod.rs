@@ -80,14 +80,17 @@ impl TaskConfig {
             ))),
             None => Ok(task),
         };
-        match Family::parse_architecture(architecture).map(|(_, head)| head) {
-            Some(HeadKind::MaskedLm) => lm(TaskConfig::Mlm {
+        match Family::parse_architecture(architecture) {
+            Some((_, HeadKind::MaskedLm)) => lm(TaskConfig::Mlm {
                 mlm: Default::default(),
             }),
-            Some(HeadKind::PreTraining) => lm(TaskConfig::Nsp {
+            // Only BERT's pre-training head is MLM + NSP (ELECTRA's, which every
+            // google/electra-*-discriminator names, is replaced-token detection:
+            // such a checkpoint is read as the start of a classifier).
+            Some((Family::Bert, HeadKind::PreTraining)) => lm(TaskConfig::Nsp {
                 mlm: Default::default(),
             }),
-            Some(HeadKind::SequenceClassification)
+            Some((_, HeadKind::SequenceClassification))
                 if problem_type == Some("multi_label_classification") =>
             {
                 Ok(TaskConfig::MultiLabelClassification {
