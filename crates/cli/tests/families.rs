@@ -247,7 +247,11 @@ fn check_run_dir(family: &str, task: &str, head: &str, out: &Path) {
     let tok_cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
             .unwrap();
-    assert_eq!(tok_cfg["tokenizer_class"], written_class(family), "{family} {task}");
+    assert_eq!(
+        tok_cfg["tokenizer_class"],
+        written_class(family),
+        "{family} {task}"
+    );
 }
 
 /// The `tokenizer_class` a run of `family`'s fixture writes: the family's, except for

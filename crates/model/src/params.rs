@@ -154,7 +154,12 @@ impl Params {
     /// The parameter `name` of `shape` as [`Params::get`], starting from `values`
     /// (row-major) when the checkpoint does not have it (DistilBERT's sinusoidal
     /// positions).
-    pub fn get_or_table(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> Result<Tensor> {
+    pub fn get_or_table(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        values: Vec<f32>,
+    ) -> Result<Tensor> {
         self.table = Some(values);
         let t = self.get(name, shape, Init::Normal);
         self.table = None;

@@ -347,8 +347,14 @@ fn every_family_drops_out_the_same_elements_fused_and_composed() {
         let eval = model.run(&e, &Mode::eval()).0;
         for ((f, c), ev) in fused.iter().zip(&composed).zip(&eval) {
             let d = max_abs_diff(f, c);
-            assert!(d < 1e-4, "{family}/{head}: fused and composed dropout differ by {d}");
-            assert!(max_abs_diff(f, ev) > 1e-3, "{family}/{head}: dropout changed nothing");
+            assert!(
+                d < 1e-4,
+                "{family}/{head}: fused and composed dropout differ by {d}"
+            );
+            assert!(
+                max_abs_diff(f, ev) > 1e-3,
+                "{family}/{head}: dropout changed nothing"
+            );
         }
     }
 }

@@ -139,12 +139,24 @@ fn tokenizer_config(
             let pre = &json["pre_tokenizer"];
             let ok = kind == "BPE" && json["normalizer"].is_null() && pre["type"] == "ByteLevel";
             if ok {
-                c.insert("add_prefix_space".into(), json!(pre["add_prefix_space"].as_bool().unwrap_or(false)));
-                c.insert("trim_offsets".into(), json!(json["post_processor"]["trim_offsets"].as_bool().unwrap_or(true)));
+                c.insert(
+                    "add_prefix_space".into(),
+                    json!(pre["add_prefix_space"].as_bool().unwrap_or(false)),
+                );
+                c.insert(
+                    "trim_offsets".into(),
+                    json!(
+                        json["post_processor"]["trim_offsets"]
+                            .as_bool()
+                            .unwrap_or(true)
+                    ),
+                );
             }
             ok
         }
-        Family::XlmRoberta | Family::Camembert => kind == "Unigram" && norm["type"] == "Precompiled",
+        Family::XlmRoberta | Family::Camembert => {
+            kind == "Unigram" && norm["type"] == "Precompiled"
+        }
     };
     c.insert(
         "tokenizer_class".into(),
