@@ -3,9 +3,8 @@
 //! and NSP's `cls.seq_relationship` (in `heads.rs`'s `PreTraining`).
 
 use crate::config::EncoderConfig;
-use crate::encoder::{LayerNames, linear};
 use crate::error::Result;
-use crate::heads::{ClassifierHead, MlmNames};
+use crate::layout::{ClassifierHead, LayerNames, MlmNames, linear};
 use crate::params::Params;
 
 /// `encoder.layer.{i}.attention.self.query`, ...: BERT's, RoBERTa's and ELECTRA's.

@@ -6,9 +6,8 @@
 use candle_core::Tensor;
 
 use crate::config::EncoderConfig;
-use crate::encoder::{LayerNames, linear};
 use crate::error::Result;
-use crate::heads::{ClassifierHead, MlmNames, Squash};
+use crate::layout::{ClassifierHead, LayerNames, MlmNames, Squash, linear};
 use crate::params::{Init, Params};
 
 pub(crate) const LAYER_NAMES: LayerNames = LayerNames {

@@ -4,9 +4,8 @@
 //! `ElectraClassificationHead`. A discriminator has no MLM head.
 
 use crate::config::EncoderConfig;
-use crate::encoder::linear;
 use crate::error::Result;
-use crate::heads::{ClassifierHead, Squash};
+use crate::layout::{ClassifierHead, Squash, linear};
 use crate::params::Params;
 
 /// `ElectraClassificationHead`: first token -> dropout -> dense -> GELU -> dropout

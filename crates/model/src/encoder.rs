@@ -12,38 +12,8 @@ use crate::config::EncoderConfig;
 use crate::error::{ModelError, Result};
 use crate::family::Family;
 use crate::layers::{LayerNorm, Linear, Mode, linear_act};
+use crate::layout::{LayerNames, layer_norm, linear};
 use crate::params::{Init, Params};
-
-pub(crate) fn linear(p: &mut Params, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
-    Ok(Linear {
-        weight: p.get(&format!("{name}.weight"), &[out_dim, in_dim], Init::Normal)?,
-        bias: Some(p.get(&format!("{name}.bias"), &[out_dim], Init::Zeros)?),
-    })
-}
-
-pub(crate) fn layer_norm(p: &mut Params, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm {
-        weight: p.get(&format!("{name}.weight"), &[dim], Init::Ones)?,
-        bias: p.get(&format!("{name}.bias"), &[dim], Init::Zeros)?,
-        eps,
-    })
-}
-
-/// The names of one family's layer parameters, under `{prefix}{stack}.{i}.`.
-pub(crate) struct LayerNames {
-    pub stack: &'static str,
-    pub query: &'static str,
-    pub key: &'static str,
-    pub value: &'static str,
-    pub attn_out: &'static str,
-    pub attn_norm: &'static str,
-    pub intermediate: &'static str,
-    pub output: &'static str,
-    pub out_norm: &'static str,
-    /// Whether the attention output is dropped out before its residual add (BERT's
-    /// `BertSelfOutput`; DistilBERT has no dropout there).
-    pub attn_output_dropout: bool,
-}
 
 fn layer_names(family: Family) -> &'static LayerNames {
     match family {

@@ -7,65 +7,24 @@ use candle_core::{D, DType, Tensor};
 
 use crate::activation::Activation;
 use crate::config::EncoderConfig;
-use crate::encoder::{Encoder, layer_norm, linear};
+use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::family::{Family, HeadKind};
 use crate::fused::Ops;
 use crate::layers::{LayerNorm, Linear, Mode, linear_act};
+use crate::layout::{ClassifierHead, layer_norm, linear};
 use crate::loss::{IGNORE_INDEX, cross_entropy, mse};
 use crate::params::{Init, Params};
 
-/// How a classifier head squashes its dense layer's output.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Squash {
-    Tanh,
-    Gelu,
-    Relu,
-}
-
-/// A family's classification head over the first token (or BERT's pooled output):
-/// [`dropout ->`] `dense -> squash ->` dropout -> `out`, with the family's names
-/// (see each family's `classifier`).
-pub(crate) struct ClassifierHead {
-    /// `None`: the input is the pooler's output (BERT).
-    pub dense: Option<(Linear, Squash)>,
-    /// Dropout before `dense` too (RoBERTa's and ELECTRA's heads).
-    pub dropout_before_dense: bool,
-    pub out: Linear,
-    pub dropout: f64,
-}
-
-impl ClassifierHead {
-    fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
-        match config.family {
-            Family::Bert => crate::bert::classifier(config, p),
-            Family::Roberta | Family::XlmRoberta | Family::Camembert => {
-                crate::roberta::classifier(config, p)
-            }
-            Family::DistilBert => crate::distilbert::classifier(config, p),
-            Family::Electra => crate::electra::classifier(config, p),
+/// The classification head of `config`'s family, from its file.
+fn classifier_head(config: &EncoderConfig, p: &mut Params) -> Result<ClassifierHead> {
+    match config.family {
+        Family::Bert => crate::bert::classifier(config, p),
+        Family::Roberta | Family::XlmRoberta | Family::Camembert => {
+            crate::roberta::classifier(config, p)
         }
-    }
-
-    fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let ops = mode.ops();
-        let x = match &self.dense {
-            None => x.clone(),
-            Some((dense, squash)) => {
-                let x = if self.dropout_before_dense {
-                    mode.dropout(x, self.dropout)?
-                } else {
-                    x.clone()
-                };
-                let y = dense.forward_with(&x, ops)?;
-                match squash {
-                    Squash::Tanh => y.tanh()?,
-                    Squash::Gelu => y.gelu_erf()?,
-                    Squash::Relu => y.relu()?,
-                }
-            }
-        };
-        self.out.forward_with(&mode.dropout(&x, self.dropout)?, ops)
+        Family::DistilBert => crate::distilbert::classifier(config, p),
+        Family::Electra => crate::electra::classifier(config, p),
     }
 }
 
@@ -81,7 +40,7 @@ pub struct SequenceClassifier {
 impl SequenceClassifier {
     pub fn new(config: &EncoderConfig, p: &mut Params) -> Result<Self> {
         let encoder = Encoder::new(config, p, true, config.family == Family::Bert)?;
-        let head = ClassifierHead::new(config, p)?;
+        let head = classifier_head(config, p)?;
         Ok(SequenceClassifier {
             encoder,
             head,
@@ -200,17 +159,6 @@ impl ChunkPooledClassifier {
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         self.inner.loss(logits, labels)
     }
-}
-
-/// The names of a family's MLM head parameters.
-pub(crate) struct MlmNames {
-    pub dense: &'static str,
-    pub norm: &'static str,
-    pub bias: &'static str,
-    /// `None`: the config's `hidden_act`.
-    pub activation: Option<Activation>,
-    /// `None`: the config's `layer_norm_eps`.
-    pub eps: Option<f64>,
 }
 
 /// A family's MLM head: dense + activation + LayerNorm, then the decoder tied to the

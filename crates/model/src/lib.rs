@@ -34,6 +34,7 @@ mod family;
 pub mod fused;
 mod heads;
 mod layers;
+mod layout;
 mod loss;
 mod params;
 mod roberta;

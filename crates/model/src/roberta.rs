@@ -5,9 +5,8 @@
 
 use crate::activation::Activation;
 use crate::config::EncoderConfig;
-use crate::encoder::linear;
 use crate::error::Result;
-use crate::heads::{ClassifierHead, MlmNames, Squash};
+use crate::layout::{ClassifierHead, MlmNames, Squash, linear};
 use crate::params::Params;
 
 /// `RobertaClassificationHead`: `<s>` -> dropout -> dense -> tanh -> dropout ->
