@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod ci;
+mod cuda_check;
 mod finetune;
 mod fixtures;
 mod fuzz;
@@ -34,6 +35,9 @@ enum Task {
     Bench(bench::Bench),
     /// Run the fuzz targets under libFuzzer.
     Fuzz(fuzz::FuzzArgs),
+    /// Compile every CUDA kernel for sm_80 and sm_90 (no GPU needed; the toolkit
+    /// from NVIDIA's pip wheels) and report registers and spills.
+    CudaCheck(cuda_check::CudaCheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +56,6 @@ fn main() -> Result<()> {
         Task::Finetune(a) => finetune::finetune(a),
         Task::Bench(b) => bench::bench(b),
         Task::Fuzz(a) => fuzz::fuzz(a),
+        Task::CudaCheck(a) => cuda_check::cuda_check(a),
     }
 }

@@ -68,7 +68,8 @@ pub struct DropoutKey {
 }
 
 impl DropoutKey {
-    fn threshold(&self) -> u64 {
+    /// `round(p 2^32)`: an element whose Philox word is below it is dropped.
+    pub fn threshold(&self) -> u64 {
         (self.p as f64 * 4_294_967_296.0).round() as u64
     }
 
