@@ -21,12 +21,14 @@ pub(crate) struct CudaCheckArgs {
 }
 
 /// The wheels nvcc needs to compile and assemble device code (build-cuda.sh's
-/// versions: CUDA 13.0, what the lent H100's driver runs).
-const WHEELS: [&str; 4] = [
+/// versions: CUDA 13.0, what the lent H100's driver runs); cccl has `nv/target`,
+/// which `cuda_bf16.h` includes.
+const WHEELS: [&str; 5] = [
     "nvidia-cuda-nvcc==13.0.88",
     "nvidia-nvvm==13.0.88",
     "nvidia-cuda-crt==13.0.88",
     "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cccl==13.0.85",
 ];
 
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
@@ -37,7 +39,7 @@ fn toolkit() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_root().join("cuda"));
     let root = dir.join("nvidia/cu13");
-    if !root.join("bin/nvcc").is_file() {
+    if !root.join("bin/nvcc").is_file() || !root.join("include/nv/target").is_file() {
         eprintln!(
             "cuda-check: pip install {} into {}",
             WHEELS.join(" "),
@@ -49,6 +51,7 @@ fn toolkit() -> Result<PathBuf> {
                 "pip",
                 "install",
                 "-q",
+                "--upgrade",
                 "--no-deps",
                 "--only-binary=:all:",
             ])
