@@ -140,7 +140,13 @@ fn layer_norm_case(rows: usize, h: usize, p: f32, seed: u64) {
     };
     let inputs = [x, r, w, b];
     agree(&inputs, f, 1e-5, 1e-4);
-    finite_differences(&inputs, |t| f(t, Ops::Fused));
+    // A row of two normalises to (-1, 1) or (1, -1): a step in its inputs, whose
+    // central difference is huge where a step of 1e-2 crosses the tie and 0 elsewhere
+    // (proptest found one: rows 2, width 2, seed 866). The analytic gradient is still
+    // checked against the composed path above.
+    if h > 2 {
+        finite_differences(&inputs, |t| f(t, Ops::Fused));
+    }
 }
 
 fn bias_act_case(rows: usize, w: usize, act: Activation, seed: u64) {
