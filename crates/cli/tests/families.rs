@@ -12,14 +12,12 @@ use berth_model::{EncoderConfig, Mode, Params, SequenceClassifier};
 use candle_core::{Device, Tensor};
 use common::{berth_ok, jsonl_rows};
 
-const FAMILIES: [&str; 6] = [
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "camembert",
-    "distilbert",
-    "electra",
-];
+/// Every family Berth trains, by `model_type` (each has a fixture).
+fn families() -> impl Iterator<Item = &'static str> {
+    berth_model::Family::ALL
+        .into_iter()
+        .map(berth_model::Family::model_type)
+}
 
 const SENTENCES: [&str; 9] = [
     "The soul becomes dyed with the colour of its thoughts.",
@@ -191,7 +189,7 @@ fn every_task_trains_on_every_family_and_predict_reloads_the_run() {
     let cache = tmp.path().join("cache");
     let train = data(tmp.path());
     let mut runs = Vec::new();
-    for family in FAMILIES {
+    for family in families() {
         let tasks: &[&str] = if family == "electra" {
             &[
                 "classification",

@@ -24,15 +24,21 @@ __device__ __forceinline__ void berth_act(int act, float v, float* y, float* dy)
     }
 }
 
+// act(z + b) and its derivative at element i of n (rows of `width`).
+template <class T>
+__device__ __forceinline__ void berth_bias_act_at(const T* z, const T* b, uint64_t i, uint64_t n,
+                                                  uint64_t width, int act, float* y, float* d) {
+    uint64_t j = i + BERTH_INDEX_SHIFT;
+    berth_act(act, berth_load(z, j % n) + berth_load(b, j % width), y, d);
+}
+
 template <class T>
 __device__ __forceinline__ void berth_bias_act_fwd(const T* z, const T* b, T* y, uint64_t rows,
                                                    uint64_t width, int act) {
     uint64_t n = rows * width;
     for (uint64_t i = berth_first(); i < n; i += berth_stride()) {
-        uint64_t j = i + BERTH_INDEX_SHIFT;
-        float v = berth_load(z, j % n) + berth_load(b, j % width);
         float out, d;
-        berth_act(act, v, &out, &d);
+        berth_bias_act_at(z, b, i, n, width, act, &out, &d);
         berth_store(y, i, out);
     }
 }
@@ -42,10 +48,8 @@ __device__ __forceinline__ void berth_bias_act_bwd(const T* z, const T* b, const
                                                    uint64_t rows, uint64_t width, int act) {
     uint64_t n = rows * width;
     for (uint64_t i = berth_first(); i < n; i += berth_stride()) {
-        uint64_t j = i + BERTH_INDEX_SHIFT;
-        float v = berth_load(z, j % n) + berth_load(b, j % width);
         float out, d;
-        berth_act(act, v, &out, &d);
+        berth_bias_act_at(z, b, i, n, width, act, &out, &d);
         berth_store(dz, i, berth_load(dy, i) * d);
     }
 }
