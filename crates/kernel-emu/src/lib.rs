@@ -379,3 +379,542 @@ pub fn column_sum_f32(x: &[f32], width: usize, launch: Launch) -> Vec<f32> {
     };
     out
 }
+
+// ---- The row, attention, loss and optimizer kernels: one table of launchers per
+// build (emulated.cpp's `BerthEmuTable`, field for field).
+
+/// A kernel's dropout argument (`BerthDropout` in common.cuh).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Dropout {
+    pub seed: u64,
+    pub site: u64,
+    pub threshold: u64,
+    pub offset: u64,
+    pub width: u64,
+    pub step: u64,
+    pub scale: f32,
+    /// 0: no dropout.
+    pub on: i32,
+}
+
+impl From<&DropoutArgs> for Dropout {
+    fn from(a: &DropoutArgs) -> Self {
+        Dropout {
+            seed: a.seed,
+            site: a.site,
+            threshold: a.threshold,
+            offset: a.offset,
+            width: a.rows.0,
+            step: a.rows.1,
+            scale: a.scale,
+            on: 1,
+        }
+    }
+}
+
+/// One parameter of the multi-tensor optimizer kernels (`BerthAdamTensor`): addresses
+/// of f32 values, gradient and moments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AdamTensor {
+    pub p: u64,
+    pub g: u64,
+    pub m: u64,
+    pub v: u64,
+    pub n: u64,
+    /// 1 - lr weight_decay, or 1.
+    pub keep: f32,
+    pub pad: u32,
+}
+
+/// A chunk of `CHUNK` elements of one tensor (`BerthChunk`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub tensor: u64,
+    pub start: u64,
+}
+
+/// Elements per chunk of the optimizer kernels (adamw.cu's `BERTH_CHUNK`).
+pub const CHUNK: u64 = 65536;
+
+/// The scalars of an AdamW step (`BerthAdamArgs`), as berth-trainer computes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamArgs {
+    pub b2: f32,
+    pub w1: f32,
+    pub w2: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
+
+type U = c_uint;
+
+#[repr(C)]
+struct RowKernels<T> {
+    layer_norm_fwd: unsafe extern "C" fn(
+        U,
+        U,
+        *const T,
+        *const T,
+        *const T,
+        *mut T,
+        *mut f32,
+        u64,
+        u32,
+        f32,
+        *const Dropout,
+    ),
+    layer_norm_bwd_rows: unsafe extern "C" fn(
+        U,
+        U,
+        *const T,
+        *const T,
+        *const T,
+        *const T,
+        *const f32,
+        *mut T,
+        *mut T,
+        u64,
+        u32,
+        *const Dropout,
+    ),
+    layer_norm_bwd_params: unsafe extern "C" fn(
+        U,
+        U,
+        U,
+        *const T,
+        *const T,
+        *const T,
+        *const f32,
+        *mut f32,
+        u64,
+        u32,
+        u64,
+        *const Dropout,
+    ),
+    column_sum: unsafe extern "C" fn(U, U, *const f32, *mut T, u64, u64),
+    softmax_fwd: unsafe extern "C" fn(
+        U,
+        U,
+        *const T,
+        *const f32,
+        *mut T,
+        *mut T,
+        u64,
+        u32,
+        u32,
+        f32,
+        *const Dropout,
+    ),
+    softmax_bwd:
+        unsafe extern "C" fn(U, U, *const T, *const T, *mut T, u64, u32, f32, *const Dropout),
+    ce_rows: unsafe extern "C" fn(U, U, *const T, *const i64, *mut f32, *mut f32, u64, u32),
+    ce_bwd: unsafe extern "C" fn(
+        U,
+        U,
+        *const T,
+        *const i64,
+        *const f32,
+        *const f32,
+        *mut T,
+        u64,
+        u32,
+        f32,
+    ),
+}
+
+#[repr(C)]
+struct Table {
+    f32: RowKernels<f32>,
+    bf16: RowKernels<u16>,
+    ce_mean: unsafe extern "C" fn(U, *const f32, *mut f32, u64, u64),
+    grad_sq_partials: unsafe extern "C" fn(U, U, *const AdamTensor, *const Chunk, *mut f64),
+    grad_norm_finish: unsafe extern "C" fn(U, *const f64, u64, f64, *mut f64, *mut f32),
+    adamw: unsafe extern "C" fn(U, U, *const AdamTensor, *const Chunk, *const f32, *const AdamArgs),
+}
+
+unsafe extern "C" {
+    fn berth_emu_table() -> Table;
+    fn berth_emu_table_shifted() -> Table;
+}
+
+fn table(build: Build) -> Table {
+    // SAFETY: the constructors only fill in function pointers.
+    unsafe {
+        match build {
+            Build::AsWritten => berth_emu_table(),
+            Build::ShiftedIndex => berth_emu_table_shifted(),
+        }
+    }
+}
+
+/// A storage type of the row kernels: f32, or bf16 as its bits.
+pub trait Elem: Copy + Default {
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn kernels(t: &Table) -> &RowKernels<Self>;
+}
+impl Elem for f32 {
+    #[allow(private_interfaces)]
+    fn kernels(t: &Table) -> &RowKernels<f32> {
+        &t.f32
+    }
+}
+impl Elem for u16 {
+    #[allow(private_interfaces)]
+    fn kernels(t: &Table) -> &RowKernels<u16> {
+        &t.bf16
+    }
+}
+
+fn opt_ptr<T>(r: Option<&[T]>) -> *const T {
+    r.map_or(std::ptr::null(), <[T]>::as_ptr)
+}
+
+fn rows_of(n: usize, width: usize, what: &str) -> u64 {
+    assert!(
+        width > 0 && n.is_multiple_of(width),
+        "{what}: {n} elements are not rows of {width}"
+    );
+    (n / width) as u64
+}
+
+/// `LayerNorm(dropout(x) + r)` (layer_norm.cu): `(y, [mean, rstd] per row)`. `wb` is
+/// `[weight; bias]`; `launch.grid` blocks loop over the rows.
+pub fn layer_norm<T: Elem>(
+    x: &[T],
+    r: Option<&[T]>,
+    wb: &[T],
+    eps: f32,
+    dropout: Dropout,
+    launch: Launch,
+    build: Build,
+) -> (Vec<T>, Vec<f32>) {
+    let h = wb.len() / 2;
+    let rows = rows_of(x.len(), h, "layer norm");
+    assert!(r.is_none_or(|r| r.len() == x.len()));
+    let (mut y, mut stats) = (vec![T::default(); x.len()], vec![0f32; 2 * rows as usize]);
+    let t = table(build);
+    // SAFETY: every buffer holds the rows x h (stats 2 rows, wb 2h) the kernel reads or
+    // writes.
+    unsafe {
+        (T::kernels(&t).layer_norm_fwd)(
+            launch.grid,
+            launch.block,
+            x.as_ptr(),
+            opt_ptr(r),
+            wb.as_ptr(),
+            y.as_mut_ptr(),
+            stats.as_mut_ptr(),
+            rows,
+            h as u32,
+            eps,
+            &dropout,
+        )
+    };
+    (y, stats)
+}
+
+/// The gradients of [`layer_norm`]: `(dx, dr when r is given, d[weight; bias])`;
+/// the parameter sums over chunks of `rows_per_chunk` rows, `block` threads per block.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward<T: Elem>(
+    x: &[T],
+    r: Option<&[T]>,
+    wb: &[T],
+    dy: &[T],
+    stats: &[f32],
+    dropout: Dropout,
+    launch: Launch,
+    rows_per_chunk: u64,
+    build: Build,
+) -> (Vec<T>, Option<Vec<T>>, Vec<T>) {
+    let h = wb.len() / 2;
+    let rows = rows_of(x.len(), h, "layer norm backward");
+    assert_eq!(dy.len(), x.len());
+    assert_eq!(stats.len(), 2 * rows as usize);
+    let mut dx = vec![T::default(); x.len()];
+    let mut dr = r.map(|_| vec![T::default(); x.len()]);
+    let chunks = rows.div_ceil(rows_per_chunk.max(1)).max(1);
+    let mut partial = vec![0f32; chunks as usize * 2 * h];
+    let mut dwb = vec![T::default(); 2 * h];
+    let t = table(build);
+    let k = T::kernels(&t);
+    // SAFETY: as layer_norm; partial holds chunks x 2h, dwb 2h.
+    unsafe {
+        (k.layer_norm_bwd_rows)(
+            launch.grid,
+            launch.block,
+            x.as_ptr(),
+            opt_ptr(r),
+            wb.as_ptr(),
+            dy.as_ptr(),
+            stats.as_ptr(),
+            dx.as_mut_ptr(),
+            dr.as_mut().map_or(std::ptr::null_mut(), |d| d.as_mut_ptr()),
+            rows,
+            h as u32,
+            &dropout,
+        );
+        (k.layer_norm_bwd_params)(
+            (h as u32).div_ceil(launch.block),
+            chunks as u32,
+            launch.block,
+            x.as_ptr(),
+            opt_ptr(r),
+            dy.as_ptr(),
+            stats.as_ptr(),
+            partial.as_mut_ptr(),
+            rows,
+            h as u32,
+            rows_per_chunk.max(1),
+            &dropout,
+        );
+        (k.column_sum)(
+            (2 * h as u32).div_ceil(launch.block),
+            launch.block,
+            partial.as_ptr(),
+            dwb.as_mut_ptr(),
+            chunks,
+            2 * h as u64,
+        );
+    }
+    (dx, dr, dwb)
+}
+
+/// The attention core's forward rows (attention.cu) over scores `[rows, l]`:
+/// `(P, P_d)`. `mask` is `[B, l]`, row `r` of batch `r / (heads l)`.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax<T: Elem>(
+    s: &[T],
+    mask: Option<&[f32]>,
+    l: usize,
+    heads: usize,
+    scale: f32,
+    dropout: Dropout,
+    launch: Launch,
+    build: Build,
+) -> (Vec<T>, Vec<T>) {
+    let rows = rows_of(s.len(), l, "softmax");
+    if let Some(m) = mask {
+        assert_eq!(
+            m.len() as u64 * heads as u64,
+            rows,
+            "mask [B, L] for the rows"
+        );
+    }
+    let (mut p, mut pd) = (vec![T::default(); s.len()], vec![T::default(); s.len()]);
+    let t = table(build);
+    // SAFETY: s, p, pd hold rows x l; the mask B x l.
+    unsafe {
+        (T::kernels(&t).softmax_fwd)(
+            launch.grid,
+            launch.block,
+            s.as_ptr(),
+            opt_ptr(mask),
+            p.as_mut_ptr(),
+            pd.as_mut_ptr(),
+            rows,
+            l as u32,
+            heads as u32,
+            scale,
+            &dropout,
+        )
+    };
+    (p, pd)
+}
+
+/// The attention core's backward rows: `dS` from `P` and `dP_d` (attention.cu).
+pub fn softmax_backward<T: Elem>(
+    p: &[T],
+    dpd: &[T],
+    l: usize,
+    scale: f32,
+    dropout: Dropout,
+    launch: Launch,
+    build: Build,
+) -> Vec<T> {
+    let rows = rows_of(p.len(), l, "softmax backward");
+    assert_eq!(dpd.len(), p.len());
+    let mut ds = vec![T::default(); p.len()];
+    let t = table(build);
+    // SAFETY: all three hold rows x l.
+    unsafe {
+        (T::kernels(&t).softmax_bwd)(
+            launch.grid,
+            launch.block,
+            p.as_ptr(),
+            dpd.as_ptr(),
+            ds.as_mut_ptr(),
+            rows,
+            l as u32,
+            scale,
+            &dropout,
+        )
+    };
+    ds
+}
+
+/// Mean cross-entropy (cross_entropy.cu): `(loss, lse per row)` of logits `[rows, c]`
+/// against `labels` (-100 ignored); `mean_block` threads add the rows' terms.
+pub fn cross_entropy<T: Elem>(
+    x: &[T],
+    labels: &[i64],
+    launch: Launch,
+    mean_block: u32,
+    build: Build,
+) -> (f32, Vec<f32>) {
+    let c = x.len() / labels.len().max(1);
+    let rows = rows_of(x.len(), c.max(1), "cross-entropy");
+    assert_eq!(rows as usize, labels.len());
+    assert!(
+        labels
+            .iter()
+            .all(|&y| y == -100 || (0..c as i64).contains(&y)),
+        "cross-entropy: a label outside 0..{c}"
+    );
+    let kept = labels.iter().filter(|&&y| y != -100).count() as u64;
+    let (mut lse, mut terms, mut loss) =
+        (vec![0f32; labels.len()], vec![0f32; labels.len()], [0f32]);
+    let t = table(build);
+    // SAFETY: x holds rows x c, labels / lse / terms rows.
+    unsafe {
+        (T::kernels(&t).ce_rows)(
+            launch.grid,
+            launch.block,
+            x.as_ptr(),
+            labels.as_ptr(),
+            lse.as_mut_ptr(),
+            terms.as_mut_ptr(),
+            rows,
+            c as u32,
+        );
+        (t.ce_mean)(mean_block, terms.as_ptr(), loss.as_mut_ptr(), rows, kept);
+    }
+    (loss[0], lse)
+}
+
+/// The gradient of [`cross_entropy`] given `dloss` and its `lse`.
+pub fn cross_entropy_backward<T: Elem>(
+    x: &[T],
+    labels: &[i64],
+    lse: &[f32],
+    dloss: f32,
+    launch: Launch,
+    build: Build,
+) -> Vec<T> {
+    let c = x.len() / labels.len().max(1);
+    let rows = rows_of(x.len(), c.max(1), "cross-entropy backward");
+    assert_eq!(lse.len(), labels.len());
+    let kept = labels.iter().filter(|&&y| y != -100).count().max(1) as f32;
+    let mut dx = vec![T::default(); x.len()];
+    let t = table(build);
+    // SAFETY: as cross_entropy; dloss is one value.
+    unsafe {
+        (T::kernels(&t).ce_bwd)(
+            launch.grid,
+            launch.block,
+            x.as_ptr(),
+            labels.as_ptr(),
+            lse.as_ptr(),
+            &dloss,
+            dx.as_mut_ptr(),
+            rows,
+            c as u32,
+            kept,
+        )
+    };
+    dx
+}
+
+/// One parameter for [`adamw_step`]: values, gradient, moments, and whether weight
+/// decay applies.
+pub struct Param<'a> {
+    pub p: &'a mut [f32],
+    pub g: &'a [f32],
+    pub m: &'a mut [f32],
+    pub v: &'a mut [f32],
+    pub keep: f32,
+}
+
+/// The chunk table of tensors of `sizes` elements (adamw.cu).
+pub fn chunk_table(sizes: &[u64]) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    for (t, &n) in sizes.iter().enumerate() {
+        let mut start = 0;
+        while start < n {
+            chunks.push(Chunk {
+                tensor: t as u64,
+                start,
+            });
+            start += CHUNK;
+        }
+    }
+    chunks
+}
+
+/// The optimizer step's three kernels over `params` (adamw.cu): the gradient norm
+/// (returned), the clip coefficient for `max_norm`, then AdamW in place.
+pub fn adamw_step(
+    params: &mut [Param<'_>],
+    args: AdamArgs,
+    max_norm: f64,
+    block: u32,
+    build: Build,
+) -> f64 {
+    let tensors: Vec<AdamTensor> = params
+        .iter_mut()
+        .map(|q| {
+            assert!(q.g.len() == q.p.len() && q.m.len() == q.p.len() && q.v.len() == q.p.len());
+            AdamTensor {
+                p: q.p.as_mut_ptr() as u64,
+                g: q.g.as_ptr() as u64,
+                m: q.m.as_mut_ptr() as u64,
+                v: q.v.as_mut_ptr() as u64,
+                n: q.p.len() as u64,
+                keep: q.keep,
+                pad: 0,
+            }
+        })
+        .collect();
+    let chunks = chunk_table(&tensors.iter().map(|t| t.n).collect::<Vec<_>>());
+    let mut partials = vec![0f64; chunks.len()];
+    let (mut norm, mut clip) = ([0f64], [0f32]);
+    let t = table(build);
+    // SAFETY: the table's addresses are the live slices of `params`, each of n values,
+    // borrowed mutably for this call; the chunks stay inside them.
+    unsafe {
+        if !chunks.is_empty() {
+            (t.grad_sq_partials)(
+                chunks.len() as u32,
+                block,
+                tensors.as_ptr(),
+                chunks.as_ptr(),
+                partials.as_mut_ptr(),
+            );
+        }
+        (t.grad_norm_finish)(
+            block,
+            partials.as_ptr(),
+            chunks.len() as u64,
+            max_norm,
+            norm.as_mut_ptr(),
+            clip.as_mut_ptr(),
+        );
+        if !chunks.is_empty() {
+            (t.adamw)(
+                chunks.len() as u32,
+                block,
+                tensors.as_ptr(),
+                chunks.as_ptr(),
+                clip.as_ptr(),
+                &args,
+            );
+        }
+    }
+    norm[0]
+}

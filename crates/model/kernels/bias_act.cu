@@ -54,9 +54,10 @@ __device__ __forceinline__ void berth_bias_act_bwd(const T* z, const T* b, const
     }
 }
 
-// out[c] = sum over rows r of x[r width + c], rows in order, in f32.
-template <class T>
-__device__ __forceinline__ void berth_column_sum(const T* x, T* out, uint64_t rows,
+// out[c] = sum over rows r of x[r width + c], rows in order, in f32 (also the last
+// step of layer_norm.cu's parameter gradients, out in the parameters' dtype).
+template <class In, class Out>
+__device__ __forceinline__ void berth_column_sum(const In* x, Out* out, uint64_t rows,
                                                  uint64_t width) {
     for (uint64_t c = berth_first(); c < width; c += berth_stride()) {
         float s = 0.0f;
@@ -84,5 +85,9 @@ BERTH_KERNEL void berth_bias_act_bwd_bf16(const __nv_bfloat16* z, const __nv_bfl
     berth_bias_act_bwd(z, b, dy, dz, rows, width, act);
 }
 BERTH_KERNEL void berth_column_sum_f32(const float* x, float* out, uint64_t rows, uint64_t width) {
+    berth_column_sum(x, out, rows, width);
+}
+BERTH_KERNEL void berth_column_sum_f32_to_bf16(const float* x, __nv_bfloat16* out, uint64_t rows,
+                                               uint64_t width) {
     berth_column_sum(x, out, rows, width);
 }

@@ -42,3 +42,10 @@ __device__ __forceinline__ float berth_keep(uint64_t s, uint64_t seed, uint64_t 
     uint32_t r = c[(s % 64) / 16];
     return uint64_t(r) < threshold ? 0.0f : scale;
 }
+
+// The factor dropout `d` multiplies element `i` of its tensor by: 1 without dropout.
+__device__ __forceinline__ float berth_drop_factor(const BerthDropout& d, uint64_t i) {
+    if (!d.on) return 1.0f;
+    return berth_keep(berth_site_index(i, d.offset, d.width, d.step), d.seed, d.site, d.threshold,
+                      d.scale);
+}

@@ -114,16 +114,50 @@ fn sum_sq(c: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// The f32 scalars of one AdamW step, as the CPU update and the CUDA kernel
+/// (kernels/adamw.cu's `BerthAdamArgs`, field for field) use them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct StepScalars {
+    pub b2: f32,
+    /// 1 - beta1 and 1 - beta2, in f64 first: 1.0 - 0.9f32 is 0.09999996, not 0.1.
+    pub w1: f32,
+    pub w2: f32,
+    /// lr / (1 - beta1^t).
+    pub step_size: f32,
+    /// sqrt(1 - beta2^t).
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+    /// 1 - lr weight_decay: what a decayed parameter is multiplied by.
+    pub decay_keep: f32,
+}
+
+impl StepScalars {
+    /// Step `t` (from 1) at rate `lr`.
+    pub fn new(c: &AdamWConfig, t: u64, lr: f64) -> Self {
+        let t = t as i32;
+        StepScalars {
+            b2: c.beta2 as f32,
+            w1: (1.0 - c.beta1) as f32,
+            w2: (1.0 - c.beta2) as f32,
+            step_size: (lr / (1.0 - c.beta1.powi(t))) as f32,
+            bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt() as f32,
+            eps: c.eps as f32,
+            decay_keep: (1.0 - lr * c.weight_decay) as f32,
+        }
+    }
+
+    /// The factor a parameter is multiplied by before its update.
+    pub fn keep(&self, decays: bool) -> f32 {
+        if decays { self.decay_keep } else { 1.0 }
+    }
+}
+
 /// torch's single-tensor AdamW for one CPU parameter, fused: one pass, f32 like torch.
 struct HostUpdate<'a> {
-    b2: f32,
-    w1: f32,
-    w2: f32,
+    s: StepScalars,
     keep: f32,
     scale: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    eps: f32,
     /// The parameter's first and second moments (a lock only because candle hands
     /// in-place ops `&self`).
     moments: std::sync::Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
@@ -144,17 +178,16 @@ impl HostUpdate<'_> {
                 m.len()
             )));
         }
-        let HostUpdate {
+        let StepScalars {
             b2,
             w1,
             w2,
-            keep,
-            scale,
             step_size,
             bc2_sqrt,
             eps,
             ..
-        } = *self;
+        } = self.s;
+        let (keep, scale) = (self.keep, self.scale);
         // Element-wise, so splitting it over rayon's threads changes no bit.
         const CHUNK: usize = 1 << 14;
         p.par_chunks_mut(CHUNK)
@@ -416,21 +449,16 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
+        let scalars = StepScalars::new(&c, self.step, lr);
         for (slot, g) in self.slots.iter_mut().zip(&grads.0) {
             let Some(g) = g else { continue };
             let decay = if slot.decay { lr * c.weight_decay } else { 0.0 };
             match &mut slot.moments {
                 Moments::Host { m, v } => {
-                    // 1 - beta in f64 first: 1.0 - 0.9f32 is 0.09999996, not 0.1.
                     let update = HostUpdate {
-                        b2: c.beta2 as f32,
-                        w1: (1.0 - c.beta1) as f32,
-                        w2: (1.0 - c.beta2) as f32,
-                        keep: (1.0 - decay) as f32,
+                        s: scalars,
+                        keep: scalars.keep(slot.decay),
                         scale: scale as f32,
-                        step_size: step_size as f32,
-                        bc2_sqrt: bc2_sqrt as f32,
-                        eps: c.eps as f32,
                         moments: std::sync::Mutex::new((m, v)),
                     };
                     let g = g.contiguous()?;
@@ -694,5 +722,139 @@ mod tests {
                 .unwrap(),
             opt.slots[0].moments().unwrap().1.to_vec1::<f32>().unwrap()
         );
+    }
+
+    /// The kernels' copy of the step's scalars.
+    fn kernel_args(s: &StepScalars) -> berth_kernel_emu::AdamArgs {
+        berth_kernel_emu::AdamArgs {
+            b2: s.b2,
+            w1: s.w1,
+            w2: s.w2,
+            step_size: s.step_size,
+            bc2_sqrt: s.bc2_sqrt,
+            eps: s.eps,
+        }
+    }
+
+    /// adamw.cu's three kernels (gradient norm, clip coefficient, AdamW), run on the
+    /// CPU through berth-kernel-emu, against this optimizer's CPU step: several steps
+    /// with clipping, decayed and undecayed parameters, one spanning several chunks.
+    #[test]
+    fn adamw_emulated_kernels_are_the_cpu_step_s_within_1e_5() {
+        use berth_kernel_emu::{Build, CHUNK, Param, adamw_step};
+        let sizes = [2 * CHUNK as usize + 7, 3, 1000];
+        let names = ["a.weight", "a.bias", "b.weight"];
+        let varmap = VarMap::new();
+        let init = |n: usize, o: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i + o) * 7919) % 2003) as f32 / 1000.0 - 1.0)
+                .collect()
+        };
+        let mut host: Vec<[Vec<f32>; 3]> = Vec::new();
+        for (i, (&n, name)) in sizes.iter().zip(names).enumerate() {
+            let p = init(n, i);
+            let var = Var::from_tensor(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap()).unwrap();
+            varmap.data().lock().unwrap().insert(name.into(), var);
+            host.push([p, vec![0.0; n], vec![0.0; n]]);
+        }
+        let config = AdamWConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(&varmap, config).unwrap();
+        // The slots are in name order, as `names` is.
+        assert_eq!(
+            opt.decay_table(),
+            vec![("a.bias", false), ("a.weight", true), ("b.weight", true)]
+        );
+        let order = [1usize, 0, 2];
+        for step in 1..=3u64 {
+            let lr = 1e-3 * step as f64;
+            let grads: Vec<Vec<f32>> = order
+                .iter()
+                .map(|&i| init(sizes[i], 31 * step as usize + i))
+                .collect();
+            let g = Grads(
+                grads
+                    .iter()
+                    .map(|g| Some(Tensor::new(g.as_slice(), &Device::Cpu).unwrap()))
+                    .collect(),
+            );
+            let norm = opt.step(&g, lr, 50.0).unwrap();
+            let s = StepScalars::new(&config, step, lr);
+            let args = kernel_args(&s);
+            let mut params: Vec<Param<'_>> = Vec::new();
+            let mut rest = host.as_mut_slice();
+            let mut by_index: Vec<Option<&mut [Vec<f32>; 3]>> = Vec::new();
+            while let Some((first, tail)) = rest.split_first_mut() {
+                by_index.push(Some(first));
+                rest = tail;
+            }
+            for (slot, &i) in order.iter().enumerate() {
+                let [p, m, v] = by_index[i].take().unwrap();
+                params.push(Param {
+                    p,
+                    g: &grads[slot],
+                    m,
+                    v,
+                    keep: s.keep(opt.slots[slot].decay),
+                });
+            }
+            let got = adamw_step(&mut params, args, 50.0, 256, Build::AsWritten);
+            assert!(
+                (got - norm).abs() <= 1e-12 * norm,
+                "step {step}: norm {got} vs {norm}"
+            );
+            for (slot, &i) in order.iter().enumerate() {
+                let (m, v) = opt.slots[slot].moments().unwrap();
+                let p = opt.slots[slot].var.as_tensor().to_vec1::<f32>().unwrap();
+                for (what, got, want) in [
+                    ("p", &host[i][0], p),
+                    ("m", &host[i][1], m.to_vec1::<f32>().unwrap()),
+                    ("v", &host[i][2], v.to_vec1::<f32>().unwrap()),
+                ] {
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst <= 1e-5,
+                        "step {step} {}: {what} off by {worst}",
+                        names[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adamw_emulated_with_a_shifted_index_is_caught() {
+        use berth_kernel_emu::{Build, Param, adamw_step};
+        let p0: Vec<f32> = (0..777).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..777).map(|i| (i as f32 * 0.91).cos()).collect();
+        let (varmap, var) = setup(&p0, "w");
+        let config = AdamWConfig::default();
+        let mut opt = AdamW::new(&varmap, config).unwrap();
+        let grads = Grads(vec![Some(Tensor::new(g.as_slice(), &Device::Cpu).unwrap())]);
+        opt.step(&grads, 1e-2, 0.0).unwrap();
+        let want = var.as_tensor().to_vec1::<f32>().unwrap();
+        let s = StepScalars::new(&config, 1, 1e-2);
+        let (mut p, mut m, mut v) = (p0.clone(), vec![0f32; 777], vec![0f32; 777]);
+        let args = kernel_args(&s);
+        let mut params = [Param {
+            p: &mut p,
+            g: &g,
+            m: &mut m,
+            v: &mut v,
+            keep: 1.0,
+        }];
+        adamw_step(&mut params, args, 0.0, 64, Build::ShiftedIndex);
+        let worst = p
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst > 1e-3, "the shifted kernel passed ({worst})");
     }
 }

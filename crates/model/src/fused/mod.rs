@@ -16,6 +16,7 @@ mod attention;
 mod bias_act;
 mod cross_entropy;
 mod dropout;
+pub mod launch;
 mod layer_norm;
 mod linear;
 
