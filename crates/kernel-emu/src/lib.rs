@@ -1,6 +1,7 @@
 //! `berth-kernel-emu`: Berth's CUDA kernels (`crates/model/kernels/*.cu`) compiled by
-//! the host C++ compiler against `emu.h`, which runs a launch's grid on the CPU one
-//! CUDA thread at a time. Tests compare them with the CPU fused ops, so a kernel's
+//! the host C++ compiler against `emu.h`, which runs a launch's grid on the CPU, each
+//! CUDA thread a fiber (barriers, warp shuffles, shared memory). Tests compare them
+//! with the CPU fused ops, so a kernel's
 //! logic (indexing, masking, rounding) is checked without a GPU; nvcc compiles the
 //! same sources for the `cuda` feature.
 //!

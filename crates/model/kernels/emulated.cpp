@@ -1,5 +1,7 @@
-// Every kernel compiled for the CPU against emu.h, each behind a C launcher
-// `berth_emu_<kernel><suffix>(grid, block, args...)` that runs the grid as CUDA would
+// Every kernel compiled for the CPU against emu.h: dropout and bias + activation each
+// behind a C launcher
+// `berth_emu_<kernel><suffix>(grid, block, args...)`, the others in one table of
+// launchers (below); each runs the grid as CUDA would
 // (BERTH_EMU_SUFFIX tells the shifted-index test build apart).
 #include "emu.h"
 
